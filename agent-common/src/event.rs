@@ -1,0 +1,100 @@
+//! Ring-buffer records: what the eBPF programs send to user space.
+//!
+//! One fixed-size [`Event`] serves every source. Timestamps are the kernel's
+//! `CLOCK_MONOTONIC` at the *end* of what is measured (a call's return, a
+//! thread's switch back onto a CPU, an I/O completion); `duration_ns` reaches
+//! back to its start. A record of kind [`KIND_STACK`] is an [`Event`]
+//! followed by a [`StackTail`] with the user stack at the call's return.
+
+/// Length of a kernel task name (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+/// User stack frames captured per call with `--stack`.
+pub const MAX_STACK_DEPTH: usize = 32;
+
+/// A plain event.
+pub const KIND_EVENT: u8 = 0;
+/// An event followed by a [`StackTail`].
+pub const KIND_STACK: u8 = 1;
+
+/// `Event::stream` holds a CUDA stream handle (0 is the default stream).
+pub const FLAG_HAS_STREAM: u8 = 1 << 0;
+/// `Event::arg2` is meaningful for this operation.
+pub const FLAG_HAS_ARG2: u8 = 1 << 1;
+
+/// One traced occurrence. Field meaning per operation is documented in
+/// [`crate::catalog`] (and in the `ops` table of every database).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `CLOCK_MONOTONIC` ns at the end of the call / off-CPU span / request.
+    pub ts_ns: u64,
+    pub duration_ns: u64,
+    pub arg0: u64,
+    pub arg1: u64,
+    pub arg2: u64,
+    pub stream: u64,
+    /// Process id (thread-group id).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Return code of the call (CUDA error code), or an errno for I/O.
+    pub ret: i32,
+    /// GPU the calling thread selected with `cudaSetDevice` (0 by default).
+    pub gpu_id: i32,
+    /// CPU the event happened on.
+    pub cpu: u32,
+    pub source: u8,
+    pub op: u8,
+    /// [`KIND_EVENT`] or [`KIND_STACK`].
+    pub kind: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Task name: the caller, the preempting task (sched_switch), the new
+    /// program (exec) or the issuer (block I/O).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Follows an [`Event`] of kind [`KIND_STACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTail {
+    /// Number of valid entries in `ips`.
+    pub depth: u64,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+/// An [`Event`] with its stack, as reserved in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackEvent {
+    pub event: Event,
+    pub stack: StackTail,
+}
+
+/// Per-process page-allocation counters kept in the kernel
+/// (`kmem/mm_page_alloc`) and summarised by user space every second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemCounters {
+    /// Calls into the page allocator.
+    pub allocs: u64,
+    /// Pages allocated (`1 << order` per call).
+    pub pages: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_fixed() {
+        // The eBPF object and user space are built separately: a layout
+        // change must be deliberate on both sides.
+        assert_eq!(core::mem::size_of::<Event>(), 88);
+        assert_eq!(core::mem::align_of::<Event>(), 8);
+        assert_eq!(core::mem::offset_of!(Event, pid), 48);
+        assert_eq!(core::mem::offset_of!(Event, source), 68);
+        assert_eq!(core::mem::offset_of!(Event, comm), 72);
+        assert_eq!(core::mem::size_of::<StackEvent>(), 88 + 8 + 8 * MAX_STACK_DEPTH);
+    }
+}

@@ -1,0 +1,125 @@
+//! Maps and the load-time configuration shared by all programs.
+//!
+//! Pair-matching maps (`CALLS`, `OFF_CPU`, `BLOCK_INFLIGHT`, `THREAD_GPU`)
+//! are LRU maps: a thread killed in the middle of a call, or a request that
+//! never completes, cannot leak an entry for ever. Sizes are defaults; user
+//! space may resize them before loading.
+
+use agent_common::{config::Config, drops, event::MemCounters};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+
+/// Written by user space before loading (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+/// Reads a `CONFIG` field. The read is volatile so the compiler cannot fold
+/// the zero-initialised value into the program.
+macro_rules! setting {
+    ($($field:ident).+) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$($field).+) }
+    };
+}
+pub(crate) use setting;
+
+/// All records for user space.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Events that could not be delivered, per `agent_common::drops::slot`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drops::SLOTS, 0);
+
+/// Processes (thread-group ids) being traced.
+#[map]
+pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// A call in progress on a thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallKey {
+    pub tid: u32,
+    /// `agent_common::catalog::cookie` of the operation.
+    pub cookie: u32,
+}
+
+/// What the entry probe saw.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallStart {
+    pub ts_ns: u64,
+    pub arg0: u64,
+    pub arg1: u64,
+    pub stream: u64,
+    /// User address where the call writes its result (an allocation's
+    /// pointer), read back on return; 0 if none.
+    pub out_ptr: u64,
+    pub flags: u64,
+}
+
+#[map]
+pub static CALLS: LruHashMap<CallKey, CallStart> = LruHashMap::with_max_entries(65536, 0);
+
+/// GPU selected by each thread with `cudaSetDevice`.
+#[map]
+pub static THREAD_GPU: LruHashMap<u32, i32> = LruHashMap::with_max_entries(16384, 0);
+
+/// A traced thread switched off its CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OffCpu {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    /// The task that took the CPU.
+    pub preemptor: u32,
+    /// 1 if the thread was still runnable (preempted), 0 if it blocked.
+    pub runnable: u32,
+    pub cpu: u32,
+    pub preemptor_comm: [u8; 16],
+}
+
+#[map]
+pub static OFF_CPU: LruHashMap<u32, OffCpu> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub sector: u64,
+}
+
+/// A block request issued by a traced process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockStart {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub bytes: u32,
+    pub op: u32,
+    pub comm: [u8; 16],
+}
+
+#[map]
+pub static BLOCK_INFLIGHT: LruHashMap<BlockKey, BlockStart> = LruHashMap::with_max_entries(16384, 0);
+
+/// Page-allocation counters per traced process and CPU; user space sums
+/// and resets them every second.
+#[map]
+pub static MEM_COUNTERS: PerCpuHashMap<u32, MemCounters> = PerCpuHashMap::with_max_entries(16384, 0);
+
+pub fn is_traced(tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { TRACED.get(tgid) }.is_some()
+}
+
+/// Counts an event that could not be delivered.
+pub fn count_drop(reason: u32, source: u8, op: u8) {
+    if let Some(counter) = DROPS.get_ptr_mut(drops::slot(reason, source, op)) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,90 @@
+//! Command-line interface of `ingero` (clap). Flags that have an
+//! environment variable say so in `--help`; flags beat variables, which
+//! beat `ingero.yaml`, which beats the defaults (see [`crate::config`]).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ingero",
+    version,
+    about = "eBPF tracer for distributed GPU training",
+    long_about = "Traces CUDA runtime and driver calls and the host events around them \
+                  (scheduling, block I/O, memory, process lifecycle) into a node-tagged SQLite \
+                  database, and explains slowdowns across nodes."
+)]
+pub struct Cli {
+    /// Configuration file [default: /etc/ingero/ingero.yaml, then ~/.ingero/ingero.yaml]
+    #[arg(long, global = true, env = "INGERO_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More diagnostics on stderr (-v: info, -vv: debug)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace CUDA processes on this node into the database (needs root)
+    Trace(TraceArgs),
+    /// Report whether this machine can trace, and which CUDA libraries it has
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Node name for every event [default: agent.node in ingero.yaml, else the hostname]
+    #[arg(long, env = "INGERO_NODE")]
+    pub node: Option<String>,
+    /// Trace only this process and its children (repeatable) [default: every process using CUDA]
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Stop after this long (e.g. 10s, 5m) [default: until Ctrl-C]
+    #[arg(short, long)]
+    pub duration: Option<HumanDuration>,
+    /// Database file [default: ~/.ingero/ingero.db of the invoking user]
+    #[arg(long, env = "INGERO_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Size cap of the database; the oldest events are pruned past it [default: 10g]
+    #[arg(long, env = "INGERO_MAX_DB", value_name = "SIZE")]
+    pub max_db: Option<ByteSize>,
+    /// Capture the user stack of every CUDA call
+    #[arg(long)]
+    pub stack: bool,
+    /// Also probe this CUDA driver library (libcuda.so*) (repeatable)
+    #[arg(long = "cuda-lib", value_name = "PATH")]
+    pub cuda_lib: Vec<PathBuf>,
+    /// Also probe this CUDA runtime library (libcudart.so*) (repeatable)
+    #[arg(long = "cudart-lib", value_name = "PATH")]
+    pub cudart_lib: Vec<PathBuf>,
+    /// Stream every event to stdout as one JSON object per line
+    #[arg(long)]
+    pub json: bool,
+    /// Kernel-to-user ring buffer size, a power of two [default: 8m]
+    #[arg(long, value_name = "SIZE")]
+    pub ringbuf_size: Option<ByteSize>,
+    /// Do not record block I/O
+    #[arg(long)]
+    pub no_io: bool,
+    /// Do not record off-CPU time (sched_switch)
+    #[arg(long)]
+    pub no_sched: bool,
+    /// Do not count page allocations
+    #[arg(long)]
+    pub no_memory: bool,
+    /// Do not print the per-second summary
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,55 @@
+//! The errors a command can end with, and the one place where they become
+//! exit codes. Every error prints as one sentence that says what to do.
+//!
+//! Exit codes: 0 success; 1 other failure; 2 bad input (usage, a pid that
+//! does not exist, a library path that is wrong); 69 the kernel lacks
+//! something (BTF, tracefs, a tracepoint); 73 the database cannot be
+//! written; 77 not enough privileges; 78 bad configuration file.
+
+use crate::{config::ConfigError, store::StoreError, trace::TraceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(ConfigError::NodeName(_)) => 2,
+            Self::Config(_) => 78,
+            Self::Trace(TraceError::NotRoot) => 77,
+            Self::Trace(
+                TraceError::NoBtf(_)
+                | TraceError::Tracefs(_)
+                | TraceError::Load(_)
+                | TraceError::Attach { .. },
+            ) => 69,
+            Self::Trace(TraceError::NoSuchPid(_) | TraceError::RingSize(_) | TraceError::Library(_)) => 2,
+            Self::Trace(TraceError::Store(_)) | Self::Store(_) => 73,
+            Self::Trace(TraceError::Io(_)) | Self::Failed(_) => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_class_of_failure_has_its_code() {
+        assert_eq!(CliError::from(TraceError::NotRoot).exit_code(), 77);
+        assert_eq!(CliError::from(TraceError::NoSuchPid(1)).exit_code(), 2);
+        assert_eq!(CliError::from(TraceError::NoBtf("/x".into())).exit_code(), 69);
+        assert_eq!(CliError::from(ConfigError::NoHome).exit_code(), 78);
+        assert_eq!(CliError::Failed("x".into()).exit_code(), 1);
+    }
+}

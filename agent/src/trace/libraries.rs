@@ -1,0 +1,328 @@
+//! Finding CUDA libraries and the functions to probe in them.
+//!
+//! Sources, in order: paths given on the command line (`--cuda-lib`,
+//! `--cudart-lib`), the dynamic loader's paths (`ldconfig -p`,
+//! `LD_LIBRARY_PATH`, the usual CUDA install directories), Python
+//! site-packages (pip wheels such as `nvidia/cuda_runtime/lib`, and
+//! `torch/lib`), and, while tracing, `/proc/PID/maps` of traced processes.
+//! Libraries are told apart by file identity (device, inode), because
+//! uprobes attach to inodes: two paths to one file are one library.
+//!
+//! Symbols are resolved from the ELF dynamic symbol table to file offsets,
+//! which is what a uprobe is attached at.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use agent_common::catalog::{DRIVER_SYMBOLS, ProbeSymbol, RUNTIME_SYMBOLS};
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+/// Which CUDA API a library implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LibKind {
+    /// libcudart: the runtime API.
+    Runtime,
+    /// libcuda: the driver API.
+    Driver,
+}
+
+impl LibKind {
+    #[must_use]
+    pub fn symbols(self) -> &'static [ProbeSymbol] {
+        match self {
+            Self::Runtime => RUNTIME_SYMBOLS,
+            Self::Driver => DRIVER_SYMBOLS,
+        }
+    }
+}
+
+/// The kind of a library from its file name: `libcudart*.so*` is the
+/// runtime (including torch's `libcudart-<hash>.so.12`), `libcuda.so*` the
+/// driver. Link-time stubs (`.../stubs/libcuda.so`) are not libraries to
+/// trace.
+#[must_use]
+pub fn classify(path: &Path) -> Option<LibKind> {
+    if path.components().any(|c| c.as_os_str() == "stubs") {
+        return None;
+    }
+    let name = path.file_name()?.to_str()?;
+    if name.starts_with("libcudart") && name.contains(".so") {
+        Some(LibKind::Runtime)
+    } else if name.starts_with("libcuda.so") {
+        Some(LibKind::Driver)
+    } else {
+        None
+    }
+}
+
+/// A library's identity: uprobes are per inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// A CUDA library inspected and ready to probe.
+#[derive(Debug, Clone)]
+pub struct Library {
+    pub kind: LibKind,
+    /// Path shown to the user.
+    pub path: PathBuf,
+    /// Path to open and attach through (may go through /proc/PID/root).
+    pub open_path: PathBuf,
+    pub id: FileId,
+    /// Probed functions present in the library, with their file offsets.
+    pub symbols: Vec<(ProbeSymbol, u64)>,
+    /// Probed functions the library does not export.
+    pub missing: Vec<&'static str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("{path}: no such file; check the path given to --cuda-lib/--cudart-lib")]
+    NotFound { path: PathBuf },
+    #[error("{path}: cannot read it: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not an ELF shared library ({reason})")]
+    NotElf { path: PathBuf, reason: String },
+    #[error("{path}: exports none of the {kind:?} functions ingero probes; is it the right library?")]
+    NoSymbols { path: PathBuf, kind: LibKind },
+}
+
+/// Reads `path` as a `kind` library and resolves the functions to probe.
+pub fn inspect(kind: LibKind, path: &Path, open_path: &Path) -> Result<Library, LibraryError> {
+    if !open_path.exists() {
+        return Err(LibraryError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let read_err = |source| LibraryError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let id = FileId::of(open_path).map_err(read_err)?;
+    let data = std::fs::read(open_path).map_err(read_err)?;
+    let offsets = function_offsets(&data).map_err(|reason| LibraryError::NotElf {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let mut symbols = Vec::new();
+    let mut missing = Vec::new();
+    for s in kind.symbols() {
+        match offsets.get(s.symbol) {
+            Some(&offset) => symbols.push((*s, offset)),
+            None => missing.push(s.symbol),
+        }
+    }
+    if symbols.is_empty() {
+        return Err(LibraryError::NoSymbols {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(Library {
+        kind,
+        path: path.to_path_buf(),
+        open_path: open_path.to_path_buf(),
+        id,
+        symbols,
+        missing,
+    })
+}
+
+/// File offsets of the defined dynamic function symbols of an ELF image,
+/// by name without version suffix.
+pub fn function_offsets(data: &[u8]) -> Result<BTreeMap<String, u64>, String> {
+    let file = object::File::parse(data).map_err(|e| e.to_string())?;
+    let segments: Vec<(u64, u64, u64)> = file
+        .segments()
+        .map(|s| (s.address(), s.size(), s.file_range().0))
+        .collect();
+    let mut out = BTreeMap::new();
+    for sym in file.dynamic_symbols() {
+        if sym.is_undefined() || sym.kind() != object::SymbolKind::Text {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        let name = name.split('@').next().unwrap_or(name);
+        let addr = sym.address();
+        if let Some((vaddr, _, offset)) = segments
+            .iter()
+            .find(|(vaddr, size, _)| addr >= *vaddr && addr < vaddr + size)
+        {
+            out.insert(name.to_owned(), addr - vaddr + offset);
+        }
+    }
+    Ok(out)
+}
+
+/// Candidate library files from the loader's paths and Python
+/// site-packages (not yet inspected, possibly duplicates).
+#[must_use]
+pub fn candidates() -> Vec<(LibKind, PathBuf)> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&paths));
+    }
+    for d in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+        "/usr/lib/wsl/lib",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.extend(site_package_library_dirs());
+
+    let mut found: Vec<(LibKind, PathBuf)> = ldconfig_libraries();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Some(kind) = classify(&path) {
+                found.push((kind, path));
+            }
+        }
+    }
+    found
+}
+
+/// CUDA libraries known to the dynamic loader's cache.
+fn ldconfig_libraries() -> Vec<(LibKind, PathBuf)> {
+    let out = ["/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"]
+        .iter()
+        .find_map(|cmd| Command::new(cmd).arg("-p").output().ok())
+        .filter(|o| o.status.success());
+    let Some(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = PathBuf::from(line.split("=>").nth(1)?.trim());
+            Some((classify(&path)?, path))
+        })
+        .collect()
+}
+
+/// Library directories of CUDA pip wheels and torch in every site-packages
+/// we can find: the interpreter's own, virtualenv/conda prefixes, and the
+/// usual system and user locations.
+fn site_package_library_dirs() -> Vec<PathBuf> {
+    let mut sites: HashSet<PathBuf> = HashSet::new();
+    let python = Command::new("python3")
+        .args([
+            "-c",
+            "import site,sys\nfor p in site.getsitepackages()+[site.getusersitepackages()]: print(p)",
+        ])
+        .output();
+    if let Ok(out) = python {
+        sites.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
+    }
+    let mut prefixes: Vec<PathBuf> = ["VIRTUAL_ENV", "CONDA_PREFIX"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .collect();
+    prefixes.extend(["/usr", "/usr/local"].map(PathBuf::from));
+    if let Some(home) = crate::config::invoking_home() {
+        prefixes.push(home.join(".local"));
+    }
+    for prefix in prefixes {
+        let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("python3") {
+                sites.insert(e.path().join("site-packages"));
+                sites.insert(e.path().join("dist-packages"));
+            }
+        }
+    }
+    let mut dirs = Vec::new();
+    for site in sites {
+        dirs.push(site.join("torch/lib"));
+        let Ok(entries) = std::fs::read_dir(site.join("nvidia")) else {
+            continue;
+        };
+        dirs.extend(entries.flatten().map(|e| e.path().join("lib")));
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_by_file_name() {
+        assert_eq!(classify(Path::new("/x/libcudart.so.12")), Some(LibKind::Runtime));
+        assert_eq!(
+            classify(Path::new("/torch/lib/libcudart-d0da41ae.so.11.0")),
+            Some(LibKind::Runtime)
+        );
+        assert_eq!(
+            classify(Path::new("/usr/lib/libcuda.so.1")),
+            Some(LibKind::Driver)
+        );
+        assert_eq!(
+            classify(Path::new("/usr/lib/libcuda.so.535.104.05")),
+            Some(LibKind::Driver)
+        );
+        assert_eq!(classify(Path::new("/cuda/lib64/stubs/libcuda.so")), None);
+        assert_eq!(classify(Path::new("/usr/lib/libcudnn.so.8")), None);
+        assert_eq!(classify(Path::new("/usr/lib/libcudart_static.a")), None);
+    }
+
+    #[test]
+    fn resolves_offsets_in_a_real_elf() {
+        // The test binary itself is an ELF with dynamic symbols from libc
+        // imports only (undefined), so use libc, which every system has.
+        let libc = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/libc.so.6",
+            "/usr/lib/libc.so.6",
+        ]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+        let Some(libc) = libc else {
+            eprintln!("skipped: no libc.so.6 at a known path");
+            return;
+        };
+        let data = std::fs::read(libc).expect("read libc");
+        let offsets = function_offsets(&data).expect("parse libc");
+        assert!(offsets.contains_key("malloc"), "malloc is exported by libc");
+        assert!(offsets.values().all(|o| *o < data.len() as u64));
+    }
+
+    #[test]
+    fn a_missing_library_is_a_clear_error() {
+        let err = inspect(
+            LibKind::Driver,
+            Path::new("/nope/libcuda.so.1"),
+            Path::new("/nope/libcuda.so.1"),
+        )
+        .expect_err("missing file");
+        assert!(err.to_string().contains("no such file"), "{err}");
+    }
+}

@@ -1,0 +1,72 @@
+//! The one-line-per-second summary `ingero trace` prints on stderr.
+
+use std::time::Duration;
+
+use super::pipeline::SourceCounts;
+use crate::units::format_count;
+
+/// `[00:05] cuda 12/s  driver 3.4k/s  host 210/s  io 0/s | 18,221 stored | 0 dropped | 3 procs`
+#[must_use]
+pub fn summary_line(
+    elapsed: Duration,
+    per_sec: SourceCounts,
+    stored: u64,
+    dropped: u64,
+    processes: usize,
+) -> String {
+    let secs = elapsed.as_secs();
+    format!(
+        "[{:02}:{:02}] cuda {}/s  driver {}/s  host {}/s  io {}/s | {} stored | {} dropped | {} traced process{}",
+        secs / 60,
+        secs % 60,
+        format_count(per_sec.cuda as f64),
+        format_count(per_sec.driver as f64),
+        format_count(per_sec.host as f64),
+        format_count(per_sec.io as f64),
+        group_digits(stored),
+        group_digits(dropped),
+        processes,
+        if processes == 1 { "" } else { "es" },
+    )
+}
+
+/// `1234567` as `1,234,567`.
+#[must_use]
+pub fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_shows_rates_totals_and_drops() {
+        let line = summary_line(
+            Duration::from_secs(65),
+            SourceCounts {
+                cuda: 12,
+                driver: 3400,
+                host: 210,
+                io: 0,
+            },
+            18_221,
+            0,
+            3,
+        );
+        assert_eq!(
+            line,
+            "[01:05] cuda 12/s  driver 3.4k/s  host 210/s  io 0/s | 18,221 stored | 0 dropped | 3 traced processes"
+        );
+        assert_eq!(group_digits(1_000), "1,000");
+        assert_eq!(group_digits(999), "999");
+    }
+}

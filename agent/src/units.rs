@@ -1,0 +1,189 @@
+//! Human units on the command line and in `ingero.yaml`: sizes (`8m`,
+//! `10g`, `4096`) and durations (`250ms`, `10s`, `5m`, `1h`), and their
+//! compact display. Parsing is strict: anything else is an error that says
+//! what is accepted.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+/// A size in bytes, written `N`, `Nk`, `Nm`, `Ng` (binary multiples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let t = text.trim().to_ascii_lowercase();
+        let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
+        let (digits, shift) = match t.char_indices().last() {
+            Some((i, 'k')) => (&t[..i], 10),
+            Some((i, 'm')) => (&t[..i], 20),
+            Some((i, 'g')) => (&t[..i], 30),
+            Some((i, 't')) => (&t[..i], 40),
+            _ => (t, 0),
+        };
+        digits
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1u64 << shift))
+            .map(ByteSize)
+            .ok_or_else(|| format!("'{text}' is not a size: use bytes or a suffix k, m, g (e.g. 8m, 10g)"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (shift, unit) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
+            if b >= 1 << shift && b.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", b >> shift);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = serde_yaml_ng::Value::deserialize(d)?;
+        match raw {
+            serde_yaml_ng::Value::Number(n) => n
+                .as_u64()
+                .map(ByteSize)
+                .ok_or_else(|| serde::de::Error::custom("a size must be a whole number of bytes")),
+            serde_yaml_ng::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "a size is a number or a string such as 8m",
+            )),
+        }
+    }
+}
+
+/// A duration written `250ms`, `10s`, `5m`, `1h`, `2d` (or `1.5s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let scale = match unit.trim() {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => f64::NAN,
+        };
+        number
+            .parse::<f64>()
+            .ok()
+            .map(|n| n * scale)
+            .filter(|secs| secs.is_finite() && *secs >= 0.0 && *secs < 1e12)
+            .map(|secs| HumanDuration(Duration::from_secs_f64(secs)))
+            .ok_or_else(|| {
+                format!("'{text}' is not a duration: use a number with ms, s, m, h or d (e.g. 10s, 5m)")
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `1234567` ns as `1.23ms`: three significant digits, for tables and logs.
+#[must_use]
+pub fn format_ns(ns: f64) -> String {
+    let (value, unit) = if ns >= 1e9 {
+        (ns / 1e9, "s")
+    } else if ns >= 1e6 {
+        (ns / 1e6, "ms")
+    } else if ns >= 1e3 {
+        (ns / 1e3, "us")
+    } else {
+        (ns, "ns")
+    };
+    if value >= 100.0 {
+        format!("{value:.0}{unit}")
+    } else if value >= 10.0 {
+        format!("{value:.1}{unit}")
+    } else {
+        format!("{value:.2}{unit}")
+    }
+}
+
+/// `1234567` as `1.2M`, for rates in the live summary.
+#[must_use]
+pub fn format_count(n: f64) -> String {
+    if n >= 1e6 {
+        format!("{:.1}M", n / 1e6)
+    } else if n >= 1e4 {
+        format!("{:.0}k", n / 1e3)
+    } else if n >= 1e3 {
+        format!("{:.1}k", n / 1e3)
+    } else {
+        format!("{n:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!("4096".parse::<ByteSize>(), Ok(ByteSize(4096)));
+        assert_eq!("8m".parse::<ByteSize>(), Ok(ByteSize(8 << 20)));
+        assert_eq!("10G".parse::<ByteSize>(), Ok(ByteSize(10 << 30)));
+        assert_eq!("512KiB".parse::<ByteSize>(), Ok(ByteSize(512 << 10)));
+        assert!("ten".parse::<ByteSize>().is_err());
+        assert!("-1k".parse::<ByteSize>().is_err());
+        assert!("99999999999999t".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(8 << 20).to_string(), "8m");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            "10s".parse::<HumanDuration>().map(|d| d.0),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().map(|d| d.0),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            "5m".parse::<HumanDuration>().map(|d| d.0),
+            Ok(Duration::from_secs(300))
+        );
+        assert_eq!(
+            "1.5h".parse::<HumanDuration>().map(|d| d.0),
+            Ok(Duration::from_secs(5400))
+        );
+        assert!("10".parse::<HumanDuration>().is_err(), "a unit is required");
+        assert!("soon".parse::<HumanDuration>().is_err());
+        assert!("-5s".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn formatting_keeps_three_digits() {
+        assert_eq!(format_ns(843_000.0), "843us");
+        assert_eq!(format_ns(13_200.0), "13.2us");
+        assert_eq!(format_ns(1_500_000_000.0), "1.50s");
+        assert_eq!(format_count(1234.0), "1.2k");
+        assert_eq!(format_count(42.0), "42");
+    }
+}

@@ -1,0 +1,225 @@
+//! Harness for tests that run the real tracer on real processes.
+//!
+//! A [`Workload`] is one of the simulator's programs started with `--wait`:
+//! it loads its libraries, reports its pid, and waits for a go line, so the
+//! tracer can be attached to it first. A [`Tracer`] is the `ingero` binary
+//! running `trace`; it is ready when it prints "Ctrl-C to stop" and is
+//! stopped with SIGINT like a user would. Tests that need root skip with a
+//! printed reason otherwise; tracer tests run one at a time ([`serial`]) so
+//! their timings do not disturb each other on a small machine.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Mutex, MutexGuard, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+pub const INGERO: &str = env!("CARGO_BIN_EXE_ingero");
+
+/// True if running as root; otherwise prints why the test is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped {test}: needs root to load eBPF programs (CI runs it as root)");
+    }
+    root
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the tracer-test lock for the duration of a test.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A simulator program waiting to start.
+pub struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    pub pid: u32,
+}
+
+impl Workload {
+    /// Starts `program args... --wait` with extra environment `env`.
+    pub fn start(program: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .arg("--wait")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = lines
+            .recv_timeout(Duration::from_secs(20))
+            .context("workload never became ready")?;
+        let v: serde_json::Value = serde_json::from_str(&ready)?;
+        let pid = v["ready"].as_u64().context("ready line without pid")? as u32;
+        let stdin = child.stdin.take();
+        Ok(Self {
+            child,
+            stdin,
+            lines,
+            pid,
+        })
+    }
+
+    /// Lets the program make its calls.
+    pub fn go(&mut self) -> anyhow::Result<()> {
+        let mut stdin = self.stdin.take().context("already started")?;
+        writeln!(stdin, "go")?;
+        Ok(())
+    }
+
+    /// Waits for the program to finish and returns its report line.
+    pub fn finish(mut self) -> anyhow::Result<serde_json::Value> {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .context("no report from the workload")?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("workload failed: {status}");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `ingero trace`.
+pub struct Tracer {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+    pub db: PathBuf,
+}
+
+impl Tracer {
+    /// Starts `ingero trace --db DB ARGS -q` and waits until it is tracing.
+    pub fn start(db: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(INGERO)
+            .arg("trace")
+            .arg("--db")
+            .arg(db)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Self {
+            child,
+            stderr: rx,
+            log: Vec::new(),
+            db: db.to_path_buf(),
+        };
+        tracer.wait_for("Ctrl-C to stop", Duration::from_secs(30))?;
+        Ok(tracer)
+    }
+
+    /// Waits until a stderr line contains `text`.
+    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(text) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        bail!(
+            "tracer never printed '{text}'; its output:\n{}",
+            self.log.join("\n")
+        )
+    }
+
+    /// Takes the tracer's stdout (for `--json`).
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Stops with SIGINT, as Ctrl-C would; returns everything it printed.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait()?;
+        self.log.extend(self.stderr.try_iter());
+        let log = self.log.join("\n");
+        if !status.success() {
+            bail!("tracer exited with {status}:\n{log}");
+        }
+        Ok(log)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens a database written by the tracer.
+pub fn open(db: &Path) -> anyhow::Result<rusqlite::Connection> {
+    Ok(rusqlite::Connection::open(db)?)
+}
+
+/// One integer from a query.
+pub fn scalar(conn: &rusqlite::Connection, sql: &str) -> anyhow::Result<i64> {
+    Ok(conn
+        .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?
+        .unwrap_or(0))
+}
+
+/// Runs `ingero ARGS` to completion: (exit code, stdout, stderr).
+pub fn ingero(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(INGERO).args(args).stdin(Stdio::null()).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Reads all of a child's stdout.
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}

@@ -1,0 +1,1 @@
+//! Fleet client (fan-out queries across ingero agents).

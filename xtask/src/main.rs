@@ -1,0 +1,42 @@
+//! Project tasks: `cargo xtask <command>`.
+//!
+//! Every command first runs [`setup`] (idempotent, quick when nothing is
+//! missing), so each works on a fresh machine of the project's kind.
+
+mod exec;
+mod lint;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "ingero project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (nightly rust-src, bpf-linker, gcc, tracefs, Python packages)
+    Setup,
+    /// Build everything and run the whole test suite (privileged tests need root)
+    Test(test::Options),
+    /// rustfmt check and clippy (-D warnings), including the eBPF crate
+    Lint,
+    /// Build ingero (release) and run it: cargo xtask run -- trace --duration 10s
+    Run(run::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    setup::ensure()?;
+    match cli.command {
+        Command::Setup => Ok(()),
+        Command::Test(opts) => test::run(&opts),
+        Command::Lint => lint::run(),
+        Command::Run(opts) => run::run(&opts),
+    }
+}

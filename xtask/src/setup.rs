@@ -1,0 +1,119 @@
+//! `cargo xtask setup`: installs what is missing, and nothing else.
+//!
+//! Each step checks first and acts only if needed, so a second run takes a
+//! fraction of a second. Steps: nightly's `rust-src` (for
+//! `-Z build-std=core`), `bpf-linker` 0.10.4 (the last release that links
+//! with rustc's own LLVM), a C compiler (the simulator's stubs), tracefs
+//! mounted, and the Python packages the tests use.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::exec::{exec, output, succeeds};
+
+/// bpf-linker release that matches nightly's LLVM (see README, Toolchain).
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Python packages for the tests: the real CUDA runtime.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("nvidia.cuda_runtime", "nvidia-cuda-runtime-cu12==12.9.79")];
+
+pub fn ensure() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    c_compiler()?;
+    tracefs()?;
+    python_packages()?;
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("the nightly toolchain is needed to build the eBPF programs; install it with `rustup toolchain install nightly`")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask setup: adding rust-src to the nightly toolchain");
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
+    exec(crate::exec::cargo().args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn c_compiler() -> anyhow::Result<()> {
+    if succeeds(Command::new("cc").arg("--version")) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing gcc");
+    apt_install(&["gcc", "libc6-dev"])
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn tracefs() -> anyhow::Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir() || !is_root() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: mounting tracefs at /sys/kernel/tracing");
+    exec(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    for (module, requirement) in PYTHON_PACKAGES {
+        if succeeds(Command::new("python3").args(["-c", &format!("import {module}")])) {
+            continue;
+        }
+        eprintln!("xtask setup: pip install {requirement}");
+        exec(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            requirement,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Installs Debian packages (as root), with a clear error otherwise.
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "missing packages {packages:?}: install them with `sudo apt-get install -y {}`",
+            packages.join(" ")
+        );
+    }
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "-q"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .or_else(|_| {
+        exec(Command::new("apt-get").args(["update", "-q"]))?;
+        exec(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "-q"])
+                .args(packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    })
+}
