@@ -3,6 +3,7 @@
 //! Every command first runs [`setup`] (idempotent, quick when nothing is
 //! missing), so each works on a fresh machine of the project's kind.
 
+mod bench;
 mod exec;
 mod lint;
 mod run;
@@ -28,6 +29,8 @@ enum Command {
     Lint,
     /// Build ingero (release) and run it: cargo xtask run -- trace --duration 10s
     Run(run::Options),
+    /// Benchmarks, reported as ratios against baselines measured in the same run
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(opts) => test::run(&opts),
         Command::Lint => lint::run(),
         Command::Run(opts) => run::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

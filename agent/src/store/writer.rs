@@ -660,8 +660,9 @@ mod tests {
                 }
             }
         });
-        let pruned = writer.stats.pruned.load(Ordering::Relaxed);
+        let stats = Arc::clone(&writer.stats);
         writer.finish()?;
+        let pruned = stats.pruned.load(Ordering::Relaxed);
         assert!(pruned > 0, "the cap must have been hit");
         let conn = Connection::open(&path)?;
         let (n, oldest): (i64, i64) =
