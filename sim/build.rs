@@ -70,20 +70,17 @@ fn main() {
     );
     // Must not link the stub driver (see native/cudart.c).
     compile(&out, "ingero-sim-cudart", &["cudart.c"], &["-ldl"]);
-    if std::path::Path::new("native/rank.c").exists() {
-        compile(
-            &out,
-            "ingero-sim-rank",
-            &["rank.c"],
-            &[
-                &libdir,
-                "-l:libnccl.so.2",
-                "-l:libcuda.so.1",
-                "-ldl",
-                "-lm",
-                "-Wl,-rpath,$ORIGIN",
-            ],
-        );
-    }
+    compile(
+        &out,
+        "ingero-sim-rank",
+        &["rank.c"],
+        &[
+            &libdir,
+            "-l:libnccl.so.2",
+            "-l:libcuda.so.1",
+            "-ldl",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+    );
     println!("cargo:rustc-env=INGERO_SIM_DIR={}", out.display());
 }

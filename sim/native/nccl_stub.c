@@ -70,6 +70,8 @@ struct ncclComm {
     int *peer_fds;  /* root: connections to ranks 1..n-1, indexed by rank */
     CUfunction kernel;
     double net_bytes_per_ns;
+    /* Set when a peer vanished: later collectives fail instead of hanging. */
+    volatile int failed;
 };
 
 /* One enqueued all-reduce; freed by the stream worker that executes it. */
@@ -258,13 +260,19 @@ static void allreduce_on_stream(void *arg) {
     if (c->nranks > 1) {
         if (c->rank == 0) {
             for (int peer = 1; peer < c->nranks; peer++)
-                if (read_all(c->peer_fds[peer], &token, 1) != 0)
-                    fprintf(stderr, "nccl stub: rank %d left the communicator\n", peer);
+                if (read_all(c->peer_fds[peer], &token, 1) != 0) {
+                    if (!c->failed)
+                        fprintf(stderr, "nccl stub: rank %d left the communicator\n", peer);
+                    c->failed = 1;
+                }
             for (int peer = 1; peer < c->nranks; peer++)
                 write_all(c->peer_fds[peer], &token, 1);
         } else {
-            if (write_all(c->root_fd, &token, 1) != 0 || read_all(c->root_fd, &token, 1) != 0)
-                fprintf(stderr, "nccl stub: rank 0 left the communicator\n");
+            if (write_all(c->root_fd, &token, 1) != 0 || read_all(c->root_fd, &token, 1) != 0) {
+                if (!c->failed)
+                    fprintf(stderr, "nccl stub: rank 0 left the communicator\n");
+                c->failed = 1;
+            }
         }
     }
     double ring = c->nranks > 1 ? 2.0 * (c->nranks - 1) / c->nranks : 0.0;
@@ -287,6 +295,8 @@ EXPORT ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t c
     (void)op;
     if (comm == NULL || sendbuff == NULL || recvbuff == NULL || type_size(datatype) == 0)
         return ncclInvalidArgument;
+    if (comm->failed)
+        return ncclRemoteError;
     struct pending_allreduce *p = malloc(sizeof(*p));
     if (p == NULL)
         return ncclSystemError;

@@ -70,3 +70,4 @@ pub fn libcudart() -> Option<PathBuf> {
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     (out.status.success() && path.exists()).then_some(path)
 }
+pub mod cluster;
