@@ -298,7 +298,7 @@ pub fn run(
     // Ranks, waiting for the go line.
     let (rank_tx, rank_rx) = mpsc::channel();
     let mut stdins: Vec<ChildStdin> = Vec::new();
-    for i in 0..cfg.nodes {
+    for (i, cpu) in cpu_of.iter().enumerate() {
         let mut cmd = Command::new(crate::rank());
         cmd.env("RANK", i.to_string())
             .env("LOCAL_RANK", "0")
