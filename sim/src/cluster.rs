@@ -309,7 +309,7 @@ pub fn run(
                 "--steps",
                 &cfg.steps.to_string(),
                 "--cpu",
-                &cpu_of[i].to_string(),
+                &cpu.to_string(),
                 "--wait",
             ])
             .stdin(Stdio::piped())
