@@ -395,6 +395,34 @@ pub const DRIVER_SYMBOLS: &[ProbeSymbol] = &[
     sym("cuMemAllocAsync", source::DRIVER, driver_op::MEM_ALLOC_ASYNC),
 ];
 
+/// Whether `arg0` of an operation is a byte count (allocations, copies,
+/// block I/O), so sizes can be summed and compared.
+#[must_use]
+pub fn arg0_is_bytes(src: u8, op: u8) -> bool {
+    match src {
+        source::CUDA => matches!(
+            op,
+            cuda_op::MALLOC
+                | cuda_op::MEMCPY
+                | cuda_op::MEMCPY_ASYNC
+                | cuda_op::MALLOC_MANAGED
+                | cuda_op::MALLOC_ASYNC
+        ),
+        source::DRIVER => matches!(
+            op,
+            driver_op::MEMCPY
+                | driver_op::MEMCPY_ASYNC
+                | driver_op::MEMCPY_HTOD
+                | driver_op::MEMCPY_DTOH
+                | driver_op::MEM_ALLOC
+                | driver_op::MEM_ALLOC_MANAGED
+                | driver_op::MEM_ALLOC_ASYNC
+        ),
+        source::IO => true,
+        _ => false,
+    }
+}
+
 /// The catalogue entry of `(source, op)`.
 #[must_use]
 pub fn op_info(source: u8, op: u8) -> Option<&'static OpInfo> {

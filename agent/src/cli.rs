@@ -34,6 +34,10 @@ pub enum Command {
     Trace(TraceArgs),
     /// Report whether this machine can trace, and which CUDA libraries it has
     Check(CheckArgs),
+    /// Run read-only SQL on a database
+    Query(QueryArgs),
+    /// Explain slowdowns: causal chains from the recorded events
+    Explain(ExplainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,4 +91,56 @@ pub struct CheckArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// The time range to look at.
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// Only the last DURATION of recorded data (e.g. 5m), counted back from the newest event
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<HumanDuration>,
+    /// From this time (RFC 3339, or Unix s/ms/us/ns)
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// Up to this time (RFC 3339, or Unix s/ms/us/ns)
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Database file [default: ~/.ingero/ingero.db]
+    #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// At most this many rows
+    #[arg(long, default_value_t = crate::readonly::DEFAULT_ROW_LIMIT)]
+    pub limit: usize,
+    /// Interrupt the query after this long
+    #[arg(long, default_value = "10s")]
+    pub timeout: HumanDuration,
+    /// Print {columns, rows, truncated} as JSON
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV
+    #[arg(long)]
+    pub csv: bool,
+    /// One read-only SQL statement, e.g. "SELECT node, count(*) FROM events GROUP BY node"
+    pub sql: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Database file [default: ~/.ingero/ingero.db]; without a window the whole database is explained
+    #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// Print the chains and per-node figures as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Do not record the chains in the database's causal_chains table
+    #[arg(long)]
+    pub no_save: bool,
 }

@@ -1,12 +1,14 @@
 //! The errors a command can end with, and the one place where they become
 //! exit codes. Every error prints as one sentence that says what to do.
 //!
-//! Exit codes: 0 success; 1 other failure; 2 bad input (usage, a pid that
-//! does not exist, a library path that is wrong); 69 the kernel lacks
+//! Exit codes: 0 success; 1 other failure (including a query interrupted
+//! at its deadline); 2 bad input (usage, a pid that does not exist, a
+//! library path that is wrong, SQL that is refused or invalid, a database
+//! that does not exist); 69 the kernel lacks
 //! something (BTF, tracefs, a tracepoint); 73 the database cannot be
 //! written; 77 not enough privileges; 78 bad configuration file.
 
-use crate::{config::ConfigError, store::StoreError, trace::TraceError};
+use crate::{config::ConfigError, readonly::QueryError, store::StoreError, trace::TraceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -16,6 +18,11 @@ pub enum CliError {
     Trace(#[from] TraceError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// Input the user can correct (a path, a time, a flag combination).
+    #[error("{0}")]
+    BadInput(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -35,6 +42,8 @@ impl CliError {
             ) => 69,
             Self::Trace(TraceError::NoSuchPid(_) | TraceError::RingSize(_) | TraceError::Library(_)) => 2,
             Self::Trace(TraceError::Store(_)) | Self::Store(_) => 73,
+            Self::Query(QueryError::Timeout(_)) => 1,
+            Self::Query(_) | Self::BadInput(_) => 2,
             Self::Trace(TraceError::Io(_)) | Self::Failed(_) => 1,
         }
     }

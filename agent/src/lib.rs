@@ -4,22 +4,26 @@
 //! [`run`] resolves configuration and dispatches, and [`error::CliError`]
 //! maps every failure to one sentence and an exit code.
 
+pub mod analysis;
 pub mod check;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod host;
 pub mod logging;
+pub mod readonly;
 pub mod store;
+pub mod table;
+pub mod timewin;
 pub mod trace;
 pub mod units;
 
 use std::process::ExitCode;
 
-use cli::{Cli, Command, TraceArgs};
+use cli::{Cli, Command};
 use config::FileConfig;
 use error::CliError;
-use trace::{TraceOptions, probes::Families};
 use units::ByteSize;
 
 /// Default size cap of the database.
@@ -31,7 +35,9 @@ pub const DEFAULT_RINGBUF: ByteSize = ByteSize(8 << 20);
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let file = FileConfig::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Trace(args) => trace_command(args, &file),
+        Command::Trace(args) => cmd::trace::run(&args, &file),
+        Command::Query(args) => cmd::query::run(&args, &file),
+        Command::Explain(args) => cmd::explain::run(&args, &file),
         Command::Check(args) => {
             let report = check::run();
             if args.json {
@@ -49,68 +55,4 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })
         }
     }
-}
-
-fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, CliError> {
-    let t = &file.trace;
-    let flags = serde_json::json!({
-        "argv": std::env::args().skip(1).collect::<Vec<_>>(),
-    });
-    Ok(TraceOptions {
-        node: config::resolve_node(args.node.as_deref(), file)?,
-        pids: args.pids.clone(),
-        duration: args.duration.map(|d| d.0),
-        db: config::resolve_db(args.db.as_deref(), file)?,
-        max_db_size: Some(args.max_db.or(file.agent.max_db_size).unwrap_or(DEFAULT_MAX_DB).0),
-        stack: args.stack || t.stack.unwrap_or(false),
-        cuda_libs: args
-            .cuda_lib
-            .iter()
-            .chain(&t.cuda_lib)
-            .map(|p| config::expand_home(p))
-            .collect(),
-        cudart_libs: args
-            .cudart_lib
-            .iter()
-            .chain(&t.cudart_lib)
-            .map(|p| config::expand_home(p))
-            .collect(),
-        json: args.json,
-        ringbuf_bytes: args.ringbuf_size.or(t.ringbuf_size).unwrap_or(DEFAULT_RINGBUF).0,
-        families: Families {
-            sched: !args.no_sched && t.sched.unwrap_or(true),
-            io: !args.no_io && t.io.unwrap_or(true),
-            memory: !args.no_memory && t.memory.unwrap_or(true),
-        },
-        flags_json: flags.to_string(),
-        live: !args.quiet,
-    })
-}
-
-fn trace_command(args: TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
-    let opts = trace_options(&args, file)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
-    let outcome = runtime.block_on(trace::run(opts))?;
-    eprintln!(
-        "ingero: {}: {} events stored in {} (node {}, session {}) over {:.1}s, {} dropped",
-        outcome.stop_reason,
-        trace::live::group_digits(outcome.events),
-        outcome.db.display(),
-        outcome.node,
-        outcome.session_id,
-        outcome.seconds,
-        trace::live::group_digits(outcome.dropped),
-    );
-    if outcome.dropped > 0 {
-        eprintln!(
-            "ingero: warning: {} events could not be delivered (counted per probe in the drops table); \
-             a larger --ringbuf-size helps",
-            trace::live::group_digits(outcome.dropped)
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }

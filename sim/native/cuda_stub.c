@@ -10,6 +10,11 @@
  * tail latency, as on real hardware); synchronize calls block until the
  * stream (or every stream) has drained.
  *
+ * Synchronous copies between host and device also do the CPU work of the
+ * real driver for pageable memory: the host buffer is copied through a
+ * staging buffer, so a freshly allocated source page-faults inside the
+ * call.
+ *
  * Simulated GPU time of a kernel is requested through its grid:
  *   gpu_ns = gridDimX * gridDimY * gridDimZ * INGERO_SIM_NS_PER_BLOCK
  * Other knobs (environment, read by cuInit):
@@ -159,18 +164,36 @@ static void *stream_worker(void *arg) {
             pthread_cond_wait(&s->cv, &s->mu);
         if (s->head == NULL)
             break;
-        struct work *w = s->head;
-        s->head = w->next;
+        /* Like a GPU, run queued kernels and copies back to back: take every
+         * consecutive timed item at once (one wake-up, not one per kernel). */
+        struct work *batch = s->head, *last = s->head;
+        uint64_t ns = 0, items = 0;
+        if (batch->kind == WORK_SLEEP) {
+            while (s->head != NULL && s->head->kind == WORK_SLEEP) {
+                last = s->head;
+                ns += last->ns;
+                items++;
+                s->head = last->next;
+            }
+        } else {
+            s->head = batch->next;
+            items = 1;
+        }
+        last->next = NULL;
         if (s->head == NULL)
             s->tail = NULL;
         pthread_mutex_unlock(&s->mu);
-        if (w->kind == WORK_SLEEP)
-            sleep_ns(w->ns);
+        if (batch->kind == WORK_SLEEP)
+            sleep_ns(ns);
         else
-            w->fn(w->arg);
-        free(w);
+            batch->fn(batch->arg);
+        while (batch != NULL) {
+            struct work *next = batch->next;
+            free(batch);
+            batch = next;
+        }
         pthread_mutex_lock(&s->mu);
-        s->completed++;
+        s->completed += items;
         pthread_cond_broadcast(&s->cv);
     }
     pthread_mutex_unlock(&s->mu);
@@ -491,10 +514,23 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
 }
 
 /* Synchronous copies follow legacy default-stream semantics: they wait for
- * the null stream, then take bytes / bandwidth of wall time. */
-static CUresult copy_sync(size_t bytes) {
+ * the null stream, then take bytes / bandwidth of wall time. Copies from or
+ * to host memory move the host bytes through a staging buffer first. */
+enum host_side { NO_HOST, HOST_SOURCE, HOST_DESTINATION };
+
+static CUresult copy_sync(size_t bytes, void *host, enum host_side side) {
+    static __thread char staging[1 << 20];
     drain(&g.null_stream);
-    sleep_ns(copy_ns(bytes));
+    uint64_t start = now_ns(CLOCK_MONOTONIC);
+    for (size_t off = 0; host != NULL && off < bytes; off += sizeof(staging)) {
+        size_t n = bytes - off < sizeof(staging) ? bytes - off : sizeof(staging);
+        if (side == HOST_SOURCE)
+            memcpy(staging, (const char *)host + off, n);
+        else if (side == HOST_DESTINATION)
+            memcpy((char *)host + off, staging, n);
+    }
+    uint64_t spent = now_ns(CLOCK_MONOTONIC) - start, total = copy_ns(bytes);
+    sleep_ns(total > spent ? total - spent : 0);
     return CUDA_SUCCESS;
 }
 
@@ -502,21 +538,21 @@ EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
     REQUIRE_INIT();
     if (dst == 0 || src == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    return copy_sync(ByteCount);
+    return copy_sync(ByteCount, NULL, NO_HOST);
 }
 
 EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount) {
     REQUIRE_INIT();
     if (dstDevice == 0 || srcHost == NULL)
         return CUDA_ERROR_INVALID_VALUE;
-    return copy_sync(ByteCount);
+    return copy_sync(ByteCount, (void *)srcHost, HOST_SOURCE);
 }
 
 EXPORT CUresult cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
     REQUIRE_INIT();
     if (dstHost == NULL || srcDevice == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    return copy_sync(ByteCount);
+    return copy_sync(ByteCount, dstHost, HOST_DESTINATION);
 }
 
 EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount,

@@ -5,13 +5,15 @@
  * WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the environment. It allocates
  * its model (cuMemAlloc_v2) and then runs training steps:
  *
- *   host work: data loading, Python overhead (CPU time)   --host-us
  *   cuMemcpyHtoD_v2 of the input batch                      --batch-mb
- *   K x cuLaunchKernel, each U us of simulated GPU time     --kernels, --kernel-us
+ *   K x (host work, then cuLaunchKernel of U us GPU time)   --kernels, --kernel-us
+ *       the step's host work (Python, framework overhead)   --host-us
+ *       is split between the launches, as in a real forward/backward pass
  *   a few calls into the real CUDA runtime (no driver here) --cudart PATH
  *   cuStreamSynchronize: the rank's own compute is done
  *   ncclAllReduce of the gradients (a real barrier), cuStreamSynchronize
- *   cuMemcpyDtoH_v2 of the loss
+ *   cuMemcpyDtoH_v2 of the step's outputs (--output-mb; like .cpu()) and
+ *   of the loss
  *
  * printing "step S rank R TOTAL_MS COMPUTE_MS WAIT_MS" after each step, where
  * compute runs to the first synchronize and wait is the all-reduce (peers
@@ -27,11 +29,15 @@
  *       staging), then a writer thread on the same CPU serializes it (CPU
  *       work) and writes it with O_DIRECT in 1 MiB chunks, then fsync, while
  *       training continues; the next checkpoint waits for the previous one.
- *   --memory-pressure-mb M
- *       every step a loader thread allocates and touches M MB, then frees it.
+ *   --memory-pressure-mb M [--memory-every E]
+ *       every E steps, a burst: the rank allocates and touches M MB (a
+ *       collate building new tensors), and copies its outputs into a
+ *       freshly allocated pageable buffer, which page-faults while
+ *       cuMemcpyDtoH_v2 writes it (as .cpu() does).
  *   --cpu N    pin the rank's threads to CPU N (CPU hogs are separate
  *              processes: --hog).
- *   --hog      burn CPU as "cpu-hog" until killed (use with --cpu).
+ *   --hog      burn CPU as "cpu-hog" at nice -10 (a noisy neighbour that
+ *              outranks the trainer) until killed (use with --cpu).
  *
  * Every process asks to be killed with its parent (PR_SET_PDEATHSIG), so a
  * killed launcher leaves nothing behind.
@@ -45,6 +51,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef int CUresult;
@@ -80,15 +87,15 @@ extern const char *ncclGetErrorString(int result);
 static const char *PROG = "ingero-sim-rank";
 
 static struct {
-    long steps, kernels, kernel_us, host_us, batch_mb, grad_mb;
+    long steps, kernels, kernel_us, host_us, batch_mb, grad_mb, output_mb;
     const char *cudart;
     const char *ckpt_dir;
     long ckpt_mb, ckpt_every;
-    long mem_mb;
+    long mem_mb, mem_every;
     long cpu;
     int hog, wait;
-} opt = {.steps = 100, .kernels = 8, .kernel_us = 2000, .host_us = 4000, .batch_mb = 16,
-         .grad_mb = 32, .ckpt_mb = 256, .ckpt_every = 10, .cpu = -1};
+} opt = {.steps = 100, .kernels = 32, .kernel_us = 500, .host_us = 1000, .batch_mb = 16, .output_mb = 16,
+         .grad_mb = 32, .ckpt_mb = 256, .ckpt_every = 10, .mem_every = 5, .cpu = -1};
 
 static int rank_id, world;
 
@@ -224,36 +231,6 @@ static void checkpoint(long step, CUdeviceptr state) {
     pthread_mutex_unlock(&ckpt.mu);
 }
 
-/* ---- memory pressure: a loader thread allocating and touching memory ---- */
-
-static pthread_mutex_t mem_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t mem_cv = PTHREAD_COND_INITIALIZER;
-static long mem_requested, mem_done;
-
-static void *memory_loader(void *arg) {
-    (void)arg;
-    prctl(PR_SET_NAME, "data-loader");
-    pin_to(opt.cpu);
-    size_t bytes = (size_t)opt.mem_mb << 20;
-    for (;;) {
-        pthread_mutex_lock(&mem_mu);
-        while (mem_done == mem_requested)
-            pthread_cond_wait(&mem_cv, &mem_mu);
-        long n = mem_requested;
-        pthread_mutex_unlock(&mem_mu);
-        char *p = malloc(bytes);
-        if (p == NULL)
-            fail("malloc (memory pressure)", 0);
-        for (size_t off = 0; off < bytes; off += 4096)
-            p[off] = (char)n;
-        free(p);
-        pthread_mutex_lock(&mem_mu);
-        mem_done = n;
-        pthread_mutex_unlock(&mem_mu);
-    }
-    return NULL;
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -275,19 +252,21 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(a, "--host-us")) opt.host_us = sim_num(PROG, a, v);
         else if (!strcmp(a, "--batch-mb")) opt.batch_mb = sim_num(PROG, a, v);
         else if (!strcmp(a, "--grad-mb")) opt.grad_mb = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--output-mb")) opt.output_mb = sim_num(PROG, a, v);
         else if (!strcmp(a, "--cudart")) opt.cudart = v;
         else if (!strcmp(a, "--checkpoint-dir")) opt.ckpt_dir = v;
         else if (!strcmp(a, "--checkpoint-mb")) opt.ckpt_mb = sim_num(PROG, a, v);
         else if (!strcmp(a, "--checkpoint-every")) opt.ckpt_every = sim_num(PROG, a, v);
         else if (!strcmp(a, "--memory-pressure-mb")) opt.mem_mb = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--memory-every")) opt.mem_every = sim_num(PROG, a, v);
         else if (!strcmp(a, "--cpu")) opt.cpu = sim_num(PROG, a, v);
         else {
             fprintf(stderr, "%s: unknown option %s\n", PROG, a);
             exit(2);
         }
     }
-    if (opt.kernels < 1 || opt.steps < 1 || opt.ckpt_every < 1 || opt.ckpt_mb < 1) {
-        fprintf(stderr, "%s: --steps, --kernels, --checkpoint-every and --checkpoint-mb must be at least 1\n", PROG);
+    if (opt.kernels < 1 || opt.steps < 1 || opt.ckpt_every < 1 || opt.ckpt_mb < 1 || opt.mem_every < 1) {
+        fprintf(stderr, "%s: --steps, --kernels, --checkpoint-every, --checkpoint-mb and --memory-every must be at least 1\n", PROG);
         exit(2);
     }
 }
@@ -310,6 +289,7 @@ int main(int argc, char **argv) {
     pin_to(opt.cpu);
     if (opt.hog) {
         prctl(PR_SET_NAME, "cpu-hog");
+        setpriority(PRIO_PROCESS, 0, -10); /* best effort: needs privileges */
         for (;;)
             burn_cpu_us(1000000);
     }
@@ -340,7 +320,8 @@ int main(int argc, char **argv) {
     }
     if ((r = cuStreamCreate(&stream, 0)) != 0) fail("cuStreamCreate", r);
     CUdeviceptr params, grads, batch, state;
-    if ((r = cuMemAlloc_v2(&params, (size_t)opt.grad_mb << 20)) != 0) fail("cuMemAlloc_v2 (params)", r);
+    size_t param_bytes = (size_t)(opt.grad_mb > opt.output_mb ? opt.grad_mb : opt.output_mb) << 20;
+    if ((r = cuMemAlloc_v2(&params, param_bytes)) != 0) fail("cuMemAlloc_v2 (params)", r);
     if ((r = cuMemAlloc_v2(&grads, (size_t)opt.grad_mb << 20)) != 0) fail("cuMemAlloc_v2 (grads)", r);
     if ((r = cuMemAlloc_v2(&batch, (size_t)opt.batch_mb << 20)) != 0) fail("cuMemAlloc_v2 (batch)", r);
     if ((r = cuMemAlloc_v2(&state, (size_t)opt.ckpt_mb << 20)) != 0) fail("cuMemAlloc_v2 (optimizer state)", r);
@@ -358,33 +339,41 @@ int main(int argc, char **argv) {
         memset(ckpt.staging, 0x5a, (size_t)opt.ckpt_mb << 20);
         if (pthread_create(&helper, NULL, checkpoint_writer, NULL) != 0) fail("pthread_create", errno);
     }
-    if (opt.mem_mb > 0 && pthread_create(&helper, NULL, memory_loader, NULL) != 0)
-        fail("pthread_create", errno);
 
     const char *npb = getenv("INGERO_SIM_NS_PER_BLOCK");
     long ns_per_block = npb != NULL && atol(npb) > 0 ? atol(npb) : 1000;
     unsigned blocks = (unsigned)(opt.kernel_us * 1000 / ns_per_block);
-    static char host_batch[4096];
+    size_t batch_bytes = (size_t)opt.batch_mb << 20;
+    char *host_batch = malloc(batch_bytes);
+    if (host_batch == NULL) fail("malloc (batch)", 0);
+    memset(host_batch, 1, batch_bytes);
+    size_t output_bytes = (size_t)opt.output_mb << 20;
+    char *host_outputs = malloc(output_bytes);
+    if (host_outputs == NULL) fail("malloc (outputs)", 0);
+    memset(host_outputs, 0, output_bytes);
     float loss = 0;
     double *ms = calloc((size_t)opt.steps, sizeof(double));
     double *compute = calloc((size_t)opt.steps, sizeof(double));
     double *wait_ms = calloc((size_t)opt.steps, sizeof(double));
     for (long step = 1; step <= opt.steps; step++) {
         uint64_t t0 = now_ns(CLOCK_MONOTONIC);
-        if (opt.mem_mb > 0) {
-            pthread_mutex_lock(&mem_mu);
-            mem_requested = step;
-            pthread_cond_signal(&mem_cv);
-            pthread_mutex_unlock(&mem_mu);
-        }
-        burn_cpu_us(opt.host_us);
-        /* The stub times the copy by its size; it does not read the host
-         * buffer, so one small buffer stands for the whole batch. */
-        if ((r = cuMemcpyHtoD_v2(batch, host_batch, (size_t)opt.batch_mb << 20)) != 0)
+        if ((r = cuMemcpyHtoD_v2(batch, host_batch, batch_bytes)) != 0)
             fail("cuMemcpyHtoD_v2", r);
-        for (long k = 0; k < opt.kernels; k++)
+        int burst = opt.mem_mb > 0 && step % opt.mem_every == 0;
+        char *churn = NULL;
+        if (burst) {
+            /* New host memory, touched page by page. */
+            size_t bytes = (size_t)opt.mem_mb << 20;
+            churn = malloc(bytes);
+            if (churn == NULL) fail("malloc (memory pressure)", 0);
+            for (size_t off = 0; off < bytes; off += 4096)
+                churn[off] = (char)step;
+        }
+        for (long k = 0; k < opt.kernels; k++) {
+            burn_cpu_us(opt.host_us / opt.kernels);
             if ((r = cuLaunchKernel(kernels[k], blocks > 0 ? blocks : 1, 1, 1, 256, 1, 1, 0, stream, NULL, NULL)) != 0)
                 fail("cuLaunchKernel", r);
+        }
         cudart_step(local_rank);
         if (opt.ckpt_dir != NULL && step % opt.ckpt_every == 0)
             checkpoint(step, state);
@@ -398,21 +387,33 @@ int main(int argc, char **argv) {
         uint64_t t_synced = now_ns(CLOCK_MONOTONIC);
         compute[step - 1] = (double)(t_reduce - t0) / 1e6;
         wait_ms[step - 1] = (double)(t_synced - t_reduce) / 1e6;
+        /* outputs.cpu(): a fresh pageable buffer during a burst. */
+        char *dst = burst ? malloc(output_bytes) : host_outputs;
+        if (dst == NULL) fail("malloc (outputs)", 0);
+        if ((r = cuMemcpyDtoH_v2(dst, params, output_bytes)) != 0)
+            fail("cuMemcpyDtoH_v2 (outputs)", r);
+        if (burst) {
+            free(dst);
+            free(churn);
+        }
         if ((r = cuMemcpyDtoH_v2(&loss, params, sizeof(loss))) != 0)
             fail("cuMemcpyDtoH_v2 (loss)", r);
         ms[step - 1] = (double)(now_ns(CLOCK_MONOTONIC) - t0) / 1e6;
         printf("step %ld rank %d %.2f %.2f %.2f\n", step, rank_id, ms[step - 1], compute[step - 1], wait_ms[step - 1]);
     }
     ncclCommDestroy(comm);
-    double mean = 0;
-    for (long i = 0; i < opt.steps; i++)
+    double mean = 0, compute_mean = 0, wait_mean = 0;
+    for (long i = 0; i < opt.steps; i++) {
         mean += ms[i] / (double)opt.steps;
+        compute_mean += compute[i] / (double)opt.steps;
+        wait_mean += wait_ms[i] / (double)opt.steps;
+    }
     qsort(ms, (size_t)opt.steps, sizeof(double), cmp_double);
     qsort(compute, (size_t)opt.steps, sizeof(double), cmp_double);
     qsort(wait_ms, (size_t)opt.steps, sizeof(double), cmp_double);
     printf("{\"rank\":%d,\"pid\":%d,\"steps\":%ld,\"median_ms\":%.2f,\"p90_ms\":%.2f,\"mean_ms\":%.2f,"
-           "\"compute_median_ms\":%.2f,\"wait_median_ms\":%.2f}\n",
+           "\"compute_median_ms\":%.2f,\"wait_median_ms\":%.2f,\"compute_mean_ms\":%.2f,\"wait_mean_ms\":%.2f}\n",
            rank_id, getpid(), opt.steps, ms[opt.steps / 2], ms[(opt.steps * 9) / 10], mean,
-           compute[opt.steps / 2], wait_ms[opt.steps / 2]);
+           compute[opt.steps / 2], wait_ms[opt.steps / 2], compute_mean, wait_mean);
     return 0;
 }

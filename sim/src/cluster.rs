@@ -110,6 +110,8 @@ pub struct RankReport {
     pub p90_ms: f64,
     pub compute_median_ms: f64,
     pub wait_median_ms: f64,
+    pub compute_mean_ms: f64,
+    pub wait_mean_ms: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -305,6 +307,8 @@ pub fn run(
             .env("WORLD_SIZE", cfg.nodes.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", &master_port)
+            // A launch costs the driver some CPU time; 10 us is typical.
+            .env("INGERO_SIM_LAUNCH_NS", "10000")
             .args([
                 "--steps",
                 &cfg.steps.to_string(),
@@ -327,7 +331,7 @@ pub fn run(
                             .args(["--checkpoint-every", "10"]);
                     }
                     Fault::MemoryPressure => {
-                        cmd.args(["--memory-pressure-mb", "256"]);
+                        cmd.args(["--memory-pressure-mb", "512", "--memory-every", "5"]);
                     }
                     Fault::CpuContention => {}
                 }
@@ -443,7 +447,8 @@ pub fn run(
     }
     let report_every = (cfg.steps / 5).max(1);
     let mut reports: Vec<Option<RankReport>> = vec![None; cfg.nodes];
-    let mut last_step: Vec<(f64, f64, f64)> = vec![(0.0, 0.0, 0.0); cfg.nodes];
+    // Reported steps: (total, compute, wait) of every rank, printed once all have it.
+    let mut reported: std::collections::BTreeMap<u64, Vec<Option<(f64, f64, f64)>>> = Default::default();
     while reports.iter().any(Option::is_none) {
         if stop.load(Ordering::Relaxed) {
             return Err(SimError::Interrupted);
@@ -462,11 +467,17 @@ pub fn run(
             }
         } else if let Some(rest) = line.strip_prefix("step ") {
             let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if let [step, _rank, total, compute, wait] = f[..] {
-                last_step[i] = (total, compute, wait);
-                if i == cfg.nodes - 1 && (step as u64).is_multiple_of(report_every) {
-                    let cols: Vec<String> = last_step
+            if let [step, _rank, total, compute, wait] = f[..]
+                && (step as u64).is_multiple_of(report_every)
+            {
+                let row = reported
+                    .entry(step as u64)
+                    .or_insert_with(|| vec![None; cfg.nodes]);
+                row[i] = Some((total, compute, wait));
+                if row.iter().all(Option::is_some) {
+                    let cols: Vec<String> = row
                         .iter()
+                        .flatten()
                         .enumerate()
                         .map(|(r, (t, c, w))| format!("r{r} {t:.0}ms (compute {c:.0}, wait {w:.0})"))
                         .collect();
@@ -488,6 +499,8 @@ pub fn run(
                 p90_ms: ms("p90_ms"),
                 compute_median_ms: ms("compute_median_ms"),
                 wait_median_ms: ms("wait_median_ms"),
+                compute_mean_ms: ms("compute_mean_ms"),
+                wait_mean_ms: ms("wait_mean_ms"),
             });
         }
     }

@@ -4,6 +4,7 @@
 //! missing), so each works on a fresh machine of the project's kind.
 
 mod bench;
+mod demo;
 mod exec;
 mod lint;
 mod run;
@@ -31,6 +32,8 @@ enum Command {
     Run(run::Options),
     /// Benchmarks, reported as ratios against baselines measured in the same run
     Bench(bench::Options),
+    /// A simulated multi-node training job, traced for real, then analysed (needs root)
+    Demo(demo::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Lint => lint::run(),
         Command::Run(opts) => run::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Demo(opts) => demo::run(&opts),
     }
 }

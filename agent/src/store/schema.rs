@@ -14,142 +14,145 @@ use super::StoreError;
 /// Value of `schema_info.version`.
 pub const SCHEMA_VERSION: &str = "1";
 
-/// Tables and indexes. `IF NOT EXISTS` everywhere: opening an existing
-/// database is the same call as creating one.
-pub const DDL: &str = r"
-CREATE TABLE IF NOT EXISTS schema_info(
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sources(
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    description TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ops(
-    source_id INTEGER NOT NULL,
-    op_id INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    description TEXT NOT NULL,
-    PRIMARY KEY(source_id, op_id)
-);
-CREATE TABLE IF NOT EXISTS events(
-    id TEXT PRIMARY KEY,
-    timestamp INTEGER NOT NULL,
-    pid INTEGER NOT NULL,
-    tid INTEGER NOT NULL,
-    source INTEGER NOT NULL,
-    op INTEGER NOT NULL,
-    duration INTEGER NOT NULL,
-    gpu_id INTEGER NOT NULL DEFAULT 0,
-    arg0 INTEGER NOT NULL DEFAULT 0,
-    arg1 INTEGER NOT NULL DEFAULT 0,
-    ret_code INTEGER NOT NULL DEFAULT 0,
-    stack_hash INTEGER NOT NULL DEFAULT 0,
-    node TEXT NOT NULL DEFAULT '',
-    rank INTEGER,
-    local_rank INTEGER,
-    world_size INTEGER,
-    stream INTEGER,
-    arg2 INTEGER,
-    cpu INTEGER,
-    session_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS idx_events_timestamp ON events(timestamp);
-CREATE TABLE IF NOT EXISTS stack_traces(
-    hash INTEGER PRIMARY KEY,
-    ips TEXT NOT NULL,
-    frames TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS sessions(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    started_at INTEGER NOT NULL,
-    stopped_at INTEGER NOT NULL DEFAULT 0,
-    gpu_model TEXT NOT NULL DEFAULT '',
-    gpu_driver TEXT NOT NULL DEFAULT '',
-    cpu_model TEXT NOT NULL DEFAULT '',
-    cpu_cores INTEGER NOT NULL DEFAULT 0,
-    mem_total INTEGER NOT NULL DEFAULT 0,
-    kernel TEXT NOT NULL DEFAULT '',
-    os_release TEXT NOT NULL DEFAULT '',
-    cuda_ver TEXT NOT NULL DEFAULT '',
-    python_ver TEXT NOT NULL DEFAULT '',
-    ingero_ver TEXT NOT NULL DEFAULT '',
-    pid_filter TEXT NOT NULL DEFAULT '',
-    flags TEXT NOT NULL DEFAULT '',
-    node TEXT NOT NULL DEFAULT '',
-    rank INTEGER,
-    local_rank INTEGER,
-    world_size INTEGER,
-    hostname TEXT NOT NULL DEFAULT '',
-    libraries TEXT NOT NULL DEFAULT '[]',
-    events_stored INTEGER NOT NULL DEFAULT 0,
-    events_dropped INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS idx_sessions_started ON sessions(started_at);
-CREATE TABLE IF NOT EXISTS drops(
-    session_id INTEGER NOT NULL,
-    node TEXT NOT NULL,
-    source INTEGER NOT NULL,
-    op INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    PRIMARY KEY(session_id, source, op, reason)
-);
-CREATE TABLE IF NOT EXISTS process_names(
-    node TEXT NOT NULL DEFAULT '',
-    pid INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    seen_at INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY(node, pid)
-);
-CREATE TABLE IF NOT EXISTS event_aggregates(
-    node TEXT NOT NULL DEFAULT '',
-    bucket INTEGER NOT NULL,
-    source INTEGER NOT NULL,
-    op INTEGER NOT NULL,
-    pid INTEGER NOT NULL DEFAULT 0,
-    count INTEGER NOT NULL,
-    sum_dur INTEGER NOT NULL,
-    min_dur INTEGER NOT NULL,
-    max_dur INTEGER NOT NULL,
-    sum_arg0 INTEGER NOT NULL,
-    PRIMARY KEY(node, bucket, source, op, pid)
-);
-CREATE TABLE IF NOT EXISTS system_snapshots(
-    node TEXT NOT NULL DEFAULT '',
-    timestamp INTEGER NOT NULL,
-    cpu_pct REAL,
-    mem_pct REAL,
-    mem_avail INTEGER,
-    swap_mb INTEGER,
-    load_avg REAL,
-    swap_in INTEGER,
-    swap_out INTEGER,
-    PRIMARY KEY(node, timestamp)
-);
-CREATE TABLE IF NOT EXISTS causal_chains(
-    id TEXT PRIMARY KEY,
-    detected_at INTEGER NOT NULL,
-    severity TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    root_cause TEXT NOT NULL,
-    explanation TEXT NOT NULL,
-    recommendations TEXT NOT NULL DEFAULT '[]',
-    cuda_op TEXT NOT NULL DEFAULT '',
-    cuda_p99_us INTEGER NOT NULL DEFAULT 0,
-    cuda_p50_us INTEGER NOT NULL DEFAULT 0,
-    tail_ratio REAL NOT NULL DEFAULT 0,
-    timeline TEXT NOT NULL DEFAULT '[]',
-    node TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS idx_chains_detected_at ON causal_chains(detected_at);
-CREATE TABLE IF NOT EXISTS id_counters(
-    node TEXT PRIMARY KEY,
-    next_seq INTEGER NOT NULL
-);
-";
+/// `causal_chains`, also created alone in other tracers' databases.
+pub const CAUSAL_CHAINS: &str = "CREATE TABLE IF NOT EXISTS causal_chains(
+        id TEXT PRIMARY KEY,
+        detected_at INTEGER NOT NULL,
+        severity TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        root_cause TEXT NOT NULL,
+        explanation TEXT NOT NULL,
+        recommendations TEXT NOT NULL DEFAULT '[]',
+        cuda_op TEXT NOT NULL DEFAULT '',
+        cuda_p99_us INTEGER NOT NULL DEFAULT 0,
+        cuda_p50_us INTEGER NOT NULL DEFAULT 0,
+        tail_ratio REAL NOT NULL DEFAULT 0,
+        timeline TEXT NOT NULL DEFAULT '[]',
+        node TEXT NOT NULL DEFAULT ''
+)";
+
+/// Tables and indexes, in creation order. `IF NOT EXISTS` everywhere:
+/// opening an existing database is the same call as creating one.
+pub const DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS schema_info(
+         key TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     )",
+    "CREATE TABLE IF NOT EXISTS sources(
+         id INTEGER PRIMARY KEY,
+         name TEXT NOT NULL,
+         description TEXT NOT NULL
+     )",
+    "CREATE TABLE IF NOT EXISTS ops(
+         source_id INTEGER NOT NULL,
+         op_id INTEGER NOT NULL,
+         name TEXT NOT NULL,
+         description TEXT NOT NULL,
+         PRIMARY KEY(source_id, op_id)
+     )",
+    "CREATE TABLE IF NOT EXISTS events(
+         id TEXT PRIMARY KEY,
+         timestamp INTEGER NOT NULL,
+         pid INTEGER NOT NULL,
+         tid INTEGER NOT NULL,
+         source INTEGER NOT NULL,
+         op INTEGER NOT NULL,
+         duration INTEGER NOT NULL,
+         gpu_id INTEGER NOT NULL DEFAULT 0,
+         arg0 INTEGER NOT NULL DEFAULT 0,
+         arg1 INTEGER NOT NULL DEFAULT 0,
+         ret_code INTEGER NOT NULL DEFAULT 0,
+         stack_hash INTEGER NOT NULL DEFAULT 0,
+         node TEXT NOT NULL DEFAULT '',
+         rank INTEGER,
+         local_rank INTEGER,
+         world_size INTEGER,
+         stream INTEGER,
+         arg2 INTEGER,
+         cpu INTEGER,
+         session_id INTEGER
+     )",
+    "CREATE INDEX IF NOT EXISTS idx_events_timestamp ON events(timestamp)",
+    "CREATE TABLE IF NOT EXISTS stack_traces(
+         hash INTEGER PRIMARY KEY,
+         ips TEXT NOT NULL,
+         frames TEXT NOT NULL DEFAULT ''
+     )",
+    "CREATE TABLE IF NOT EXISTS sessions(
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         started_at INTEGER NOT NULL,
+         stopped_at INTEGER NOT NULL DEFAULT 0,
+         gpu_model TEXT NOT NULL DEFAULT '',
+         gpu_driver TEXT NOT NULL DEFAULT '',
+         cpu_model TEXT NOT NULL DEFAULT '',
+         cpu_cores INTEGER NOT NULL DEFAULT 0,
+         mem_total INTEGER NOT NULL DEFAULT 0,
+         kernel TEXT NOT NULL DEFAULT '',
+         os_release TEXT NOT NULL DEFAULT '',
+         cuda_ver TEXT NOT NULL DEFAULT '',
+         python_ver TEXT NOT NULL DEFAULT '',
+         ingero_ver TEXT NOT NULL DEFAULT '',
+         pid_filter TEXT NOT NULL DEFAULT '',
+         flags TEXT NOT NULL DEFAULT '',
+         node TEXT NOT NULL DEFAULT '',
+         rank INTEGER,
+         local_rank INTEGER,
+         world_size INTEGER,
+         hostname TEXT NOT NULL DEFAULT '',
+         libraries TEXT NOT NULL DEFAULT '[]',
+         events_stored INTEGER NOT NULL DEFAULT 0,
+         events_dropped INTEGER NOT NULL DEFAULT 0
+     )",
+    "CREATE INDEX IF NOT EXISTS idx_sessions_started ON sessions(started_at)",
+    "CREATE TABLE IF NOT EXISTS drops(
+         session_id INTEGER NOT NULL,
+         node TEXT NOT NULL,
+         source INTEGER NOT NULL,
+         op INTEGER NOT NULL,
+         reason TEXT NOT NULL,
+         count INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL,
+         PRIMARY KEY(session_id, source, op, reason)
+     )",
+    "CREATE TABLE IF NOT EXISTS process_names(
+         node TEXT NOT NULL DEFAULT '',
+         pid INTEGER NOT NULL,
+         name TEXT NOT NULL,
+         seen_at INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY(node, pid)
+     )",
+    "CREATE TABLE IF NOT EXISTS event_aggregates(
+         node TEXT NOT NULL DEFAULT '',
+         bucket INTEGER NOT NULL,
+         source INTEGER NOT NULL,
+         op INTEGER NOT NULL,
+         pid INTEGER NOT NULL DEFAULT 0,
+         count INTEGER NOT NULL,
+         sum_dur INTEGER NOT NULL,
+         min_dur INTEGER NOT NULL,
+         max_dur INTEGER NOT NULL,
+         sum_arg0 INTEGER NOT NULL,
+         PRIMARY KEY(node, bucket, source, op, pid)
+     )",
+    "CREATE TABLE IF NOT EXISTS system_snapshots(
+         node TEXT NOT NULL DEFAULT '',
+         timestamp INTEGER NOT NULL,
+         cpu_pct REAL,
+         mem_pct REAL,
+         mem_avail INTEGER,
+         swap_mb INTEGER,
+         load_avg REAL,
+         swap_in INTEGER,
+         swap_out INTEGER,
+         PRIMARY KEY(node, timestamp)
+     )",
+    CAUSAL_CHAINS,
+    "CREATE INDEX IF NOT EXISTS idx_chains_detected_at ON causal_chains(detected_at)",
+    "CREATE TABLE IF NOT EXISTS id_counters(
+         node TEXT PRIMARY KEY,
+         next_seq INTEGER NOT NULL
+     )",
+];
 
 /// Columns this tracer adds to tables that older databases may lack.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -204,7 +207,9 @@ const NOTES: &[(&str, &str)] = &[
 /// (re)writes the lookup tables. Idempotent.
 pub fn init(conn: &Connection) -> Result<(), StoreError> {
     let sql = |context: &'static str| move |source| StoreError::Sql { context, source };
-    conn.execute_batch(DDL).map_err(sql("creating tables"))?;
+    for statement in DDL {
+        conn.execute_batch(statement).map_err(sql("creating tables"))?;
+    }
     for (table, column, decl) in ADDED_COLUMNS {
         if !has_column(conn, table, column).map_err(sql("reading the schema"))? {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::catalog::{cuda_op, driver_op, source};
+use agent_common::catalog::arg0_is_bytes;
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::mpsc;
 
@@ -229,29 +229,6 @@ struct Writer {
     config: WriterConfig,
     stats: Arc<WriterStats>,
     last_prune_check: Instant,
-}
-
-/// Whether `arg0` of an operation is a byte count (summed in aggregates).
-fn arg0_is_bytes(src: u8, op: u8) -> bool {
-    match src {
-        source::CUDA => matches!(
-            op,
-            cuda_op::MALLOC
-                | cuda_op::MEMCPY
-                | cuda_op::MEMCPY_ASYNC
-                | cuda_op::MALLOC_MANAGED
-                | cuda_op::MALLOC_ASYNC
-        ),
-        source::DRIVER => !matches!(
-            op,
-            driver_op::LAUNCH_KERNEL
-                | driver_op::LAUNCH_KERNEL_EX
-                | driver_op::CTX_SYNCHRONIZE
-                | driver_op::STREAM_SYNCHRONIZE
-        ),
-        source::IO => true,
-        _ => false,
-    }
 }
 
 impl Writer {
@@ -538,6 +515,7 @@ fn apply_session_update(tx: &Transaction<'_>, id: i64, u: &SessionUpdate) -> rus
 mod tests {
     use super::*;
     use crate::store::{SessionInfo, create_session, open_for_writing};
+    use agent_common::catalog::{driver_op, source};
 
     fn event(ts: i64, op: u8) -> EventRow {
         EventRow {

@@ -1,0 +1,158 @@
+//! Causal chains: what the rules conclude, how they print, and how they are
+//! stored in `causal_chains` (one row per chain id; ids carry the node and
+//! the window start, so history accumulates instead of being overwritten).
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::timewin::Window;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "LOW",
+            Self::Medium => "MEDIUM",
+            Self::High => "HIGH",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "LOW" => Some(Self::Low),
+            "MEDIUM" => Some(Self::Medium),
+            "HIGH" => Some(Self::High),
+            _ => None,
+        }
+    }
+}
+
+/// One layer of evidence in a chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub layer: String,
+    pub op: String,
+    pub detail: String,
+    pub dur_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chain {
+    /// `{node}:{descriptor}`, e.g. `gpu-node-02:tail-cuLaunchKernel@1795262400`.
+    pub id: String,
+    pub node: String,
+    pub severity: Severity,
+    /// Orders chains of equal severity (bigger first).
+    pub score: f64,
+    pub summary: String,
+    pub root_cause: String,
+    pub explanation: String,
+    pub recommendations: Vec<String>,
+    pub cuda_op: String,
+    pub p99_us: f64,
+    pub p50_us: f64,
+    pub tail_ratio: f64,
+    pub timeline: Vec<TimelineEntry>,
+    /// Unix ns when the chain was detected.
+    pub detected_at: i64,
+    pub window: Window,
+}
+
+/// `[HIGH] [node] summary`, the timeline, `Root cause:` and `Fix:`.
+#[must_use]
+pub fn render(chain: &Chain) -> String {
+    let mut out = format!(
+        "[{}] [{}] {}\n",
+        chain.severity.as_str(),
+        chain.node,
+        chain.summary
+    );
+    out.push_str("  Timeline:\n");
+    for t in &chain.timeline {
+        out.push_str(&format!("    [{:<6}] {}\n", t.layer, t.detail));
+    }
+    out.push_str(&format!("  Root cause: {}\n", chain.root_cause));
+    out.push_str(&format!("  Fix: {}\n", chain.recommendations.join("; ")));
+    out
+}
+
+/// Writes chains to `causal_chains` (insert or replace by id).
+pub fn store(conn: &Connection, chains: &[Chain]) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare(
+            "INSERT OR REPLACE INTO causal_chains(id, detected_at, severity, summary, root_cause, explanation,
+                 recommendations, cuda_op, cuda_p99_us, cuda_p50_us, tail_ratio, timeline, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        for c in chains {
+            stmt.execute(params![
+                c.id,
+                c.detected_at,
+                c.severity.as_str(),
+                c.summary,
+                c.root_cause,
+                c.explanation,
+                serde_json::to_string(&c.recommendations).unwrap_or_default(),
+                c.cuda_op,
+                c.p99_us.round() as i64,
+                c.p50_us.round() as i64,
+                c.tail_ratio,
+                serde_json::to_string(&c.timeline).unwrap_or_default(),
+                c.node,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Chains stored in a database detected at or after `since` (Unix ns),
+/// most severe first.
+pub fn load_stored(conn: &Connection, since: i64) -> rusqlite::Result<Vec<Chain>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, node, severity, summary, root_cause, explanation, recommendations, cuda_op,
+                cuda_p99_us, cuda_p50_us, tail_ratio, timeline, detected_at
+         FROM causal_chains WHERE detected_at >= ?1",
+    )?;
+    let rows = stmt.query_map([since], |r| {
+        let recommendations: String = r.get(6)?;
+        let timeline: String = r.get(11)?;
+        let detected_at: i64 = r.get(12)?;
+        Ok(Chain {
+            id: r.get(0)?,
+            node: r.get(1)?,
+            severity: Severity::parse(&r.get::<_, String>(2)?).unwrap_or(Severity::Low),
+            score: 0.0,
+            summary: r.get(3)?,
+            root_cause: r.get(4)?,
+            explanation: r.get(5)?,
+            recommendations: serde_json::from_str(&recommendations).unwrap_or_default(),
+            cuda_op: r.get(7)?,
+            p99_us: r.get::<_, f64>(8)?,
+            p50_us: r.get::<_, f64>(9)?,
+            tail_ratio: r.get(10)?,
+            timeline: serde_json::from_str(&timeline).unwrap_or_default(),
+            detected_at,
+            window: Window {
+                from: detected_at,
+                to: detected_at,
+            },
+        })
+    })?;
+    let mut chains: Vec<Chain> = rows.collect::<Result<_, _>>()?;
+    chains.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(b.detected_at.cmp(&a.detected_at))
+    });
+    Ok(chains)
+}

@@ -1,0 +1,352 @@
+//! Loading what the rules need from a database, per node, in one pass.
+//!
+//! Works on this tracer's databases and on other tracers' that use the same
+//! `events` columns: a missing `node` column makes every event belong to one
+//! unnamed node; databases that do not say otherwise in `schema_info` are
+//! read with the original ingero's conventions (CUDA timestamps at call
+//! entry, block I/O sizes in 512-byte sectors, no preemption flag on
+//! `sched_switch`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use agent_common::catalog::{arg0_is_bytes, host_op, op_info, source};
+use rusqlite::Connection;
+
+use crate::{store::schema::has_column, timewin::Window};
+
+/// A CUDA runtime or driver call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub pid: u32,
+    pub tid: u32,
+    pub start: i64,
+    pub end: i64,
+    /// Bytes moved or allocated, for operations that have a size (else 0).
+    pub bytes: u64,
+}
+
+impl Call {
+    #[must_use]
+    pub fn duration(&self) -> i64 {
+        self.end - self.start
+    }
+}
+
+/// A span a traced thread spent off its CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffCpu {
+    pub pid: u32,
+    pub tid: u32,
+    pub start: i64,
+    pub end: i64,
+    /// Still runnable when switched out (preempted); `None` when the
+    /// database does not say.
+    pub preempted: Option<bool>,
+    /// The task that took the CPU.
+    pub preemptor: u32,
+}
+
+/// A block I/O request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Io {
+    pub pid: u32,
+    pub tid: u32,
+    pub start: i64,
+    pub end: i64,
+    pub bytes: u64,
+    pub write: bool,
+}
+
+/// Page allocations reported at `ts` (a summary or a single allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageAllocs {
+    pub ts: i64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OomKill {
+    pub ts: i64,
+    pub victim: u32,
+    pub rss_bytes: u64,
+}
+
+/// One `system_snapshots` row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub ts: i64,
+    pub cpu_pct: f64,
+    pub mem_pct: f64,
+    pub swap_in: i64,
+    pub swap_out: i64,
+}
+
+/// Everything recorded for one node in the window.
+#[derive(Debug, Clone, Default)]
+pub struct NodeData {
+    pub node: String,
+    /// Calls per (source, op), in timestamp order.
+    pub calls: BTreeMap<(u8, u8), Vec<Call>>,
+    pub off_cpu: Vec<OffCpu>,
+    pub io: Vec<Io>,
+    pub page_allocs: Vec<PageAllocs>,
+    pub oom_kills: Vec<OomKill>,
+    pub snapshots: Vec<Snapshot>,
+    /// Task names by task id (`process_names`).
+    pub names: HashMap<u32, String>,
+    pub rank: Option<i64>,
+    pub world_size: Option<i64>,
+    pub events: u64,
+    /// The window the data covers.
+    pub window: Window,
+}
+
+impl NodeData {
+    /// The name of a task (process or thread), or "task N".
+    #[must_use]
+    pub fn task_name(&self, id: u32) -> String {
+        match self.names.get(&id) {
+            Some(name) => format!("{name} ({id})"),
+            None => format!("task {id}"),
+        }
+    }
+}
+
+/// How the database encodes what the rules read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conventions {
+    pub has_node: bool,
+    pub has_rank: bool,
+    /// CUDA timestamps at the end of the call (this tracer) or its entry.
+    pub timestamps_at_end: bool,
+    /// Block I/O `arg0` in bytes (this tracer) or sectors.
+    pub io_bytes: bool,
+    /// `sched_switch` `arg0` says whether the thread was preempted.
+    pub preempt_flag: bool,
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+pub fn conventions(conn: &Connection) -> rusqlite::Result<Conventions> {
+    let info = |key: &str| -> rusqlite::Result<Option<String>> {
+        if !table_exists(conn, "schema_info")? {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare("SELECT value FROM schema_info WHERE key = ?1")?;
+        let mut rows = stmt.query([key])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    };
+    let ours = info("timestamp_note")?.is_some_and(|n| n.contains("END"));
+    Ok(Conventions {
+        has_node: has_column(conn, "events", "node")?,
+        has_rank: has_column(conn, "events", "rank")? && has_column(conn, "events", "world_size")?,
+        timestamps_at_end: ours,
+        io_bytes: info("io_arg0")?.as_deref() == Some("bytes"),
+        preempt_flag: ours,
+    })
+}
+
+/// Loads every node's data; each node's window is `window` or, if none,
+/// that node's own first to last event.
+pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<NodeData>> {
+    let conv = conventions(conn)?;
+    let node_expr = if conv.has_node { "node" } else { "''" };
+    let rank_expr = if conv.has_rank {
+        "rank, world_size"
+    } else {
+        "NULL, NULL"
+    };
+    let filter = window.map_or(String::new(), |w| {
+        format!("WHERE timestamp BETWEEN {} AND {}", w.from, w.to)
+    });
+    let sql = format!(
+        "SELECT {node_expr}, source, op, pid, tid, timestamp, duration, arg0, arg1, {rank_expr} FROM events {filter}"
+    );
+    let mut nodes: BTreeMap<String, NodeData> = BTreeMap::new();
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let node: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
+        let (src, op): (u8, u8) = (r.get(1)?, r.get(2)?);
+        let (pid, tid): (u32, u32) = (r.get::<_, i64>(3)? as u32, r.get::<_, i64>(4)? as u32);
+        let (ts, dur): (i64, i64) = (r.get(5)?, r.get::<_, i64>(6)?.max(0));
+        let (arg0, arg1): (i64, i64) = (r.get(7)?, r.get(8)?);
+        let d = nodes.entry(node.clone()).or_insert_with(|| NodeData {
+            node,
+            window: Window {
+                from: i64::MAX,
+                to: i64::MIN,
+            },
+            ..NodeData::default()
+        });
+        d.events += 1;
+        d.window.from = d.window.from.min(ts);
+        d.window.to = d.window.to.max(ts);
+        if d.rank.is_none() {
+            d.rank = r.get(9)?;
+            d.world_size = r.get(10)?;
+        }
+        // Spans end at the timestamp except CUDA calls of entry-stamped databases.
+        let (start, end) = (ts - dur, ts);
+        match src {
+            source::CUDA | source::DRIVER => {
+                let (start, end) = if conv.timestamps_at_end {
+                    (start, end)
+                } else {
+                    (ts, ts + dur)
+                };
+                let bytes = if arg0_is_bytes(src, op) {
+                    arg0.max(0) as u64
+                } else {
+                    0
+                };
+                d.calls.entry((src, op)).or_default().push(Call {
+                    pid,
+                    tid,
+                    start,
+                    end,
+                    bytes,
+                });
+            }
+            source::HOST => match op {
+                host_op::SCHED_SWITCH => d.off_cpu.push(OffCpu {
+                    pid,
+                    tid,
+                    start,
+                    end,
+                    preempted: conv.preempt_flag.then_some(arg0 == 1),
+                    preemptor: arg1 as u32,
+                }),
+                // 3: single page allocations (arg0 bytes) of the original tracer.
+                3 => d.page_allocs.push(PageAllocs {
+                    ts,
+                    bytes: arg0.max(0) as u64,
+                }),
+                host_op::MM_PAGE_ALLOC_SUMMARY => d.page_allocs.push(PageAllocs {
+                    ts,
+                    bytes: arg1.max(0) as u64,
+                }),
+                host_op::OOM_KILL => d.oom_kills.push(OomKill {
+                    ts,
+                    victim: if arg1 > 0 { arg1 as u32 } else { pid },
+                    rss_bytes: arg0.max(0) as u64,
+                }),
+                _ => {}
+            },
+            source::IO => d.io.push(Io {
+                pid,
+                tid,
+                start,
+                end,
+                bytes: if conv.io_bytes {
+                    arg0.max(0) as u64
+                } else {
+                    arg0.max(0) as u64 * 512
+                },
+                write: op == 2,
+            }),
+            _ => {}
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    if let Some(w) = window {
+        for d in nodes.values_mut() {
+            d.window = w;
+        }
+    }
+    for d in nodes.values_mut() {
+        for calls in d.calls.values_mut() {
+            calls.sort_by_key(|c| c.start);
+        }
+        d.off_cpu.sort_by_key(|o| o.start);
+        d.io.sort_by_key(|i| i.start);
+    }
+    load_names(conn, &mut nodes, conv.has_node)?;
+    load_snapshots(conn, &mut nodes)?;
+    Ok(nodes.into_values().collect())
+}
+
+fn load_names(
+    conn: &Connection,
+    nodes: &mut BTreeMap<String, NodeData>,
+    has_node: bool,
+) -> rusqlite::Result<()> {
+    if !table_exists(conn, "process_names")? {
+        return Ok(());
+    }
+    let node_expr = if has_node && has_column(conn, "process_names", "node")? {
+        "node"
+    } else {
+        "''"
+    };
+    let mut stmt = conn.prepare(&format!("SELECT {node_expr}, pid, name FROM process_names"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let node: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
+        if let Some(d) = nodes.get_mut(&node) {
+            d.names.insert(r.get::<_, i64>(1)? as u32, r.get(2)?);
+        }
+    }
+    Ok(())
+}
+
+fn load_snapshots(conn: &Connection, nodes: &mut BTreeMap<String, NodeData>) -> rusqlite::Result<()> {
+    if !table_exists(conn, "system_snapshots")? || !has_column(conn, "system_snapshots", "node")? {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT node, timestamp, ifnull(cpu_pct, 0), ifnull(mem_pct, 0), ifnull(swap_in, 0), ifnull(swap_out, 0)
+         FROM system_snapshots ORDER BY timestamp",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let node: String = r.get(0)?;
+        if let Some(d) = nodes.get_mut(&node) {
+            let ts: i64 = r.get(1)?;
+            if ts >= d.window.from && ts <= d.window.to {
+                d.snapshots.push(Snapshot {
+                    ts,
+                    cpu_pct: r.get(2)?,
+                    mem_pct: r.get(3)?,
+                    swap_in: r.get(4)?,
+                    swap_out: r.get(5)?,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name of an operation: the database's `ops` table, else the catalog.
+pub fn op_names(conn: &Connection) -> rusqlite::Result<HashMap<(u8, u8), String>> {
+    let mut names = HashMap::new();
+    if table_exists(conn, "ops")? {
+        let mut stmt = conn.prepare("SELECT source_id, op_id, name FROM ops")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            names.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+        }
+    }
+    Ok(names)
+}
+
+/// The display name of `(source, op)`.
+#[must_use]
+pub fn op_name(names: &HashMap<(u8, u8), String>, src: u8, op: u8) -> String {
+    names
+        .get(&(src, op))
+        .cloned()
+        .or_else(|| op_info(src, op).map(|o| o.name.to_owned()))
+        .unwrap_or_else(|| format!("op {src}/{op}"))
+}

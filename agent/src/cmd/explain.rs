@@ -1,0 +1,110 @@
+//! `ingero explain`: causal chains of a database (all its nodes), printed as
+//! `[SEVERITY] [node] summary` blocks with `Root cause:` and `Fix:` lines,
+//! or as JSON, and recorded in the database's `causal_chains` table.
+
+use std::process::ExitCode;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{
+    analysis::{self, NodeReport, chain},
+    cli::ExplainArgs,
+    config::FileConfig,
+    error::CliError,
+    timewin::format_instant,
+    trace::{clock, live::group_digits},
+    units::format_ns,
+};
+
+fn open(path: &std::path::Path) -> Result<(Connection, bool), CliError> {
+    if !path.is_file() {
+        return Err(CliError::BadInput(format!(
+            "{}: no such database",
+            path.display()
+        )));
+    }
+    let err = |e: rusqlite::Error| CliError::BadInput(format!("cannot open {}: {e}", path.display()));
+    match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(conn) => Ok((conn, true)),
+        Err(_) => Ok((
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?,
+            false,
+        )),
+    }
+}
+
+/// The chains as text: a header line, then one block per chain.
+#[must_use]
+pub fn render(reports: &[NodeReport]) -> String {
+    let chains = analysis::all_chains(reports);
+    let events: u64 = reports.iter().map(|r| r.events).sum();
+    let nodes = reports.len();
+    let from = reports.iter().map(|r| r.window.from).min().unwrap_or(0);
+    let to = reports.iter().map(|r| r.window.to).max().unwrap_or(0);
+    let span = format!(
+        "{} events from {nodes} node{} over {} ({} .. {})",
+        group_digits(events),
+        if nodes == 1 { "" } else { "s" },
+        format_ns((to - from).max(0) as f64),
+        format_instant(from),
+        format_instant(to)
+    );
+    if chains.is_empty() {
+        return format!(
+            "No causal chains: {span}.\nNo CUDA operation had a tail (p99 >= {}x p50) or a throughput drop with a concurrent cause.\n",
+            analysis::rules::TAIL_RATIO
+        );
+    }
+    let count = |s: chain::Severity| chains.iter().filter(|c| c.severity == s).count();
+    let mut out = format!(
+        "CAUSAL CHAINS - {} chain(s) from {nodes} node{} ({} HIGH, {} MEDIUM, {} LOW): {span}\n",
+        chains.len(),
+        if nodes == 1 { "" } else { "s" },
+        count(chain::Severity::High),
+        count(chain::Severity::Medium),
+        count(chain::Severity::Low),
+    );
+    for c in &chains {
+        out.push('\n');
+        out.push_str(&chain::render(c));
+    }
+    out
+}
+
+pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
+    let path = super::database(args.db.as_deref(), file)?;
+    let (conn, writable) = open(&path)?;
+    if !crate::store::schema::has_column(&conn, "events", "id")
+        .map_err(|e| CliError::BadInput(format!("{}: {e}", path.display())))?
+    {
+        return Err(CliError::BadInput(format!(
+            "{} has no events table: is it an ingero database?",
+            path.display()
+        )));
+    }
+    let window = super::window(&conn, &args.window)?;
+    let reports = analysis::explain(&conn, window, clock::unix_ns())
+        .map_err(|e| CliError::Failed(format!("cannot analyse {}: {e}", path.display())))?;
+    let chains = analysis::all_chains(&reports);
+    if !args.no_save && !chains.is_empty() {
+        let saved = writable
+            && conn.execute_batch(crate::store::schema::CAUSAL_CHAINS).is_ok()
+            && chain::store(&conn, &chains).is_ok();
+        if !saved {
+            eprintln!(
+                "ingero: note: {} is read-only; the chains were not recorded in it",
+                path.display()
+            );
+        }
+    }
+    if args.json {
+        let out = serde_json::json!({ "chains": chains, "nodes": reports });
+        println!(
+            "{}",
+            serde_json::to_string(&out).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+    } else {
+        print!("{}", render(&reports));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,427 @@
+//! Running user SQL so that it can only read, enforced by SQLite itself.
+//!
+//! The agent runs as root and executes SQL it receives (command line, HTTP
+//! API, MCP), so string checks are not enough. Three independent layers:
+//!
+//! 1. the database is opened read-only (`SQLITE_OPEN_READ_ONLY`): SQLite
+//!    refuses every write to it, whatever the statement;
+//! 2. an authorizer allows only reading: `SELECT`, reading columns, calling
+//!    functions (except `load_extension`), recursive CTEs and a short list of
+//!    introspection pragmas with no value. `INSERT`, `UPDATE`, `DELETE`, DDL
+//!    (even on TEMP), `ATTACH`, `DETACH`, transactions, savepoints,
+//!    `VACUUM`, `ANALYZE`, virtual tables and pragma writes are denied while
+//!    the statement is prepared, so they never run;
+//! 3. a deadline: a progress handler interrupts a statement that runs past
+//!    it (a huge recursive CTE, a cross join), and a row cap stops reading
+//!    results after `limit` rows, saying so.
+//!
+//! Extension loading is compiled out (rusqlite without `load_extension`).
+//! A rejected statement gets an error that names what was denied.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rusqlite::{
+    Connection, OpenFlags,
+    hooks::{AuthAction, AuthContext, Authorization},
+    types::ValueRef,
+};
+use serde::Serialize;
+
+/// Pragmas that describe a table or index named in their argument.
+const PRAGMAS_ON_A_TABLE: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+];
+/// Pragmas that only report, allowed without a value (with one they write).
+const PRAGMAS_THAT_REPORT: &[&str] = &[
+    "table_list",
+    "function_list",
+    "collation_list",
+    "schema_version",
+    "user_version",
+    "page_count",
+    "page_size",
+];
+
+/// Default limits of a query.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_ROW_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("cannot open the database {path} for reading: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("{path} has no events table: is it an ingero database?")]
+    NotIngero { path: String },
+    #[error("refused: {0} (queries are read-only)")]
+    Denied(String),
+    #[error(
+        "the query ran past its {0:?} deadline and was interrupted; narrow it (WHERE, LIMIT) or raise --timeout"
+    )]
+    Timeout(Duration),
+    #[error("SQL error: {0}")]
+    Sql(String),
+}
+
+/// A query's result.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// True when rows were cut at the row limit.
+    pub truncated: bool,
+    pub elapsed_ms: f64,
+}
+
+/// Limits of one query.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            max_rows: DEFAULT_ROW_LIMIT,
+        }
+    }
+}
+
+/// A read-only connection with the authorizer installed.
+#[derive(Debug)]
+pub struct ReadOnlyDb {
+    conn: Connection,
+    denied: Arc<Mutex<Option<String>>>,
+    deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+/// What the authorizer says about one action.
+#[must_use]
+pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
+    match action {
+        AuthAction::Select | AuthAction::Read { .. } | AuthAction::Recursive => Ok(()),
+        AuthAction::Function { function_name } => {
+            if function_name.eq_ignore_ascii_case("load_extension") {
+                Err("load_extension() is not allowed".into())
+            } else {
+                Ok(())
+            }
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let allowed = PRAGMAS_ON_A_TABLE.contains(&name.as_str())
+                || (PRAGMAS_THAT_REPORT.contains(&name.as_str()) && pragma_value.is_none());
+            if allowed {
+                Ok(())
+            } else {
+                Err(format!("PRAGMA {pragma_name} is not allowed"))
+            }
+        }
+        AuthAction::Attach { .. } => Err("ATTACH is not allowed".into()),
+        AuthAction::Detach { .. } => Err("DETACH is not allowed".into()),
+        AuthAction::Insert { table_name } => Err(format!("INSERT into {table_name}")),
+        AuthAction::Update { table_name, .. } => Err(format!("UPDATE of {table_name}")),
+        AuthAction::Delete { table_name } => Err(format!("DELETE from {table_name}")),
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
+            Err("transactions are not allowed".into())
+        }
+        other => Err(format!("{other:?} is not a read")),
+    }
+}
+
+impl ReadOnlyDb {
+    /// Opens `path` read-only. `window` (Unix ns, inclusive) shadows the
+    /// `events` table with a TEMP view over that time range, so any query
+    /// is filtered transparently.
+    pub fn open(path: &Path, window: Option<(i64, i64)>) -> Result<Self, QueryError> {
+        let shown = path.display().to_string();
+        let open_err = |source| QueryError::Open {
+            path: shown.clone(),
+            source,
+        };
+        if !path.is_file() {
+            return Err(QueryError::Open {
+                path: shown.clone(),
+                source: rusqlite::Error::InvalidPath(path.to_path_buf()),
+            });
+        }
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        let has_events: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(open_err)?
+            > 0;
+        if !has_events {
+            return Err(QueryError::NotIngero { path: shown });
+        }
+        // Keep sorts of huge results on disk, not in memory. (Set before any
+        // TEMP object: changing temp_store drops them.)
+        conn.execute_batch("PRAGMA temp_store = FILE; PRAGMA cache_size = -16000")
+            .map_err(open_err)?;
+        if let Some((from, to)) = window {
+            // Created before the authorizer exists; TEMP objects live in the
+            // connection's own temp database, never in the file.
+            conn.execute_batch(&format!(
+                "CREATE TEMP VIEW events AS SELECT * FROM main.events WHERE timestamp BETWEEN {from} AND {to}"
+            ))
+            .map_err(open_err)?;
+        }
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)
+            .map_err(open_err)?;
+        let denied = Arc::new(Mutex::new(None));
+        let hook_denied = Arc::clone(&denied);
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| match authorize(&ctx.action) {
+            Ok(()) => Authorization::Allow,
+            Err(why) => {
+                if let Ok(mut d) = hook_denied.lock() {
+                    d.get_or_insert(why);
+                }
+                Authorization::Deny
+            }
+        }))
+        .map_err(open_err)?;
+        let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let hook_deadline = Arc::clone(&deadline);
+        conn.progress_handler(
+            1_000,
+            Some(move || {
+                hook_deadline
+                    .lock()
+                    .ok()
+                    .and_then(|d| *d)
+                    .is_some_and(|d| Instant::now() > d)
+            }),
+        )
+        .map_err(open_err)?;
+        Ok(Self {
+            conn,
+            denied,
+            deadline,
+        })
+    }
+
+    /// Runs one statement within `limits`.
+    pub fn query(&self, sql: &str, limits: Limits) -> Result<QueryResult, QueryError> {
+        let start = Instant::now();
+        if let Ok(mut d) = self.denied.lock() {
+            *d = None;
+        }
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = Some(start + limits.timeout);
+        }
+        let result = self.run(sql, limits, start);
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = None;
+        }
+        result.map_err(|e| self.explain_error(e, limits.timeout))
+    }
+
+    fn run(&self, sql: &str, limits: Limits, start: Instant) -> rusqlite::Result<QueryResult> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        let n = columns.len();
+        let mut rows = Vec::new();
+        let mut truncated = false;
+        let mut cursor = stmt.query([])?;
+        while let Some(row) = cursor.next()? {
+            if rows.len() == limits.max_rows {
+                truncated = true;
+                break;
+            }
+            rows.push(
+                (0..n)
+                    .map(|i| row.get_ref(i).map(to_json))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        Ok(QueryResult {
+            columns,
+            rows,
+            truncated,
+            elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    fn explain_error(&self, e: rusqlite::Error, timeout: Duration) -> QueryError {
+        let denied = self.denied.lock().ok().and_then(|mut d| d.take());
+        if let Some(why) = denied {
+            return QueryError::Denied(why);
+        }
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted => {
+                QueryError::Timeout(timeout)
+            }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly => {
+                QueryError::Denied("the database is opened read-only".into())
+            }
+            rusqlite::Error::MultipleStatement => QueryError::Sql("send one statement at a time".into()),
+            _ => QueryError::Sql(e.to_string()),
+        }
+    }
+
+    /// The underlying connection (read-only, authorizer installed).
+    #[must_use]
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn to_json(v: ValueRef<'_>) -> serde_json::Value {
+    match v {
+        ValueRef::Null => serde_json::Value::Null,
+        ValueRef::Integer(i) => i.into(),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+        ValueRef::Blob(b) => format!("<{} bytes>", b.len()).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small database with a few events.
+    fn fixture() -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("t.db");
+        let conn = crate::store::open_for_writing(&path)?;
+        conn.execute_batch(
+            "INSERT INTO events(id, timestamp, pid, tid, source, op, duration, node)
+             VALUES ('n:0', 100, 1, 1, 4, 1, 10, 'n'), ('n:1', 200, 1, 1, 4, 1, 20, 'n'), ('n:2', 300, 1, 1, 4, 1, 30, 'n');",
+        )?;
+        Ok((dir, path))
+    }
+
+    fn count(path: &Path) -> anyhow::Result<i64> {
+        Ok(Connection::open(path)?.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)
+    }
+
+    #[test]
+    fn reads_work_and_rows_are_capped() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?;
+        let r = db.query("SELECT id, duration FROM events ORDER BY id", Limits::default())?;
+        assert_eq!(r.columns, vec!["id", "duration"]);
+        assert_eq!(r.rows.len(), 3);
+        assert_eq!(r.rows[1][1], serde_json::json!(20));
+        let capped = db.query(
+            "SELECT * FROM events",
+            Limits {
+                max_rows: 2,
+                ..Limits::default()
+            },
+        )?;
+        assert_eq!(capped.rows.len(), 2);
+        assert!(capped.truncated);
+        Ok(())
+    }
+
+    #[test]
+    fn writes_of_every_kind_are_refused_and_change_nothing() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?;
+        for sql in [
+            "INSERT INTO events(id, timestamp, pid, tid, source, op, duration) VALUES ('x', 1, 1, 1, 1, 1, 1)",
+            "DELETE FROM events",
+            "UPDATE events SET duration = 0",
+            "DROP TABLE events",
+            "CREATE TABLE x(a)",
+            "CREATE TEMP TABLE x(a)",
+            "ATTACH DATABASE '/tmp/other.db' AS o",
+            "PRAGMA writable_schema = ON",
+            "PRAGMA journal_mode = DELETE",
+            "VACUUM",
+            "BEGIN",
+            "SELECT load_extension('/tmp/evil.so')",
+            "WITH RECURSIVE x(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM x) INSERT INTO events(id) SELECT n FROM x",
+        ] {
+            let err = db.query(sql, Limits::default()).expect_err(sql);
+            assert!(
+                matches!(err, QueryError::Denied(_) | QueryError::Sql(_)),
+                "{sql} must be refused, got {err}"
+            );
+        }
+        assert_eq!(count(&path)?, 3, "the database is unchanged");
+        let err = db
+            .query("DELETE FROM events", Limits::default())
+            .expect_err("delete");
+        assert!(
+            err.to_string().contains("DELETE from events"),
+            "names what was denied: {err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn introspection_pragmas_are_allowed() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?;
+        let r = db.query("PRAGMA table_info(events)", Limits::default())?;
+        assert!(r.rows.len() >= 16);
+        Ok(())
+    }
+
+    #[test]
+    fn a_runaway_query_is_interrupted_at_the_deadline() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?;
+        let start = Instant::now();
+        let err = db
+            .query(
+                "WITH RECURSIVE x(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM x) SELECT count(*) FROM x",
+                Limits {
+                    timeout: Duration::from_millis(300),
+                    ..Limits::default()
+                },
+            )
+            .expect_err("must be interrupted");
+        assert!(matches!(err, QueryError::Timeout(_)), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+        // The connection is usable afterwards.
+        assert_eq!(
+            db.query("SELECT count(*) FROM events", Limits::default())?.rows[0][0],
+            3
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_window_filters_events_transparently() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, Some((150, 300)))?;
+        let r = db.query("SELECT count(*) FROM events", Limits::default())?;
+        assert_eq!(r.rows[0][0], 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_ingero_database_is_named() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("other.db");
+        Connection::open(&path)?.execute_batch("CREATE TABLE t(a)")?;
+        let err = ReadOnlyDb::open(&path, None).expect_err("no events");
+        assert!(err.to_string().contains("no events table"), "{err}");
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! `cargo xtask demo`: a simulated multi-node training job on this machine,
+//! traced for real, then a walkthrough of the analysis commands on what the
+//! agents recorded.
+//!
+//! Builds what it needs, runs the job (`ingero_sim::cluster`), prints
+//! per-rank step times (compute vs all-reduce wait: the straggler computes
+//! longest and waits least), then runs `ingero query` and `ingero explain`
+//! on the databases and prints their output. Every process it started is
+//! stopped on success, failure or Ctrl-C, and checked to be gone.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use ingero_sim::cluster::{self, ClusterConfig, ClusterReport, Fault};
+
+use crate::exec::{cargo, exec, root};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// none, cpu-contention, checkpoint-io, memory-pressure, or a combination joined by '+'
+    #[arg(long, default_value = "checkpoint-io")]
+    pub scenario: String,
+    /// Simulated nodes (one rank each)
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Training steps per rank
+    #[arg(long, default_value_t = 150)]
+    pub steps: u64,
+    /// The node that gets the fault (1-based)
+    #[arg(long, default_value_t = 3)]
+    pub faulty_node: usize,
+    /// Where the databases go [default: target/demo/SCENARIO]
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C and SIGTERM set [`STOP`]; the run then stops its processes.
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Builds the release `ingero` and returns its path.
+pub fn build_ingero() -> anyhow::Result<PathBuf> {
+    eprintln!("building ingero (release)...");
+    exec(
+        cargo()
+            .current_dir(root())
+            .args(["build", "--release", "--quiet", "-p", "ingero"]),
+    )?;
+    Ok(root().join("target/release/ingero"))
+}
+
+/// Runs the job and prints its progress.
+pub fn run_cluster(cfg: &ClusterConfig) -> anyhow::Result<ClusterReport> {
+    catch_interrupts();
+    let report = cluster::run(cfg, &mut |line| eprintln!("{line}"), &STOP);
+    match report {
+        Err(cluster::SimError::Interrupted) => bail!("interrupted; every process of the run was stopped"),
+        other => other.context("the simulated job failed"),
+    }
+}
+
+fn print_ranks(report: &ClusterReport) {
+    let straggler = report
+        .ranks
+        .iter()
+        .max_by(|a, b| a.compute_mean_ms.total_cmp(&b.compute_mean_ms))
+        .map(|r| r.rank);
+    println!("\nper-rank step times in ms (compute = own forward/backward, wait = all-reduce):");
+    println!(
+        "  {:<12} {:>4} {:>12} {:>8} {:>13} {:>10}",
+        "node", "rank", "step median", "step p90", "compute mean", "wait mean"
+    );
+    for r in &report.ranks {
+        println!(
+            "  {:<12} {:>4} {:>12.1} {:>8.1} {:>13.1} {:>10.1}{}",
+            r.node,
+            r.rank,
+            r.median_ms,
+            r.p90_ms,
+            r.compute_mean_ms,
+            r.wait_mean_ms,
+            if Some(r.rank) == straggler && report.ranks.len() > 1 {
+                "   <- straggler: computes longest, waits least"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Runs `ingero ARGS`, printing the command and its output.
+pub fn walkthrough(ingero: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("\"{a}\"")
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    println!("\n$ ingero {}", shown.join(" "));
+    let out = Command::new(ingero)
+        .args(args)
+        .output()
+        .context("running ingero")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("`ingero {}` failed ({})", shown.join(" "), out.status);
+    }
+    Ok(())
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let faults = Fault::parse_scenario(&opts.scenario)?;
+    if opts.faulty_node == 0 || opts.faulty_node > opts.nodes {
+        bail!("--faulty-node must be between 1 and --nodes ({})", opts.nodes);
+    }
+    let ingero = build_ingero()?;
+    let dir = opts
+        .dir
+        .clone()
+        .unwrap_or_else(|| root().join("target/demo").join(&opts.scenario));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = ClusterConfig {
+        ingero: ingero.clone(),
+        nodes: opts.nodes,
+        steps: opts.steps,
+        faults,
+        faulty_node: opts.faulty_node - 1,
+        run_dir: dir.clone(),
+        cudart: ingero_sim::libcudart(),
+        agent_args: Vec::new(),
+    };
+    let report = run_cluster(&cfg)?;
+    print_ranks(&report);
+
+    let faulty = &report.databases[opts.faulty_node - 1].1;
+    let faulty = faulty.to_string_lossy();
+    walkthrough(
+        &ingero,
+        &[
+            "query",
+            "-d",
+            &faulty,
+            "SELECT node, source, count(*) as cnt, avg(duration)/1000 as avg_us FROM events GROUP BY node, source",
+        ],
+    )?;
+    for (_, db) in &report.databases {
+        walkthrough(&ingero, &["explain", "-d", &db.to_string_lossy()])?;
+    }
+    if !report.survivors.is_empty() {
+        bail!("processes outlived the demo: {:?}", report.survivors);
+    }
+    println!(
+        "\ndemo done in {:.0}s; databases in {} (no process left running)",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(())
+}
