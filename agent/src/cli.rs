@@ -38,6 +38,10 @@ pub enum Command {
     Query(QueryArgs),
     /// Explain slowdowns: causal chains from the recorded events
     Explain(ExplainArgs),
+    /// Merge databases from several nodes into one
+    Merge(MergeArgs),
+    /// Export a database as a trace for ui.perfetto.dev
+    Export(ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -143,4 +147,50 @@ pub struct ExplainArgs {
     /// Do not record the chains in the database's causal_chains table
     #[arg(long)]
     pub no_save: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Databases to merge (one or more per node)
+    #[arg(required = true, value_name = "DB")]
+    pub inputs: Vec<PathBuf>,
+    /// The merged database to write
+    #[arg(short, long, value_name = "PATH")]
+    pub output: PathBuf,
+    /// Overwrite the output if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// Node name for a database without a node column: NAME, or DB=NAME (repeatable)
+    #[arg(long, value_name = "[DB=]NAME")]
+    pub force_node: Vec<crate::merge::ForcedNode>,
+    /// Allow several inputs to hold the same node (copies or parts of one node's database)
+    #[arg(long)]
+    pub allow_same_node: bool,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Chrome Trace Event JSON for ui.perfetto.dev
+    Perfetto,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Output format
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Database file [default: ~/.ingero/ingero.db]
+    #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// The trace file to write
+    #[arg(short, long, value_name = "PATH")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
 }

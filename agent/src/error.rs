@@ -8,7 +8,9 @@
 //! something (BTF, tracefs, a tracepoint); 73 the database cannot be
 //! written; 77 not enough privileges; 78 bad configuration file.
 
-use crate::{config::ConfigError, readonly::QueryError, store::StoreError, trace::TraceError};
+use crate::{
+    config::ConfigError, merge::MergeError, readonly::QueryError, store::StoreError, trace::TraceError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -20,6 +22,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Query(#[from] QueryError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
     /// Input the user can correct (a path, a time, a flag combination).
     #[error("{0}")]
     BadInput(String),
@@ -43,7 +47,10 @@ impl CliError {
             Self::Trace(TraceError::NoSuchPid(_) | TraceError::RingSize(_) | TraceError::Library(_)) => 2,
             Self::Trace(TraceError::Store(_)) | Self::Store(_) => 73,
             Self::Query(QueryError::Timeout(_)) => 1,
-            Self::Query(_) | Self::BadInput(_) => 2,
+            Self::Query(_)
+            | Self::BadInput(_)
+            | Self::Merge(MergeError::Refused(_) | MergeError::Input { .. }) => 2,
+            Self::Merge(MergeError::Output { .. }) => 73,
             Self::Trace(TraceError::Io(_)) | Self::Failed(_) => 1,
         }
     }

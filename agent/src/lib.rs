@@ -10,8 +10,10 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod host;
 pub mod logging;
+pub mod merge;
 pub mod readonly;
 pub mod store;
 pub mod table;
@@ -38,6 +40,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Trace(args) => cmd::trace::run(&args, &file),
         Command::Query(args) => cmd::query::run(&args, &file),
         Command::Explain(args) => cmd::explain::run(&args, &file),
+        Command::Merge(args) => cmd::merge::run(&args),
+        Command::Export(args) => cmd::export::run(&args, &file),
         Command::Check(args) => {
             let report = check::run();
             if args.json {

@@ -1,23 +1,53 @@
-//! The simulated multi-node job, traced for real (root; skipped otherwise):
-//! a fault on one node must show in that node's database and not in its
-//! peer's, and the peer must show the waiting a straggler causes.
+//! The simulated multi-node job, traced for real (root; skipped otherwise),
+//! and the analysis commands on what it recorded.
+//!
+//! Each fault scenario runs once per test binary (two nodes, the fault on
+//! the second) and its databases are shared by the tests below: the fault
+//! must show in that node's database and not in its peer's, the peer must
+//! show the waiting a straggler causes, `explain` must name the faulty node
+//! and the cause class, merging must not change the chains, and the
+//! Perfetto export must have one track per node and thread.
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Mutex, OnceLock, atomic::AtomicBool},
+};
 
 use agent_common::catalog::{driver_op, host_op, source};
-use common::{open, root_or_skip, scalar, serial};
+use anyhow::Context;
+use common::{ingero, open, root_or_skip, scalar, serial};
 use ingero_sim::cluster::{ClusterConfig, ClusterReport, Fault, run};
 
-fn two_nodes(fault: Fault, dir: &std::path::Path) -> anyhow::Result<ClusterReport> {
+struct Scenario {
+    _dir: tempfile::TempDir,
+    report: ClusterReport,
+}
+
+static SCENARIOS: OnceLock<Mutex<HashMap<&'static str, &'static Scenario>>> = OnceLock::new();
+
+/// The two-node run of `fault`, started on first use. Callers hold
+/// [`serial`] for their whole test: analysis running beside a live run
+/// would compete for its CPUs and become part of what it measures.
+fn scenario(fault: Fault) -> anyhow::Result<&'static Scenario> {
+    let cache = SCENARIOS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(s) = cache
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .get(fault.name())
+    {
+        return Ok(s);
+    }
+    let dir = tempfile::tempdir()?;
     let cfg = ClusterConfig {
         ingero: common::INGERO.into(),
         nodes: 2,
         steps: 60,
         faults: vec![fault],
         faulty_node: 1,
-        run_dir: dir.to_path_buf(),
+        run_dir: dir.path().to_path_buf(),
         cudart: ingero_sim::libcudart(),
         agent_args: Vec::new(),
     };
@@ -27,17 +57,35 @@ fn two_nodes(fault: Fault, dir: &std::path::Path) -> anyhow::Result<ClusterRepor
         "processes outlived the run: {:?}",
         report.survivors
     );
-    Ok(report)
+    let s: &'static Scenario = Box::leak(Box::new(Scenario { _dir: dir, report }));
+    cache
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .insert(fault.name(), s);
+    Ok(s)
 }
 
-fn db(report: &ClusterReport, node: &str) -> anyhow::Result<rusqlite::Connection> {
-    let path = &report
+fn db_path(s: &Scenario, node: &str) -> anyhow::Result<PathBuf> {
+    Ok(s.report
         .databases
         .iter()
         .find(|(n, _)| n == node)
-        .ok_or_else(|| anyhow::anyhow!("no {node}"))?
-        .1;
-    open(path)
+        .context("node")?
+        .1
+        .clone())
+}
+
+fn db(s: &Scenario, node: &str) -> anyhow::Result<rusqlite::Connection> {
+    open(&db_path(s, node)?)
+}
+
+/// `ingero explain --json` of a database: its chains.
+fn chains(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let p = path.display().to_string();
+    let (code, out, err) = ingero(&["explain", "--json", "--no-save", "-d", &p])?;
+    anyhow::ensure!(code == 0, "explain failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["chains"].as_array().cloned().unwrap_or_default())
 }
 
 #[test]
@@ -46,9 +94,8 @@ fn cpu_contention_on_one_node_makes_it_the_straggler() -> anyhow::Result<()> {
         return Ok(());
     }
     let _guard = serial();
-    let dir = tempfile::tempdir()?;
-    let report = two_nodes(Fault::CpuContention, dir.path())?;
-    let (healthy, faulty) = (db(&report, "gpu-node-01")?, db(&report, "gpu-node-02")?);
+    let s = scenario(Fault::CpuContention)?;
+    let (healthy, faulty) = (db(s, "gpu-node-01")?, db(s, "gpu-node-02")?);
     for (conn, node, rank) in [(&healthy, "gpu-node-01", 0), (&faulty, "gpu-node-02", 1)] {
         for src in [source::DRIVER, source::HOST] {
             let n = scalar(
@@ -101,9 +148,9 @@ fn cpu_contention_on_one_node_makes_it_the_straggler() -> anyhow::Result<()> {
         "stream synchronize: healthy {s_healthy} ns vs straggler {s_faulty} ns"
     );
     // What the ranks measured agrees.
-    let (r0, r1) = (&report.ranks[0], &report.ranks[1]);
-    assert!(r1.compute_median_ms > r0.compute_median_ms, "{r0:?} {r1:?}");
-    assert!(r0.wait_median_ms > r1.wait_median_ms, "{r0:?} {r1:?}");
+    let (r0, r1) = (&s.report.ranks[0], &s.report.ranks[1]);
+    assert!(r1.compute_mean_ms > r0.compute_mean_ms, "{r0:?} {r1:?}");
+    assert!(r0.wait_mean_ms > r1.wait_mean_ms, "{r0:?} {r1:?}");
     Ok(())
 }
 
@@ -113,9 +160,8 @@ fn checkpoint_writes_show_as_block_io_on_the_faulty_node_only() -> anyhow::Resul
         return Ok(());
     }
     let _guard = serial();
-    let dir = tempfile::tempdir()?;
-    let report = two_nodes(Fault::CheckpointIo, dir.path())?;
-    let (healthy, faulty) = (db(&report, "gpu-node-01")?, db(&report, "gpu-node-02")?);
+    let s = scenario(Fault::CheckpointIo)?;
+    let (healthy, faulty) = (db(s, "gpu-node-01")?, db(s, "gpu-node-02")?);
     let writes = format!(
         "SELECT ifnull(sum(arg0), 0) FROM events WHERE source = {}",
         source::IO
@@ -130,6 +176,218 @@ fn checkpoint_writes_show_as_block_io_on_the_faulty_node_only() -> anyhow::Resul
             &format!("SELECT count(*) FROM events WHERE source = {}", source::IO)
         )?,
         0
+    );
+    Ok(())
+}
+
+/// The most severe chain of the merged database, and the cause its root
+/// cause names.
+fn top_chain(s: &Scenario) -> anyhow::Result<(String, String)> {
+    let dir = tempfile::tempdir()?;
+    let merged = dir.path().join("cluster.db");
+    let inputs: Vec<String> = s
+        .report
+        .databases
+        .iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    let mut args = vec!["merge"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = merged.display().to_string();
+    args.extend(["-o", &out]);
+    let (code, _, err) = ingero(&args)?;
+    anyhow::ensure!(code == 0, "merge failed: {err}");
+    let top = chains(&merged)?
+        .into_iter()
+        .next()
+        .context("the merged database has no chain")?;
+    Ok((
+        top["node"].as_str().unwrap_or("").to_owned(),
+        top["root_cause"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+#[test]
+fn explain_names_the_node_and_the_cause_of_cpu_contention() -> anyhow::Result<()> {
+    if !root_or_skip("explain_names_cpu_contention") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let s = scenario(Fault::CpuContention)?;
+    let faulty = chains(&db_path(s, "gpu-node-02")?)?;
+    let top = faulty.first().context("the contended node has a chain")?;
+    assert_eq!(top["severity"], "HIGH", "{top:#}");
+    assert!(
+        top["root_cause"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("CPU contention") && r.contains("cpu-hog")),
+        "{top:#}"
+    );
+    let (node, cause) = top_chain(s)?;
+    assert_eq!(
+        node, "gpu-node-02",
+        "the merged database's worst chain is on the faulty node: {cause}"
+    );
+    Ok(())
+}
+
+#[test]
+fn explain_names_the_node_and_the_cause_of_checkpoint_writes() -> anyhow::Result<()> {
+    if !root_or_skip("explain_names_checkpoint_writes") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let s = scenario(Fault::CheckpointIo)?;
+    let faulty = chains(&db_path(s, "gpu-node-02")?)?;
+    assert!(
+        faulty.iter().any(|c| c["root_cause"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Block I/O") && r.contains("ckpt-writer"))),
+        "{faulty:#?}"
+    );
+    let healthy = chains(&db_path(s, "gpu-node-01")?)?;
+    assert!(
+        !healthy
+            .iter()
+            .any(|c| c["summary"].as_str().is_some_and(|x| x.contains("block I/O"))),
+        "{healthy:#?}"
+    );
+    let (node, cause) = top_chain(s)?;
+    assert_eq!(node, "gpu-node-02", "{cause}");
+    assert!(cause.starts_with("Block I/O"), "{cause}");
+    Ok(())
+}
+
+#[test]
+fn merging_keeps_every_event_and_the_same_chains() -> anyhow::Result<()> {
+    if !root_or_skip("merging_keeps_every_event") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let s = scenario(Fault::CheckpointIo)?;
+    let dir = tempfile::tempdir()?;
+    let merged = dir.path().join("cluster.db");
+    let parts: Vec<String> = s
+        .report
+        .databases
+        .iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    let out = merged.display().to_string();
+    let (code, stdout, err) = ingero(&["merge", &parts[0], &parts[1], "-o", &out, "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout)?;
+    let total: i64 = s
+        .report
+        .databases
+        .iter()
+        .map(|(_, p)| open(p).and_then(|c| scalar(&c, "SELECT count(*) FROM events")))
+        .sum::<anyhow::Result<i64>>()?;
+    assert_eq!(summary["events"].as_i64(), Some(total));
+    let conn = open(&merged)?;
+    assert_eq!(scalar(&conn, "SELECT count(DISTINCT id) FROM events")?, total);
+    assert_eq!(scalar(&conn, "SELECT count(DISTINCT node) FROM sessions")?, 2);
+    let key = |c: &serde_json::Value| {
+        (
+            c["id"].to_string(),
+            c["severity"].to_string(),
+            c["summary"].to_string(),
+        )
+    };
+    let mut apart: Vec<_> = s
+        .report
+        .databases
+        .iter()
+        .map(|(_, p)| chains(p))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .concat();
+    let mut together = chains(&merged)?;
+    apart.sort_by_key(key);
+    together.sort_by_key(key);
+    assert_eq!(
+        apart.iter().map(key).collect::<Vec<_>>(),
+        together.iter().map(key).collect::<Vec<_>>()
+    );
+    // Refusals: an existing output, and the same node twice.
+    let (code, _, err) = ingero(&["merge", &parts[0], "-o", &out])?;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let other = dir.path().join("twice.db").display().to_string();
+    let (code, _, err) = ingero(&["merge", &parts[0], &parts[0], "-o", &other])?;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--allow-same-node"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn perfetto_export_has_a_track_per_node_and_thread() -> anyhow::Result<()> {
+    if !root_or_skip("perfetto_export") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let s = scenario(Fault::CpuContention)?;
+    let dir = tempfile::tempdir()?;
+    let merged = dir.path().join("cluster.db").display().to_string();
+    let parts: Vec<String> = s
+        .report
+        .databases
+        .iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    assert_eq!(ingero(&["merge", &parts[0], &parts[1], "-o", &merged])?.0, 0);
+    assert_eq!(
+        ingero(&["explain", "-d", &merged])?.0,
+        0,
+        "explain records the chains"
+    );
+    let trace = dir.path().join("trace.json");
+    let trace_arg = trace.display().to_string();
+    let (code, _, err) = ingero(&["export", "--format", "perfetto", "-d", &merged, "-o", &trace_arg])?;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_reader(std::fs::File::open(&trace)?)?;
+    let events = v["traceEvents"].as_array().context("traceEvents")?;
+    let named = |kind: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "M" && e["name"] == kind)
+            .filter_map(|e| e["args"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        named("process_name"),
+        vec!["gpu-node-01 (rank 0)", "gpu-node-02 (rank 1)"]
+    );
+    let conn = open(&std::path::PathBuf::from(&merged))?;
+    let threads = scalar(
+        &conn,
+        "SELECT count(DISTINCT node || tid) FROM events WHERE source IN (1, 3, 4)",
+    )?;
+    assert!(
+        named("thread_name").len() as i64 >= threads,
+        "a named track per traced thread"
+    );
+    let calls = scalar(&conn, "SELECT count(*) FROM events WHERE source IN (1, 4)")?;
+    let call_slices = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && (e["cat"] == "cuda" || e["cat"] == "driver"))
+        .count();
+    assert_eq!(call_slices as i64, calls, "one slice per CUDA call");
+    // Slices start where the call started: end - duration.
+    let (end, dur): (i64, i64) = conn.query_row(
+        "SELECT timestamp, duration FROM events WHERE source = 4 ORDER BY duration DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let origin = v["otherData"]["time_origin_unix_ns"].as_i64().context("origin")?;
+    let want = (end - dur - origin) as f64 / 1000.0;
+    assert!(events.iter().any(|e| e["ph"] == "X"
+        && (e["ts"].as_f64().unwrap_or(-1.0) - want).abs() < 0.01
+        && (e["dur"].as_f64().unwrap_or(0.0) - dur as f64 / 1000.0).abs() < 0.01));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["cat"] == "causal_chain" && e["args"]["root_cause"].is_string()),
+        "chains are markers"
     );
     Ok(())
 }

@@ -34,8 +34,10 @@
  *       collate building new tensors), and copies its outputs into a
  *       freshly allocated pageable buffer, which page-faults while
  *       cuMemcpyDtoH_v2 writes it (as .cpu() does).
- *   --cpu N    pin the rank's threads to CPU N (CPU hogs are separate
- *              processes: --hog).
+ *   --report-every N  print a step line every N steps (default 1)
+ *   --cpu N    pin the training thread (and the threads it starts) to CPU
+ *              N; the stub driver's stream threads stay unpinned (CPU hogs
+ *              are separate processes: --hog).
  *   --hog      burn CPU as "cpu-hog" at nice -10 (a noisy neighbour that
  *              outranks the trainer) until killed (use with --cpu).
  *
@@ -93,9 +95,10 @@ static struct {
     long ckpt_mb, ckpt_every;
     long mem_mb, mem_every;
     long cpu;
+    long report_every;
     int hog, wait;
 } opt = {.steps = 100, .kernels = 32, .kernel_us = 500, .host_us = 1000, .batch_mb = 16, .output_mb = 16,
-         .grad_mb = 32, .ckpt_mb = 256, .ckpt_every = 10, .mem_every = 5, .cpu = -1};
+         .grad_mb = 32, .ckpt_mb = 256, .ckpt_every = 10, .mem_every = 5, .cpu = -1, .report_every = 1};
 
 static int rank_id, world;
 
@@ -260,6 +263,7 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(a, "--memory-pressure-mb")) opt.mem_mb = sim_num(PROG, a, v);
         else if (!strcmp(a, "--memory-every")) opt.mem_every = sim_num(PROG, a, v);
         else if (!strcmp(a, "--cpu")) opt.cpu = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--report-every")) opt.report_every = sim_num(PROG, a, v);
         else {
             fprintf(stderr, "%s: unknown option %s\n", PROG, a);
             exit(2);
@@ -286,8 +290,8 @@ static long env_long(const char *name, int required) {
 int main(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     parse(argc, argv);
-    pin_to(opt.cpu);
     if (opt.hog) {
+        pin_to(opt.cpu);
         prctl(PR_SET_NAME, "cpu-hog");
         setpriority(PRIO_PROCESS, 0, -10); /* best effort: needs privileges */
         for (;;)
@@ -331,6 +335,9 @@ int main(int argc, char **argv) {
     int nr;
     if ((nr = ncclGetUniqueId(&id)) != 0) fail("ncclGetUniqueId (MASTER_ADDR/MASTER_PORT set?)", nr);
     if ((nr = ncclCommInitRank(&comm, world, id, rank_id)) != 0) fail(ncclGetErrorString(nr), nr);
+    /* Pin the training thread only now: the stub driver's stream threads
+     * stand for GPU work and must not compete for the trainer's CPU. */
+    pin_to(opt.cpu);
 
     pthread_t helper;
     if (opt.ckpt_dir != NULL) {
@@ -399,7 +406,8 @@ int main(int argc, char **argv) {
         if ((r = cuMemcpyDtoH_v2(&loss, params, sizeof(loss))) != 0)
             fail("cuMemcpyDtoH_v2 (loss)", r);
         ms[step - 1] = (double)(now_ns(CLOCK_MONOTONIC) - t0) / 1e6;
-        printf("step %ld rank %d %.2f %.2f %.2f\n", step, rank_id, ms[step - 1], compute[step - 1], wait_ms[step - 1]);
+        if (opt.report_every > 0 && step % opt.report_every == 0)
+            printf("step %ld rank %d %.2f %.2f %.2f\n", step, rank_id, ms[step - 1], compute[step - 1], wait_ms[step - 1]);
     }
     ncclCommDestroy(comm);
     double mean = 0, compute_mean = 0, wait_mean = 0;

@@ -295,6 +295,7 @@ pub fn run(
     let faulty = (!cfg.faults.is_empty()).then_some(cfg.faulty_node);
     let cpu_of = placement(cfg.nodes, faulty, cpus);
     let master_port = free_port()?.to_string();
+    let report_every = (cfg.steps / 5).max(1);
     let mut procs = Processes::default();
 
     // Ranks, waiting for the go line.
@@ -445,7 +446,6 @@ pub fn run(
     for mut stdin in stdins {
         writeln!(stdin, "go").map_err(|e| SimError::Failed(format!("cannot start a rank: {e}")))?;
     }
-    let report_every = (cfg.steps / 5).max(1);
     let mut reports: Vec<Option<RankReport>> = vec![None; cfg.nodes];
     // Reported steps: (total, compute, wait) of every rank, printed once all have it.
     let mut reported: std::collections::BTreeMap<u64, Vec<Option<(f64, f64, f64)>>> = Default::default();

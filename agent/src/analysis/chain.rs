@@ -65,6 +65,9 @@ pub struct Chain {
     /// Unix ns when the chain was detected.
     pub detected_at: i64,
     pub window: Window,
+    /// Unix ns when the effect was worst (the slowest call's end, a drop's
+    /// start, the first OOM kill).
+    pub peak_at: i64,
 }
 
 /// `[HIGH] [node] summary`, the timeline, `Root cause:` and `Fix:`.
@@ -91,8 +94,9 @@ pub fn store(conn: &Connection, chains: &[Chain]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare(
             "INSERT OR REPLACE INTO causal_chains(id, detected_at, severity, summary, root_cause, explanation,
-                 recommendations, cuda_op, cuda_p99_us, cuda_p50_us, tail_ratio, timeline, node)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 recommendations, cuda_op, cuda_p99_us, cuda_p50_us, tail_ratio, timeline, node,
+                 window_from, window_to, peak_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         for c in chains {
             stmt.execute(params![
@@ -109,6 +113,9 @@ pub fn store(conn: &Connection, chains: &[Chain]) -> rusqlite::Result<()> {
                 c.tail_ratio,
                 serde_json::to_string(&c.timeline).unwrap_or_default(),
                 c.node,
+                c.window.from,
+                c.window.to,
+                c.peak_at,
             ])?;
         }
     }
@@ -120,7 +127,8 @@ pub fn store(conn: &Connection, chains: &[Chain]) -> rusqlite::Result<()> {
 pub fn load_stored(conn: &Connection, since: i64) -> rusqlite::Result<Vec<Chain>> {
     let mut stmt = conn.prepare(
         "SELECT id, node, severity, summary, root_cause, explanation, recommendations, cuda_op,
-                cuda_p99_us, cuda_p50_us, tail_ratio, timeline, detected_at
+                cuda_p99_us, cuda_p50_us, tail_ratio, timeline, detected_at,
+                ifnull(window_from, detected_at), ifnull(window_to, detected_at), ifnull(peak_at, detected_at)
          FROM causal_chains WHERE detected_at >= ?1",
     )?;
     let rows = stmt.query_map([since], |r| {
@@ -143,9 +151,10 @@ pub fn load_stored(conn: &Connection, since: i64) -> rusqlite::Result<Vec<Chain>
             timeline: serde_json::from_str(&timeline).unwrap_or_default(),
             detected_at,
             window: Window {
-                from: detected_at,
-                to: detected_at,
+                from: r.get(13)?,
+                to: r.get(14)?,
             },
+            peak_at: r.get(15)?,
         })
     })?;
     let mut chains: Vec<Chain> = rows.collect::<Result<_, _>>()?;

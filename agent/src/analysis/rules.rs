@@ -4,7 +4,8 @@
 //! [`MIN_SAMPLES`] calls whose p99 is at least [`TAIL_RATIO`] times its p50,
 //! and at least [`MIN_TAIL_GAP_NS`] above it, has a tail. The tail is
 //! explained only by causes seen in the same window, measured against the
-//! op's slowest calls (those at or above its p95):
+//! op's slow calls: those at or above both its p95 and [`TAIL_RATIO`] times
+//! its p50 (the outliers, however few):
 //!
 //! - *CPU contention* (direct evidence only): the share of slow calls
 //!   during which their own thread was switched out while still runnable
@@ -24,10 +25,9 @@
 //!   (bytes against [`MEM_FULL_BYTES`], at [`CONTEXT_WEIGHT`]).
 //!
 //! A cause counts when its strength is at least [`MIN_CAUSE_STRENGTH`].
-//! When a thread that preempted the slow calls is also one of the node's
-//! top block I/O issuers (a checkpoint writer, say), the preemption is
-//! attributed to the I/O: block I/O gets at least the CPU strength and is
-//! named as the root cause.
+//! Preemption is split by who preempted: by a thread that issues block I/O
+//! on the node (a checkpoint writer, say) it is evidence of the I/O cause,
+//! by anything else of CPU contention.
 //! Copies and allocations are compared within their most common size class
 //! (a power of two): a few large copies among many small ones are not a
 //! latency tail.
@@ -59,12 +59,14 @@ pub const MIN_SAMPLES: usize = 20;
 pub const TAIL_RATIO: f64 = 3.0;
 pub const MIN_TAIL_GAP_NS: i64 = 50_000;
 pub const HIGH_RATIO: f64 = 10.0;
+pub const HIGH_IMPACT: f64 = 0.01;
+pub const MEDIUM_IMPACT: f64 = 0.002;
 pub const STRONG_CAUSE: f64 = 0.5;
 pub const MEDIUM_CAUSE: f64 = 0.2;
 pub const MIN_CAUSE_STRENGTH: f64 = 0.05;
 pub const MIN_PREEMPTIONS: usize = 5;
 pub const CPU_FULL_SHARE: f64 = 0.2;
-pub const CONTEXT_WEIGHT: f64 = 0.5;
+pub const CONTEXT_WEIGHT: f64 = 0.4;
 pub const MIN_IO_REQUESTS: usize = 5;
 pub const IO_FULL_SHARE: f64 = 0.2;
 pub const IO_FULL_BYTES: u64 = 1 << 30;
@@ -215,10 +217,14 @@ impl Coverage {
 }
 
 /// Share of the slow calls' time during which threads of the calling
-/// process were preempted.
-fn process_preempted_share(d: &NodeData, slow: &[Call]) -> f64 {
+/// process were preempted by a task `by` accepts.
+fn process_preempted_share(d: &NodeData, slow: &[Call], by: &dyn Fn(u32) -> bool) -> f64 {
     let mut by_pid: HashMap<u32, Vec<(i64, i64)>> = HashMap::new();
-    for o in d.off_cpu.iter().filter(|o| o.preempted != Some(false)) {
+    for o in d
+        .off_cpu
+        .iter()
+        .filter(|o| o.preempted != Some(false) && by(o.preemptor))
+    {
         by_pid.entry(o.pid).or_default().push((o.start, o.end));
     }
     let cover: HashMap<u32, Coverage> = by_pid.into_iter().map(|(p, v)| (p, Coverage::new(v))).collect();
@@ -267,10 +273,15 @@ fn slow_call_preemptors(d: &NodeData, slow: &[Call]) -> Vec<(u32, usize)> {
     top(hits.into_iter(), 3)
 }
 
-/// Share of `slow` calls during which their own thread was preempted.
-fn cpu_hit_share(d: &NodeData, slow: &[Call]) -> f64 {
+/// Share of `slow` calls during which their own thread was preempted by
+/// a task `by` accepts.
+fn cpu_hit_share(d: &NodeData, slow: &[Call], by: &dyn Fn(u32) -> bool) -> f64 {
     let mut by_thread: HashMap<u32, Vec<(i64, i64)>> = HashMap::new();
-    for o in d.off_cpu.iter().filter(|o| o.preempted != Some(false)) {
+    for o in d
+        .off_cpu
+        .iter()
+        .filter(|o| o.preempted != Some(false) && by(o.preemptor))
+    {
         by_thread.entry(o.tid).or_default().push((o.start, o.end));
     }
     let index: HashMap<u32, SpanIndex> = by_thread
@@ -430,16 +441,30 @@ fn mem_volume(e: &MemEvidence) -> f64 {
     }
 }
 
+/// Threads that issued block I/O on the node.
+fn io_issuers(d: &NodeData) -> std::collections::HashSet<u32> {
+    d.io.iter().map(|i| i.tid).collect()
+}
+
+/// Share of the slow calls during which the caller (or its process) was
+/// preempted by a task `by` accepts.
+fn preempted_share(d: &NodeData, slow: &[Call], by: &dyn Fn(u32) -> bool) -> f64 {
+    cpu_hit_share(d, slow, by).max(process_preempted_share(d, slow, by))
+}
+
 /// Cause strengths for a tail made of the `slow` calls.
 #[must_use]
 pub fn strengths(d: &NodeData, e: &Evidence, slow: &[Call], window_ns: i64) -> Strengths {
+    let issuers = io_issuers(d);
     let cpu = if e.cpu.preemptions >= MIN_PREEMPTIONS {
-        cpu_hit_share(d, slow).max(process_preempted_share(d, slow))
+        preempted_share(d, slow, &|t| !issuers.contains(&t))
     } else {
         0.0
     };
     let io = if e.io.requests >= MIN_IO_REQUESTS {
-        io_hit_share(d, slow).max(CONTEXT_WEIGHT * io_volume(&e.io, window_ns))
+        io_hit_share(d, slow)
+            .max(CONTEXT_WEIGHT * io_volume(&e.io, window_ns))
+            .max(preempted_share(d, slow, &|t| issuers.contains(&t)))
     } else {
         0.0
     };
@@ -498,10 +523,12 @@ pub fn comparable(calls: &[Call]) -> (Vec<Call>, Option<u64>) {
 }
 
 #[must_use]
-pub fn severity(tail_ratio: f64, cause: f64) -> Severity {
-    if tail_ratio >= HIGH_RATIO && cause >= STRONG_CAUSE {
+pub fn severity(tail_ratio: f64, cause: f64, impact: f64) -> Severity {
+    if tail_ratio >= HIGH_RATIO && cause >= STRONG_CAUSE && impact >= HIGH_IMPACT {
         Severity::High
-    } else if (tail_ratio >= HIGH_RATIO && cause >= MEDIUM_CAUSE) || cause >= STRONG_CAUSE {
+    } else if ((tail_ratio >= HIGH_RATIO && cause >= MEDIUM_CAUSE) || cause >= STRONG_CAUSE)
+        && impact >= MEDIUM_IMPACT
+    {
         Severity::Medium
     } else {
         Severity::Low
@@ -643,7 +670,11 @@ fn describe_io(d: &NodeData, e: &IoEvidence, strength: f64, preempting: Option<(
         ]
     };
     CauseText {
-        phrase: if strength >= STRONG_CAUSE { "heavy block I/O".into() } else { "block I/O".into() },
+        phrase: if strength >= STRONG_CAUSE {
+            "heavy block I/O".into()
+        } else {
+            "block I/O".into()
+        },
         timeline: TimelineEntry {
             layer: "IO".into(),
             op: format!("block_{}", if writes { "write" } else { "read" }),
@@ -654,19 +685,31 @@ fn describe_io(d: &NodeData, e: &IoEvidence, strength: f64, preempting: Option<(
                 mib(e.read_bytes),
                 format_ns(e.busy_ns as f64),
                 format_ns(e.peak_ns as f64),
-                if who.is_empty() { String::new() } else { format!("; by {}", who.join(", ")) }
+                if who.is_empty() {
+                    String::new()
+                } else {
+                    format!("; by {}", who.join(", "))
+                }
             ),
             dur_us: e.busy_ns / 1000,
         },
         root_cause: format!(
             "Block I/O: {} {} ({}, peak {}) during the slow calls{}{}",
             e.requests,
-            if writes { "write requests (checkpoint-like)" } else { "read requests (data loading)" },
+            if writes {
+                "write requests (checkpoint-like)"
+            } else {
+                "read requests (data loading)"
+            },
             mib(e.write_bytes + e.read_bytes),
             format_ns(e.peak_ns as f64),
-            if who.is_empty() { String::new() } else { format!(", from {}", who.join(", ")) },
+            if who.is_empty() {
+                String::new()
+            } else {
+                format!(", from {}", who.join(", "))
+            },
             preempting.map_or(String::new(), |(op, share)| format!(
-                "; the same thread preempted the callers, who were off-CPU during {:.0}% of the slowest {op} calls",
+                "; the I/O thread also preempted the callers during {:.0}% of the slowest {op} calls",
                 share * 100.0
             ))
         ),
@@ -725,33 +768,26 @@ pub fn chains(
         if s.count < MIN_SAMPLES || ratio < TAIL_RATIO || s.p99_ns - s.p50_ns < MIN_TAIL_GAP_NS {
             continue;
         }
+        let threshold = s.p95_ns.max((TAIL_RATIO * s.p50_ns as f64) as i64);
         let slow: Vec<Call> = calls
             .iter()
             .copied()
-            .filter(|c| c.duration() >= s.p95_ns)
+            .filter(|c| c.duration() >= threshold)
             .collect();
-        let mut strength = strengths(d, &node_evidence, &slow, window_ns);
+        let strength = strengths(d, &node_evidence, &slow, window_ns);
         let direct = slow_call_preemptors(d, &slow);
-        // A preempting thread that is also a top I/O issuer: the I/O is why.
-        let io_preempts = direct.iter().take(2).any(|(task, _)| {
-            node_evidence
-                .io
-                .top_issuers
-                .iter()
-                .any(|(issuer, _)| issuer == task)
-        });
-        if io_preempts && strength.cpu > strength.io {
-            strength.io = strength.cpu;
-        }
+        let issuers = io_issuers(d);
+        let io_preemption = preempted_share(d, &slow, &|t| issuers.contains(&t));
         let causes = ranked_causes(strength);
         if causes.is_empty() {
             continue;
         }
         tail_ops.push((src, op));
-        let cpu_hit = Some(cpu_hit_share(d, &slow).max(process_preempted_share(d, &slow)));
+        let cpu_hit = Some(preempted_share(d, &slow, &|t| !issuers.contains(&t)));
         let mut cpu_evidence = node_evidence.cpu.clone();
-        if !direct.is_empty() {
-            cpu_evidence.top_preemptors = direct;
+        let foreign: Vec<(u32, usize)> = direct.into_iter().filter(|(t, _)| !issuers.contains(t)).collect();
+        if !foreign.is_empty() {
+            cpu_evidence.top_preemptors = foreign;
         }
         let texts: Vec<CauseText> = causes
             .iter()
@@ -761,12 +797,15 @@ pub fn chains(
                     d,
                     &node_evidence.io,
                     *st,
-                    io_preempts.then_some((name.as_str(), cpu_hit.unwrap_or(0.0))),
+                    (io_preemption >= MIN_CAUSE_STRENGTH).then_some((name.as_str(), io_preemption)),
                 ),
                 _ => describe_mem(&node_evidence.mem),
             })
             .collect();
-        let sev = severity(ratio, strength.max());
+        let excess: i64 = slow.iter().map(|c| (c.duration() - s.p50_ns).max(0)).sum();
+        let span = calls.iter().map(|c| c.end).max().unwrap_or(0) - calls.first().map_or(0, |c| c.start);
+        let impact = excess as f64 / span.max(1) as f64;
+        let sev = severity(ratio, strength.max(), impact);
         let sized = size_class.map_or(String::new(), |b| {
             format!(" ({}..{})", size(b), size(b.max(1) * 2))
         });
@@ -815,8 +854,7 @@ pub fn chains(
             id: format!("{}:tail-{name}@{}", d.node, d.window.from / 1_000_000_000),
             node: d.node.clone(),
             severity: sev,
-            // Impact: time the slow calls took beyond the median.
-            score: slow.iter().map(|c| (c.duration() - s.p50_ns).max(0)).sum::<i64>() as f64 * strength.max(),
+            score: impact * strength.max(),
             summary,
             root_cause,
             explanation: format!(
@@ -840,6 +878,10 @@ pub fn chains(
             timeline,
             detected_at,
             window: d.window,
+            peak_at: slow
+                .iter()
+                .max_by_key(|c| c.duration())
+                .map_or(d.window.to, |c| c.end),
         });
     }
     for (&(src, op), calls) in &d.calls {
@@ -966,6 +1008,7 @@ fn throughput_drop(
         ],
         detected_at,
         window: crate::timewin::Window { from, to },
+        peak_at: from,
     })
 }
 
@@ -1000,5 +1043,406 @@ fn oom_chain(d: &NodeData, detected_at: i64) -> Chain {
         }],
         detected_at,
         window: d.window,
+        peak_at: d.oom_kills.first().map_or(d.window.to, |k| k.ts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        analysis::dataset::{Io, OffCpu, OomKill, PageAllocs},
+        timewin::Window,
+    };
+    use agent_common::catalog::driver_op;
+
+    const LAUNCH: (u8, u8) = (source::DRIVER, driver_op::LAUNCH_KERNEL);
+    const MS: i64 = 1_000_000;
+
+    /// 200 launches of 10 us every 5 ms on thread 7 of pid 1; the ones in
+    /// `slow` take `slow_ns` instead.
+    fn node(slow: &[usize], slow_ns: i64) -> NodeData {
+        node_with(10_000, slow, slow_ns)
+    }
+
+    /// As [`node`], with calls of `base_ns` (under 5 ms).
+    fn node_with(base_ns: i64, slow: &[usize], slow_ns: i64) -> NodeData {
+        let calls = (0..200)
+            .map(|i| {
+                let start = i as i64 * 5 * MS;
+                let dur = if slow.contains(&i) { slow_ns } else { base_ns };
+                Call {
+                    pid: 1,
+                    tid: 7,
+                    start,
+                    end: start + dur,
+                    bytes: 0,
+                }
+            })
+            .collect();
+        NodeData {
+            node: "n1".into(),
+            calls: [(LAUNCH, calls)].into_iter().collect(),
+            window: Window {
+                from: 0,
+                to: 1000 * MS,
+            },
+            ..NodeData::default()
+        }
+    }
+
+    fn slow_set() -> Vec<usize> {
+        (0..200).step_by(20).collect() // 10 slow calls: 5%
+    }
+
+    /// A preemption of thread 7 inside each slow call.
+    fn preempt_slow_calls(d: &mut NodeData, preempted: bool, by: u32) {
+        for i in slow_set() {
+            let start = i as i64 * 5 * MS + 1_000;
+            d.off_cpu.push(OffCpu {
+                pid: 1,
+                tid: 7,
+                start,
+                end: start + MS,
+                preempted: Some(preempted),
+                preemptor: by,
+            });
+        }
+    }
+
+    fn run(d: &NodeData) -> Vec<Chain> {
+        chains(d, &HashMap::new(), 0).0
+    }
+
+    #[test]
+    fn a_tail_with_preemption_of_the_calling_thread_is_high_cpu_contention() {
+        let mut d = node(&slow_set(), 2 * MS);
+        preempt_slow_calls(&mut d, true, 99);
+        d.names.insert(99, "cpu-hog".into());
+        let c = run(&d);
+        assert_eq!(c.len(), 1, "{c:#?}");
+        assert_eq!(c[0].severity, Severity::High, "{c:#?}");
+        assert!(
+            c[0].summary
+                .starts_with("cuLaunchKernel p99=2.00ms (200.0x p50) - 10 sched_switch events"),
+            "{}",
+            c[0].summary
+        );
+        assert!(
+            c[0].root_cause.starts_with("CPU contention"),
+            "{}",
+            c[0].root_cause
+        );
+        assert!(
+            c[0].root_cause.contains("cpu-hog (99)"),
+            "names the preemptor: {}",
+            c[0].root_cause
+        );
+        assert!(
+            c[0].recommendations
+                .iter()
+                .any(|f| f.contains("renice +19 -p 99"))
+        );
+        assert_eq!(c[0].id, "n1:tail-cuLaunchKernel@0");
+    }
+
+    #[test]
+    fn a_tail_without_a_concurrent_cause_is_not_a_chain() {
+        assert!(run(&node(&slow_set(), 2 * MS)).is_empty());
+    }
+
+    #[test]
+    fn waiting_off_cpu_is_not_contention() {
+        let mut d = node(&slow_set(), 2 * MS);
+        preempt_slow_calls(&mut d, false, 99);
+        assert!(
+            run(&d).is_empty(),
+            "voluntary sleeps during the calls explain nothing"
+        );
+    }
+
+    #[test]
+    fn too_few_samples_or_a_small_tail_do_not_fire() {
+        let mut d = node(&slow_set(), 2 * MS);
+        preempt_slow_calls(&mut d, true, 99);
+        d.calls.get_mut(&LAUNCH).map(|c| c.truncate(MIN_SAMPLES - 1));
+        assert!(run(&d).is_empty(), "fewer than MIN_SAMPLES calls");
+        let mut d = node(&slow_set(), 25_000); // 2.5x
+        preempt_slow_calls(&mut d, true, 99);
+        assert!(run(&d).is_empty(), "p99/p50 below TAIL_RATIO");
+    }
+
+    #[test]
+    fn a_moderate_tail_with_a_strong_cause_is_medium() {
+        let mut d = node_with(200_000, &slow_set(), 1_200_000); // 6x
+        preempt_slow_calls(&mut d, true, 99);
+        let c = run(&d);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].severity, Severity::Medium);
+        assert_eq!(severity(12.0, 0.3, 0.05), Severity::Medium);
+        assert_eq!(severity(12.0, 0.1, 0.05), Severity::Low);
+        assert_eq!(severity(4.0, 0.3, 0.05), Severity::Low);
+    }
+
+    #[test]
+    fn a_rare_tail_is_low_however_strong_its_cause() {
+        // One slow call in 200 (0.2 ms beyond the median over a second).
+        let mut d = node(&[100, 101, 102], 100_000);
+        for i in [100, 101, 102] {
+            let start = i as i64 * 5 * MS;
+            d.off_cpu.push(OffCpu {
+                pid: 1,
+                tid: 7,
+                start,
+                end: start + 50_000,
+                preempted: Some(true),
+                preemptor: 99,
+            });
+        }
+        for i in 0..5 {
+            d.off_cpu.push(OffCpu {
+                pid: 1,
+                tid: 7,
+                start: i,
+                end: i + 1,
+                preempted: Some(true),
+                preemptor: 99,
+            });
+        }
+        let c = run(&d);
+        assert_eq!(c.len(), 1, "{c:#?}");
+        assert_eq!(
+            c[0].severity,
+            Severity::Low,
+            "0.03% of the span lost: not worth a page"
+        );
+        assert_eq!(severity(200.0, 1.0, 0.0003), Severity::Low);
+    }
+
+    #[test]
+    fn block_io_during_the_slow_calls_is_the_cause_and_writes_get_checkpoint_fixes() {
+        let mut d = node(&slow_set(), 2 * MS);
+        for i in slow_set() {
+            let start = i as i64 * 5 * MS;
+            d.io.push(Io {
+                pid: 1,
+                tid: 8,
+                start,
+                end: start + 3 * MS,
+                bytes: 8 << 20,
+                write: true,
+            });
+        }
+        d.names.insert(8, "ckpt-writer".into());
+        let c = run(&d);
+        assert_eq!(c.len(), 1, "{c:#?}");
+        assert!(c[0].summary.contains("block I/O"), "{}", c[0].summary);
+        assert!(
+            c[0].root_cause
+                .starts_with("Block I/O: 10 write requests (checkpoint-like)"),
+            "{}",
+            c[0].root_cause
+        );
+        assert!(c[0].root_cause.contains("ckpt-writer (8)"));
+        assert!(c[0].recommendations[0].contains("Checkpoint asynchronously"));
+    }
+
+    #[test]
+    fn reads_get_data_loading_fixes() {
+        let mut d = node(&slow_set(), 2 * MS);
+        for i in slow_set() {
+            let start = i as i64 * 5 * MS;
+            d.io.push(Io {
+                pid: 1,
+                tid: 8,
+                start,
+                end: start + 3 * MS,
+                bytes: 8 << 20,
+                write: false,
+            });
+        }
+        let c = run(&d);
+        assert!(
+            c[0].root_cause.contains("read requests (data loading)"),
+            "{}",
+            c[0].root_cause
+        );
+        assert!(c[0].recommendations[0].contains("/dev/shm"));
+    }
+
+    #[test]
+    fn a_preempting_thread_that_writes_makes_block_io_the_root_cause() {
+        let mut d = node(&slow_set(), 2 * MS);
+        preempt_slow_calls(&mut d, true, 8);
+        for i in 0..40 {
+            let start = i as i64 * 25 * MS;
+            d.io.push(Io {
+                pid: 1,
+                tid: 8,
+                start,
+                end: start + 100_000,
+                bytes: 1 << 20,
+                write: true,
+            });
+        }
+        let c = run(&d);
+        assert!(c[0].root_cause.starts_with("Block I/O"), "{}", c[0].root_cause);
+        assert!(
+            c[0].root_cause
+                .contains("the I/O thread also preempted the callers"),
+            "{}",
+            c[0].root_cause
+        );
+    }
+
+    #[test]
+    fn memory_volume_alone_supports_at_most_a_medium_chain() {
+        let mut d = node(&slow_set(), 2 * MS);
+        d.page_allocs.push(PageAllocs {
+            ts: 10 * MS,
+            bytes: 512 << 20,
+        });
+        assert!(run(&d).is_empty(), "below MIN_MEM_BYTES");
+        d.page_allocs[0].bytes = 2 << 30;
+        let c = run(&d);
+        assert_eq!(c.len(), 1);
+        assert!(
+            c[0].root_cause.starts_with("Memory pressure: 2.0 GiB"),
+            "{}",
+            c[0].root_cause
+        );
+        assert_eq!(c[0].severity, Severity::Medium);
+        d.page_allocs[0].bytes = 64 << 30;
+        assert_eq!(
+            run(&d)[0].severity,
+            Severity::Medium,
+            "volume alone never makes a HIGH chain"
+        );
+        d.oom_kills.push(OomKill {
+            ts: MS,
+            victim: 1,
+            rss_bytes: 0,
+        });
+        assert!(
+            run(&d).iter().any(|c| c.severity == Severity::High),
+            "an OOM kill does"
+        );
+    }
+
+    #[test]
+    fn copies_are_compared_within_their_size_class() {
+        let calls: Vec<Call> = (0..200)
+            .map(|i| {
+                let start = i as i64 * 5 * MS;
+                // Every 20th copy moves 256 MiB and takes 20 ms; the rest 4 bytes in 3 us.
+                let (bytes, dur) = if i % 20 == 0 {
+                    (256 << 20, 20 * MS)
+                } else {
+                    (4, 3_000)
+                };
+                Call {
+                    pid: 1,
+                    tid: 7,
+                    start,
+                    end: start + dur,
+                    bytes,
+                }
+            })
+            .collect();
+        let mut d = NodeData {
+            node: "n1".into(),
+            calls: [((source::DRIVER, driver_op::MEMCPY_DTOH), calls)]
+                .into_iter()
+                .collect(),
+            window: Window {
+                from: 0,
+                to: 1000 * MS,
+            },
+            ..NodeData::default()
+        };
+        preempt_slow_calls(&mut d, true, 99);
+        assert!(run(&d).is_empty(), "big copies are not a tail of small ones");
+    }
+
+    #[test]
+    fn an_oom_kill_is_a_high_chain_of_its_own() {
+        let mut d = node(&[], 0);
+        d.oom_kills.push(OomKill {
+            ts: 5 * MS,
+            victim: 42,
+            rss_bytes: 3 << 30,
+        });
+        d.names.insert(42, "python".into());
+        let c = run(&d);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].severity, Severity::High);
+        assert!(
+            c[0].summary.contains("python (42)") && c[0].summary.contains("3.0 GiB"),
+            "{}",
+            c[0].summary
+        );
+        assert_eq!(c[0].peak_at, 5 * MS);
+    }
+
+    #[test]
+    fn a_throughput_drop_with_io_in_the_same_seconds_fires() {
+        const S: i64 = 1_000_000_000;
+        // 100 calls/s for 12 s, except 10/s during seconds 5..8 (with I/O).
+        let mut calls = Vec::new();
+        for sec in 0..12i64 {
+            let n = if (5..8).contains(&sec) { 10 } else { 100 };
+            for k in 0..n {
+                let start = sec * S + k * (S / n);
+                calls.push(Call {
+                    pid: 1,
+                    tid: 7,
+                    start,
+                    end: start + 10_000,
+                    bytes: 0,
+                });
+            }
+        }
+        let mut d = NodeData {
+            node: "n1".into(),
+            calls: [(LAUNCH, calls)].into_iter().collect(),
+            window: Window { from: 0, to: 12 * S },
+            ..NodeData::default()
+        };
+        for k in 0..30 {
+            let start = 5 * S + k * 100 * MS;
+            d.io.push(Io {
+                pid: 1,
+                tid: 8,
+                start,
+                end: start + 60 * MS,
+                bytes: 32 << 20,
+                write: true,
+            });
+        }
+        let c = run(&d);
+        assert_eq!(c.len(), 1, "{c:#?}");
+        assert!(c[0].id.starts_with("n1:drop-cuLaunchKernel@"), "{}", c[0].id);
+        assert!(c[0].summary.contains("throughput -90%"), "{}", c[0].summary);
+        assert!(c[0].root_cause.starts_with("Block I/O"));
+        d.io.clear();
+        assert!(run(&d).is_empty(), "a drop without a cause is not a chain");
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn coverage_measures_overlap_exactly() {
+        let c = Coverage::new(vec![(0, 10), (5, 20), (30, 40)]);
+        assert_eq!(c.covered(0, 100), 30);
+        assert_eq!(c.covered(15, 35), 10);
+        assert_eq!(c.covered(20, 30), 0);
+        assert_eq!(c.covered(38, 39), 1);
     }
 }

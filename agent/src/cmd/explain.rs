@@ -88,7 +88,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     let chains = analysis::all_chains(&reports);
     if !args.no_save && !chains.is_empty() {
         let saved = writable
-            && conn.execute_batch(crate::store::schema::CAUSAL_CHAINS).is_ok()
+            && crate::store::schema::ensure_chains_table(&conn).is_ok()
             && chain::store(&conn, &chains).is_ok();
         if !saved {
             eprintln!(

@@ -2,6 +2,8 @@
 //! configuration layers) into output and an exit code.
 
 pub mod explain;
+pub mod export;
+pub mod merge;
 pub mod query;
 pub mod trace;
 

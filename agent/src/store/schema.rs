@@ -28,7 +28,10 @@ pub const CAUSAL_CHAINS: &str = "CREATE TABLE IF NOT EXISTS causal_chains(
         cuda_p50_us INTEGER NOT NULL DEFAULT 0,
         tail_ratio REAL NOT NULL DEFAULT 0,
         timeline TEXT NOT NULL DEFAULT '[]',
-        node TEXT NOT NULL DEFAULT ''
+        node TEXT NOT NULL DEFAULT '',
+        window_from INTEGER,
+        window_to INTEGER,
+        peak_at INTEGER
 )";
 
 /// Tables and indexes, in creation order. `IF NOT EXISTS` everywhere:
@@ -170,6 +173,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("sessions", "events_stored", "INTEGER NOT NULL DEFAULT 0"),
     ("sessions", "events_dropped", "INTEGER NOT NULL DEFAULT 0"),
     ("causal_chains", "node", "TEXT NOT NULL DEFAULT ''"),
+    ("causal_chains", "window_from", "INTEGER"),
+    ("causal_chains", "window_to", "INTEGER"),
+    ("causal_chains", "peak_at", "INTEGER"),
 ];
 
 /// Notes written to `schema_info` so a database explains itself.
@@ -246,6 +252,18 @@ pub fn init(conn: &Connection) -> Result<(), StoreError> {
         .map_err(sql("writing schema_info"))?;
     }
     tx.commit().map_err(sql("writing lookup tables"))
+}
+
+/// Creates `causal_chains` if missing and adds this tracer's columns to an
+/// older one (databases of other tracers).
+pub fn ensure_chains_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(CAUSAL_CHAINS)?;
+    for (table, column, decl) in ADDED_COLUMNS.iter().filter(|(t, _, _)| *t == "causal_chains") {
+        if !has_column(conn, table, column)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `table` has `column`.

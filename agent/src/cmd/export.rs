@@ -1,0 +1,47 @@
+//! `ingero export`: see [`crate::export`].
+
+use std::process::ExitCode;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{cli::ExportArgs, config::FileConfig, error::CliError, export::export};
+
+pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
+    let path = super::database(args.db.as_deref(), file)?;
+    if !path.is_file() {
+        return Err(CliError::BadInput(format!(
+            "{}: no such database",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| CliError::BadInput(format!("cannot open {}: {e}", path.display())))?;
+    if !crate::store::schema::has_column(&conn, "events", "id").unwrap_or(false) {
+        return Err(CliError::BadInput(format!(
+            "{} has no events table: is it an ingero database?",
+            path.display()
+        )));
+    }
+    let window = super::window(&conn, &args.window)?;
+    let out = std::fs::File::create(&args.output)
+        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;
+    let report = export(&conn, out, window, &std::collections::HashMap::new())
+        .map_err(|e| CliError::Failed(format!("export to {} failed: {e}", args.output.display())))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+    } else {
+        println!(
+            "wrote {}: {} node(s), {} thread(s), {} slices, {} markers, {} counter samples; open it in https://ui.perfetto.dev",
+            args.output.display(),
+            report.nodes,
+            report.threads,
+            report.slices,
+            report.markers,
+            report.counters
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,58 @@
+//! `ingero merge`: see [`crate::merge`].
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use crate::{
+    cli::MergeArgs,
+    error::CliError,
+    merge::{MergeOptions, merge},
+    trace::live::group_digits,
+};
+
+pub fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
+    let opts = MergeOptions {
+        inputs: args.inputs.clone(),
+        output: args.output.clone(),
+        force: args.force,
+        force_node: args.force_node.clone(),
+        allow_same_node: args.allow_same_node,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let report = merge(&opts, &mut |line| {
+        if tty || !line.starts_with("  ") {
+            eprintln!("{line}");
+        }
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+    } else {
+        let nodes: Vec<&str> = report
+            .inputs
+            .iter()
+            .flat_map(|i| i.nodes.iter().map(String::as_str))
+            .collect();
+        println!(
+            "merged {} database(s) ({} node(s): {}) into {}: {} events, {} stacks, {} sessions, {} chains{}",
+            report.inputs.len(),
+            nodes.len(),
+            nodes.join(", "),
+            report.output.display(),
+            group_digits(report.events),
+            report.stacks,
+            report.sessions,
+            report.chains,
+            if report.duplicates > 0 {
+                format!(
+                    " ({} duplicate events kept once)",
+                    group_digits(report.duplicates)
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,298 @@
+//! `ingero export --format perfetto`: a database as a Chrome Trace Event
+//! JSON file that opens in ui.perfetto.dev.
+//!
+//! Layout: one process track per node (named with the node and its rank),
+//! one thread track per traced thread (named from `process_names`). CUDA
+//! and driver calls are complete slices starting at `timestamp - duration`
+//! (the store keeps the end of each call); off-CPU spans are slices on the
+//! thread ("off-CPU: preempted by X" or "off-CPU: waiting"); block requests
+//! are async slices on the node; process lifecycle events and causal chains
+//! are instant markers, chains coloured by severity with the root cause and
+//! fixes in their args; page allocations and CPU load are counters.
+//!
+//! Events are streamed from SQLite to the file one row at a time: memory
+//! stays flat whatever the database size. Timestamps are microseconds from
+//! the first event (Perfetto shows relative time), optionally shifted per
+//! node by a clock offset (fleet export).
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+};
+
+use agent_common::catalog::{host_op, source};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::{
+    analysis::dataset::{conventions, op_name, op_names},
+    store::schema::has_column,
+    timewin::Window,
+};
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExportReport {
+    pub nodes: usize,
+    pub threads: usize,
+    pub slices: u64,
+    pub markers: u64,
+    pub counters: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("reading the database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("writing the trace: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One node of the export: its process track id and clock shift.
+struct NodeTrack {
+    pid: u32,
+    offset_ns: i64,
+}
+
+/// Writes trace events separated by commas.
+struct TraceWriter<W: Write> {
+    out: W,
+    first: bool,
+}
+
+impl<W: Write> TraceWriter<W> {
+    fn event(&mut self, v: &Value) -> std::io::Result<()> {
+        if !self.first {
+            self.out.write_all(b",\n")?;
+        }
+        self.first = false;
+        serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)
+    }
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// Exports `conn` to `out`. `offsets` shifts each node's clock (ns to
+/// subtract); nodes not listed are not shifted.
+pub fn export(
+    conn: &Connection,
+    out: impl Write,
+    window: Option<Window>,
+    offsets: &HashMap<String, i64>,
+) -> Result<ExportReport, ExportError> {
+    let conv = conventions(conn)?;
+    let names = op_names(conn)?;
+    let node_col = if conv.has_node { "node" } else { "''" };
+    let rank_col = if conv.has_rank { "rank" } else { "NULL" };
+    let filter = window.map_or(String::new(), |w| {
+        format!("WHERE timestamp BETWEEN {} AND {}", w.from, w.to)
+    });
+
+    // Pass 1 (aggregate only): nodes, their ranks, the earliest start.
+    let mut nodes: HashMap<String, NodeTrack> = HashMap::new();
+    let mut ranks: Vec<(String, Option<i64>)> = Vec::new();
+    let mut t0 = i64::MAX;
+    {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {node_col}, min({rank_col}), min(timestamp - duration) FROM events {filter} GROUP BY 1 ORDER BY 1"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let node: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
+            let offset_ns = offsets.get(&node).copied().unwrap_or(0);
+            t0 = t0.min(r.get::<_, i64>(2)? - offset_ns);
+            ranks.push((node.clone(), r.get(1)?));
+            nodes.insert(
+                node,
+                NodeTrack {
+                    pid: nodes.len() as u32 + 1,
+                    offset_ns,
+                },
+            );
+        }
+    }
+    if t0 == i64::MAX {
+        t0 = 0;
+    }
+    let thread_names: HashMap<(String, u32), String> = if table_exists(conn, "process_names")? {
+        let n = if conv.has_node && has_column(conn, "process_names", "node")? {
+            "node"
+        } else {
+            "''"
+        };
+        let mut stmt = conn.prepare(&format!("SELECT {n}, pid, name FROM process_names"))?;
+        stmt.query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32),
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?
+    } else {
+        HashMap::new()
+    };
+
+    let mut w = TraceWriter {
+        out: std::io::BufWriter::new(out),
+        first: true,
+    };
+    w.out.write_all(b"{\"displayTimeUnit\":\"ms\",\"otherData\":")?;
+    serde_json::to_writer(
+        &mut w.out,
+        &json!({"producer": format!("ingero {}", env!("CARGO_PKG_VERSION")), "time_origin_unix_ns": t0}),
+    )
+    .map_err(std::io::Error::other)?;
+    w.out.write_all(b",\"traceEvents\":[\n")?;
+    let mut report = ExportReport {
+        nodes: nodes.len(),
+        ..ExportReport::default()
+    };
+    for (node, rank) in &ranks {
+        let pid = nodes[node].pid;
+        let label = match rank {
+            Some(r) => format!("{} (rank {r})", if node.is_empty() { "node" } else { node }),
+            None => {
+                if node.is_empty() {
+                    "node".to_owned()
+                } else {
+                    node.clone()
+                }
+            }
+        };
+        w.event(&json!({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": label}}))?;
+        w.event(&json!({"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}}))?;
+        w.event(&json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": 0, "args": {"name": "block I/O and markers"}}))?;
+    }
+    let us = |ns: i64, node: &NodeTrack| (ns - node.offset_ns - t0) as f64 / 1000.0;
+
+    // Pass 2: every event, streamed.
+    let mut named: HashSet<(u32, u32)> = HashSet::new();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {node_col}, source, op, pid, tid, timestamp, duration, arg0, arg1, ret_code, rowid FROM events {filter}"
+    ))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let node: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
+        let Some(track) = nodes.get(&node) else { continue };
+        let (src, op): (u8, u8) = (r.get(1)?, r.get(2)?);
+        let (pid, tid): (u32, u32) = (r.get::<_, i64>(3)? as u32, r.get::<_, i64>(4)? as u32);
+        let (ts, dur): (i64, i64) = (r.get(5)?, r.get::<_, i64>(6)?.max(0));
+        let (arg0, arg1, ret): (i64, i64, i64) = (r.get(7)?, r.get(8)?, r.get(9)?);
+        let rowid: i64 = r.get(10)?;
+        let start = if conv.timestamps_at_end || !matches!(src, source::CUDA | source::DRIVER) {
+            ts - dur
+        } else {
+            ts
+        };
+        if named.insert((track.pid, tid)) && src != source::IO {
+            let name = thread_names
+                .get(&(node.clone(), tid))
+                .map_or_else(|| format!("thread {tid}"), |n| format!("{n} ({tid})"));
+            w.event(&json!({"ph": "M", "name": "thread_name", "pid": track.pid, "tid": tid, "args": {"name": name}}))?;
+        }
+        let name = op_name(&names, src, op);
+        match (src, op) {
+            (source::CUDA | source::DRIVER, _) => {
+                report.slices += 1;
+                w.event(&json!({
+                    "ph": "X", "name": name, "cat": if src == source::CUDA { "cuda" } else { "driver" },
+                    "pid": track.pid, "tid": tid, "ts": us(start, track), "dur": dur as f64 / 1000.0,
+                    "args": {"pid": pid, "ret": ret, "arg0": arg0, "arg1": arg1},
+                }))?;
+            }
+            (source::HOST, host_op::SCHED_SWITCH) => {
+                report.slices += 1;
+                let label = match (conv.preempt_flag, arg0) {
+                    (true, 1) => format!(
+                        "off-CPU: preempted by {}",
+                        thread_names
+                            .get(&(node.clone(), arg1 as u32))
+                            .map_or_else(|| format!("task {arg1}"), |n| format!("{n} ({arg1})"))
+                    ),
+                    (true, _) => "off-CPU: waiting".to_owned(),
+                    _ => "off-CPU".to_owned(),
+                };
+                w.event(&json!({
+                    "ph": "X", "name": label, "cat": "sched", "pid": track.pid, "tid": tid,
+                    "ts": us(start, track), "dur": dur as f64 / 1000.0, "args": {"next": arg1},
+                }))?;
+            }
+            (source::HOST, host_op::MM_PAGE_ALLOC_SUMMARY) => {
+                report.counters += 1;
+                let secs = (dur as f64 / 1e9).max(1e-3);
+                w.event(&json!({
+                    "ph": "C", "name": "page allocations (MiB/s)", "pid": track.pid, "ts": us(ts, track),
+                    "args": {format!("pid {pid}"): (arg1 as f64 / 1048576.0 / secs).round()},
+                }))?;
+            }
+            (source::HOST, _) => {
+                report.markers += 1;
+                w.event(&json!({
+                    "ph": "i", "s": "t", "name": name, "cat": "process", "pid": track.pid, "tid": tid,
+                    "ts": us(ts, track), "args": {"pid": pid, "arg0": arg0, "arg1": arg1},
+                }))?;
+            }
+            (source::IO, _) => {
+                report.slices += 1;
+                let bytes = if conv.io_bytes { arg0 } else { arg0 * 512 };
+                let common = json!({"cat": "io", "name": name, "id": format!("{rowid:x}"), "pid": track.pid, "tid": 0});
+                let mut begin = common.clone();
+                begin["ph"] = "b".into();
+                begin["ts"] = us(start, track).into();
+                begin["args"] = json!({"bytes": bytes, "sector": arg1, "issuer_pid": pid, "issuer_tid": tid});
+                w.event(&begin)?;
+                let mut end = common;
+                end["ph"] = "e".into();
+                end["ts"] = us(ts, track).into();
+                w.event(&end)?;
+            }
+            _ => {}
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    report.threads = named.len();
+
+    if table_exists(conn, "system_snapshots")? && has_column(conn, "system_snapshots", "node")? {
+        let mut stmt =
+            conn.prepare("SELECT node, timestamp, cpu_pct FROM system_snapshots WHERE cpu_pct IS NOT NULL")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let node: String = r.get(0)?;
+            let ts: i64 = r.get(1)?;
+            if let Some(track) = nodes
+                .get(&node)
+                .filter(|_| window.is_none_or(|w| ts >= w.from && ts <= w.to))
+            {
+                report.counters += 1;
+                w.event(&json!({"ph": "C", "name": "CPU busy %", "pid": track.pid, "ts": us(ts, track), "args": {"cpu": r.get::<_, f64>(2)?}}))?;
+            }
+        }
+    }
+    for c in crate::analysis::chain::load_stored(conn, i64::MIN).unwrap_or_default() {
+        let Some(track) = nodes.get(&c.node) else { continue };
+        if window.is_some_and(|w| c.peak_at < w.from || c.peak_at > w.to) {
+            continue;
+        }
+        report.markers += 1;
+        let color = match c.severity {
+            crate::analysis::chain::Severity::High => "terrible",
+            crate::analysis::chain::Severity::Medium => "bad",
+            crate::analysis::chain::Severity::Low => "yellow",
+        };
+        w.event(&json!({
+            "ph": "i", "s": "p", "name": format!("[{}] {}", c.severity.as_str(), c.summary),
+            "cat": "causal_chain", "pid": track.pid, "tid": 0, "ts": us(c.peak_at, track), "cname": color,
+            "args": {"severity": c.severity.as_str(), "root_cause": c.root_cause, "fix": c.recommendations, "id": c.id},
+        }))?;
+    }
+    w.out.write_all(b"\n]}\n")?;
+    w.out.flush()?;
+    Ok(report)
+}

@@ -1,0 +1,579 @@
+//! `ingero merge`: databases from several nodes (or air-gapped copies) into
+//! one, for offline analysis of the whole cluster.
+//!
+//! Invariants:
+//! - every event keeps its node-namespaced id (`{node}:{seq}`); events of a
+//!   database without a `node` column get the name given with
+//!   `--force-node` (and ids `{name}:{old id}`); a database without a node
+//!   column and no such name is refused;
+//! - two inputs claiming the same node are refused unless
+//!   `--allow-same-node` says they are copies or parts of one node's
+//!   database; then an id present in several inputs is stored once;
+//! - stacks are deduplicated by hash; sessions are renumbered and events
+//!   follow them; chains, process names, drop counters, snapshots,
+//!   aggregates and lookup tables are carried over, every per-node row
+//!   keeping its node; tables this tool does not know are copied too, with
+//!   a `node` column added when they lack one;
+//! - the output is built in `OUTPUT.partial` and renamed at the end, so an
+//!   interrupted merge never leaves a half-written OUTPUT; an existing
+//!   OUTPUT is only replaced with `--force`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde::Serialize;
+
+use crate::store::{self, schema::has_column};
+
+/// Events copied per statement (progress is reported between chunks).
+const CHUNK: i64 = 200_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+    #[error("writing {path}: {message}")]
+    Output { path: PathBuf, message: String },
+}
+
+/// A `--force-node` value: `NAME` (for the one input without a node
+/// column) or `PATH=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedNode {
+    pub path: Option<PathBuf>,
+    pub name: String,
+}
+
+impl std::str::FromStr for ForcedNode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, name) = match s.rsplit_once('=') {
+            Some((p, n)) => (Some(PathBuf::from(p)), n),
+            None => (None, s),
+        };
+        crate::config::validate_node(name).map_err(|e| e.to_string())?;
+        Ok(Self {
+            path,
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    pub inputs: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub force: bool,
+    pub force_node: Vec<ForcedNode>,
+    pub allow_same_node: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InputReport {
+    pub path: PathBuf,
+    pub nodes: Vec<String>,
+    pub events: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    pub output: PathBuf,
+    pub inputs: Vec<InputReport>,
+    pub events: u64,
+    pub stacks: u64,
+    pub sessions: u64,
+    pub chains: u64,
+    /// Events present in several inputs (with --allow-same-node), kept once.
+    pub duplicates: u64,
+}
+
+/// What an input holds, before copying.
+struct Input {
+    path: PathBuf,
+    /// The name given to events when the database has no node column.
+    forced: Option<String>,
+    nodes: Vec<String>,
+    events: u64,
+}
+
+fn input_err(path: &Path, e: impl std::fmt::Display) -> MergeError {
+    MergeError::Input {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn inspect(path: &Path, forced: &[ForcedNode], unnamed_inputs: usize) -> Result<Input, MergeError> {
+    if !path.is_file() {
+        return Err(input_err(path, "no such file"));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| input_err(path, e))?;
+    if !has_column(&conn, "events", "id").map_err(|e| input_err(path, e))? {
+        return Err(input_err(path, "not an ingero database (no events table)"));
+    }
+    let events: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .map_err(|e| input_err(path, e))?;
+    if has_column(&conn, "events", "node").map_err(|e| input_err(path, e))? {
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT node FROM events")
+            .map_err(|e| input_err(path, e))?;
+        let nodes: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, Option<String>>(0))
+            .map_err(|e| input_err(path, e))?
+            .filter_map(|r| r.ok().flatten())
+            .collect();
+        if nodes.iter().all(|n| !n.is_empty()) {
+            return Ok(Input {
+                path: path.to_path_buf(),
+                forced: None,
+                nodes,
+                events: events as u64,
+            });
+        }
+    }
+    let name = forced
+        .iter()
+        .find(|f| f.path.as_deref().is_some_and(|p| same_file(p, path)))
+        .or_else(|| {
+            forced
+                .iter()
+                .find(|f| f.path.is_none())
+                .filter(|_| unnamed_inputs == 1)
+        })
+        .map(|f| f.name.clone())
+        .ok_or_else(|| {
+            MergeError::Refused(format!(
+                "{} has no node column (or events without a node): name its node with --force-node {}=NAME",
+                path.display(),
+                path.display()
+            ))
+        })?;
+    Ok(Input {
+        path: path.to_path_buf(),
+        forced: Some(name.clone()),
+        nodes: vec![name],
+        events: events as u64,
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// How many inputs lack node names (for an unqualified --force-node).
+fn unnamed(paths: &[PathBuf]) -> usize {
+    paths
+        .iter()
+        .filter(|p| {
+            Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()
+                .and_then(|c| has_column(&c, "events", "node").ok())
+                == Some(false)
+        })
+        .count()
+}
+
+fn sql_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Columns of `table` in schema `db`.
+fn columns(conn: &Connection, db: &str, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info(?1, ?2)"))?;
+    let cols = stmt.query_map(params![table, db], |r| r.get(0))?.collect();
+    cols
+}
+
+/// Merges the inputs; `progress` receives human-readable lines.
+pub fn merge(opts: &MergeOptions, progress: &mut dyn FnMut(&str)) -> Result<MergeReport, MergeError> {
+    if opts.inputs.is_empty() {
+        return Err(MergeError::Refused("give at least one database to merge".into()));
+    }
+    if opts.output.exists() && !opts.force {
+        return Err(MergeError::Refused(format!(
+            "{} already exists: pass --force to overwrite it",
+            opts.output.display()
+        )));
+    }
+    if opts.inputs.iter().any(|i| same_file(i, &opts.output)) {
+        return Err(MergeError::Refused("the output cannot also be an input".into()));
+    }
+    let unnamed_inputs = unnamed(&opts.inputs);
+    let inputs: Vec<Input> = opts
+        .inputs
+        .iter()
+        .map(|p| inspect(p, &opts.force_node, unnamed_inputs))
+        .collect::<Result<_, _>>()?;
+    let mut owners: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
+    for i in &inputs {
+        for n in &i.nodes {
+            owners.entry(n.as_str()).or_default().push(&i.path);
+        }
+    }
+    if !opts.allow_same_node
+        && let Some((node, paths)) = owners.iter().find(|(_, p)| p.len() > 1)
+    {
+        return Err(MergeError::Refused(format!(
+            "node {node} is in {}: pass --allow-same-node if they are copies or parts of one node's database",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )));
+    }
+
+    let partial = PathBuf::from(format!("{}.partial", opts.output.display()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", partial.display()));
+    }
+    let out_err = |e: &dyn std::fmt::Display| MergeError::Output {
+        path: opts.output.clone(),
+        message: e.to_string(),
+    };
+    let result = (|| {
+        let conn = store::open_for_writing(&partial).map_err(|e| out_err(&e))?;
+        conn.execute_batch("PRAGMA journal_mode = DELETE")
+            .map_err(|e| out_err(&e))?;
+        let mut report = MergeReport {
+            output: opts.output.clone(),
+            inputs: Vec::new(),
+            events: 0,
+            stacks: 0,
+            sessions: 0,
+            chains: 0,
+            duplicates: 0,
+        };
+        for input in &inputs {
+            copy_input(&conn, input, opts.allow_same_node, &mut report, progress).map_err(|e| match e {
+                CopyError::Sql(e) => input_err(&input.path, e),
+            })?;
+            report.inputs.push(InputReport {
+                path: input.path.clone(),
+                nodes: input.nodes.clone(),
+                events: input.events,
+            });
+        }
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64);
+        report.events = count("SELECT count(*) FROM events").map_err(|e| out_err(&e))?;
+        report.stacks = count("SELECT count(*) FROM stack_traces").map_err(|e| out_err(&e))?;
+        report.sessions = count("SELECT count(*) FROM sessions").map_err(|e| out_err(&e))?;
+        report.chains = count("SELECT count(*) FROM causal_chains").map_err(|e| out_err(&e))?;
+        Ok(report)
+    })();
+    match result {
+        Ok(report) => {
+            std::fs::rename(&partial, &opts.output).map_err(|e| out_err(&e))?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+enum CopyError {
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for CopyError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+/// Tables copied with dedicated rules; everything else is copied as-is.
+const KNOWN: &[&str] = &[
+    "events",
+    "sessions",
+    "stack_traces",
+    "causal_chains",
+    "process_names",
+    "drops",
+    "event_aggregates",
+    "system_snapshots",
+    "id_counters",
+    "ops",
+    "sources",
+    "schema_info",
+];
+
+fn copy_input(
+    conn: &Connection,
+    input: &Input,
+    allow_same_node: bool,
+    report: &mut MergeReport,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), CopyError> {
+    let uri = format!(
+        "file:{}?mode=ro",
+        input
+            .path
+            .display()
+            .to_string()
+            .replace('?', "%3f")
+            .replace('#', "%23")
+    );
+    conn.execute("ATTACH DATABASE ?1 AS src", [uri])?;
+    let result = copy_attached(conn, input, allow_same_node, report, progress);
+    conn.execute_batch("DETACH DATABASE src")?;
+    result
+}
+
+fn copy_attached(
+    conn: &Connection,
+    input: &Input,
+    allow_same_node: bool,
+    report: &mut MergeReport,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), CopyError> {
+    let node_expr = |table: &str| -> Result<String, CopyError> {
+        Ok(match &input.forced {
+            Some(name) => sql_quote(name),
+            None if columns(conn, "src", table)?.iter().any(|c| c == "node") => "t.node".to_owned(),
+            None => sql_quote(input.nodes.first().map_or("", String::as_str)),
+        })
+    };
+    let src_tables: BTreeSet<String> = {
+        let mut stmt = conn.prepare("SELECT name FROM src.sqlite_master WHERE type = 'table'")?;
+        stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+    let tx = conn.unchecked_transaction()?;
+
+    // Sessions first: events refer to them by id.
+    conn.execute_batch("DROP TABLE IF EXISTS temp.session_map; CREATE TEMP TABLE session_map(old INTEGER PRIMARY KEY, new INTEGER)")?;
+    if src_tables.contains("sessions") {
+        let src_cols = columns(conn, "src", "sessions")?;
+        let ours = columns(conn, "main", "sessions")?;
+        let shared: Vec<&String> = ours
+            .iter()
+            .filter(|c| *c != "id" && *c != "node" && src_cols.contains(c))
+            .collect();
+        let node = node_expr("sessions")?;
+        let mut ids = conn.prepare("SELECT id FROM src.sessions ORDER BY id")?;
+        let old_ids: Vec<i64> = ids.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let cols = shared.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ");
+        let sel = shared
+            .iter()
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for old in old_ids {
+            conn.execute(
+                &format!("INSERT INTO main.sessions({cols}, node) SELECT {sel}, {node} FROM src.sessions t WHERE t.id = ?1"),
+                [old],
+            )?;
+            conn.execute(
+                "INSERT INTO temp.session_map(old, new) VALUES (?1, ?2)",
+                params![old, conn.last_insert_rowid()],
+            )?;
+        }
+    }
+
+    // Events, in rowid chunks so progress can be shown.
+    let src_cols = columns(conn, "src", "events")?;
+    let ours = columns(conn, "main", "events")?;
+    let node = node_expr("events")?;
+    let id_expr = match &input.forced {
+        Some(_) => format!(
+            "CASE WHEN instr(CAST(t.id AS TEXT), ':') > 0 THEN CAST(t.id AS TEXT) ELSE {node} || ':' || t.id END"
+        ),
+        None => "CAST(t.id AS TEXT)".to_owned(),
+    };
+    let select: Vec<String> = ours
+        .iter()
+        .map(|c| match c.as_str() {
+            "id" => id_expr.clone(),
+            "node" => node.clone(),
+            "session_id" if src_cols.contains(c) => "m.new".to_owned(),
+            other if src_cols.contains(&other.to_owned()) => format!("t.{other}"),
+            _ => "NULL".to_owned(),
+        })
+        .collect();
+    let verb = if allow_same_node {
+        "INSERT OR IGNORE"
+    } else {
+        "INSERT"
+    };
+    let sql =
+        format!(
+        "{verb} INTO main.events({}) SELECT {} FROM src.events t LEFT JOIN temp.session_map m ON m.old = {}
+         WHERE t.rowid > ?1 AND t.rowid <= ?2",
+        ours.join(", "),
+        select.join(", "),
+        if src_cols.iter().any(|c| c == "session_id") { "t.session_id" } else { "NULL" }
+    );
+    let (lo, hi): (i64, i64) = conn.query_row(
+        "SELECT ifnull(min(rowid), 0), ifnull(max(rowid), 0) FROM src.events",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let label = format!("{} ({})", input.path.display(), input.nodes.join(", "));
+    let mut copied = 0u64;
+    let mut start = lo - 1;
+    while start < hi {
+        let end = (start + CHUNK).min(hi);
+        copied += conn.execute(&sql, params![start, end])? as u64;
+        start = end;
+        if input.events > CHUNK as u64 {
+            progress(&format!("  {label}: {copied}/{} events", input.events));
+        }
+    }
+    report.duplicates += input.events.saturating_sub(copied);
+    progress(&format!("merged {label}: {copied} events"));
+
+    copy_known(conn, &src_tables, &node_expr)?;
+    copy_unknown(conn, &src_tables, &node_expr)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The per-table rules for tables this tool knows.
+fn copy_known(
+    conn: &Connection,
+    src_tables: &BTreeSet<String>,
+    node_expr: &dyn Fn(&str) -> Result<String, CopyError>,
+) -> Result<(), CopyError> {
+    let copy = |table: &str,
+                verb: &str,
+                extra: &str,
+                mapped: &dyn Fn(&str) -> Option<String>|
+     -> Result<(), CopyError> {
+        if !src_tables.contains(table) {
+            return Ok(());
+        }
+        let src_cols = columns(conn, "src", table)?;
+        let ours = columns(conn, "main", table)?;
+        let (mut cols, mut sel) = (Vec::new(), Vec::new());
+        for c in &ours {
+            if let Some(expr) = mapped(c) {
+                cols.push(c.clone());
+                sel.push(expr);
+            } else if src_cols.contains(c) {
+                cols.push(c.clone());
+                sel.push(format!("t.{c}"));
+            }
+        }
+        conn.execute_batch(&format!(
+            "{verb} INTO main.{table}({}) SELECT {} FROM src.{table} t {extra}",
+            cols.join(", "),
+            sel.join(", ")
+        ))?;
+        Ok(())
+    };
+    let none = |_: &str| None;
+    copy("stack_traces", "INSERT OR IGNORE", "", &none)?;
+    copy("ops", "INSERT OR IGNORE", "", &none)?;
+    copy("sources", "INSERT OR IGNORE", "", &none)?;
+    for table in ["causal_chains", "process_names", "system_snapshots"] {
+        let node = node_expr(table)?;
+        let verb = if table == "causal_chains" {
+            "INSERT OR REPLACE"
+        } else {
+            "INSERT OR IGNORE"
+        };
+        copy(table, verb, "", &|c: &str| (c == "node").then(|| node.clone()))?;
+    }
+    let node = node_expr("drops")?;
+    copy(
+        "drops",
+        "INSERT OR REPLACE",
+        "JOIN temp.session_map m ON m.old = t.session_id",
+        &|c: &str| match c {
+            "node" => Some(node.clone()),
+            "session_id" => Some("m.new".into()),
+            _ => None,
+        },
+    )?;
+    if src_tables.contains("event_aggregates") {
+        let node = node_expr("event_aggregates")?;
+        let pid = if columns(conn, "src", "event_aggregates")?
+            .iter()
+            .any(|c| c == "pid")
+        {
+            "t.pid"
+        } else {
+            "0"
+        };
+        conn.execute_batch(&format!(
+            "INSERT INTO main.event_aggregates(node, bucket, source, op, pid, count, sum_dur, min_dur, max_dur, sum_arg0)
+             SELECT {node}, t.bucket, t.source, t.op, {pid}, t.count, t.sum_dur, t.min_dur, t.max_dur, t.sum_arg0
+             FROM src.event_aggregates t WHERE true
+             ON CONFLICT(node, bucket, source, op, pid) DO UPDATE SET
+                 count = count + excluded.count, sum_dur = sum_dur + excluded.sum_dur,
+                 min_dur = min(min_dur, excluded.min_dur), max_dur = max(max_dur, excluded.max_dur),
+                 sum_arg0 = sum_arg0 + excluded.sum_arg0"
+        ))?;
+    }
+    if src_tables.contains("id_counters") {
+        conn.execute_batch(
+            "INSERT INTO main.id_counters(node, next_seq) SELECT node, next_seq FROM src.id_counters WHERE true
+             ON CONFLICT(node) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)",
+        )?;
+    }
+    Ok(())
+}
+
+/// Tables this tool does not know: same schema, plus a node column.
+fn copy_unknown(
+    conn: &Connection,
+    src_tables: &BTreeSet<String>,
+    node_expr: &dyn Fn(&str) -> Result<String, CopyError>,
+) -> Result<(), CopyError> {
+    for table in src_tables {
+        if KNOWN.contains(&table.as_str()) || table.starts_with("sqlite_") {
+            continue;
+        }
+        let create: String = conn.query_row(
+            "SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        let create = create
+            .replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS main.", 1)
+            .replacen("main. ", "main.", 1);
+        conn.execute_batch(&create)?;
+        let cols = columns(conn, "src", table)?;
+        if !columns(conn, "main", table)?.iter().any(|c| c == "node") {
+            conn.execute_batch(&format!(
+                "ALTER TABLE main.\"{table}\" ADD COLUMN node TEXT NOT NULL DEFAULT ''"
+            ))?;
+        }
+        let (names, sel): (Vec<String>, Vec<String>) = if cols.iter().any(|c| c == "node") {
+            (
+                cols.iter().map(|c| format!("\"{c}\"")).collect(),
+                cols.iter().map(|c| format!("t.\"{c}\"")).collect(),
+            )
+        } else {
+            let node = node_expr(table)?;
+            (
+                cols.iter()
+                    .map(|c| format!("\"{c}\""))
+                    .chain(std::iter::once("node".into()))
+                    .collect(),
+                cols.iter()
+                    .map(|c| format!("t.\"{c}\""))
+                    .chain(std::iter::once(node))
+                    .collect(),
+            )
+        };
+        conn.execute_batch(&format!(
+            "INSERT OR IGNORE INTO main.\"{table}\"({}) SELECT {} FROM src.\"{table}\" t",
+            names.join(", "),
+            sel.join(", ")
+        ))?;
+    }
+    Ok(())
+}
