@@ -265,6 +265,14 @@ pub fn merge(opts: &MergeOptions, progress: &mut dyn FnMut(&str)) -> Result<Merg
                 events: input.events,
             });
         }
+        for statement in store::schema::DDL
+            .iter()
+            .filter(|s| s.starts_with("CREATE INDEX"))
+        {
+            conn.execute_batch(statement).map_err(|e| out_err(&e))?;
+        }
+        conn.execute_batch("PRAGMA journal_mode = DELETE")
+            .map_err(|e| out_err(&e))?;
         let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64);
         report.events = count("SELECT count(*) FROM events").map_err(|e| out_err(&e))?;
         report.stacks = count("SELECT count(*) FROM stack_traces").map_err(|e| out_err(&e))?;

@@ -3,6 +3,8 @@
 //!
 //! - `trace`: per-call cost of a traced CUDA call against an empty probe
 //!   and no probe; sustained events/s into SQLite with zero drops.
+//! - `analysis`: explain, export and merge throughput on a generated
+//!   1M-event database, against a raw scan and SQLite's own copy.
 
 use crate::exec::{cargo, exec, root};
 
@@ -10,6 +12,8 @@ use crate::exec::{cargo, exec, root};
 pub enum Which {
     /// Probe overhead and sustained ingest of `ingero trace` (needs root)
     Trace,
+    /// Explain, export and merge throughput on a 1M-event database
+    Analysis,
 }
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +24,7 @@ pub struct Options {
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let bench = match opts.which {
         Which::Trace => "trace",
+        Which::Analysis => "analysis",
     };
     exec(
         cargo()

@@ -4,8 +4,10 @@
 //!
 //! Builds what it needs, runs the job (`ingero_sim::cluster`), prints
 //! per-rank step times (compute vs all-reduce wait: the straggler computes
-//! longest and waits least), then runs `ingero query` and `ingero explain`
-//! on the databases and prints their output. Every process it started is
+//! longest and waits least), then runs the analysis commands on the agents'
+//! databases and prints their output: `ingero query` on the faulty node,
+//! `ingero merge` of all nodes, `ingero explain` of the merged database and
+//! `ingero export --format perfetto`. Every process it started is
 //! stopped on success, failure or Ctrl-C, and checked to be gone.
 
 use std::{
@@ -164,9 +166,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "SELECT node, source, count(*) as cnt, avg(duration)/1000 as avg_us FROM events GROUP BY node, source",
         ],
     )?;
-    for (_, db) in &report.databases {
-        walkthrough(&ingero, &["explain", "-d", &db.to_string_lossy()])?;
-    }
+    let cluster = dir.join("cluster.db").display().to_string();
+    let mut merge: Vec<String> = vec!["merge".into()];
+    merge.extend(report.databases.iter().map(|(_, p)| p.display().to_string()));
+    merge.extend(["-o".into(), cluster.clone()]);
+    walkthrough(&ingero, &merge.iter().map(String::as_str).collect::<Vec<_>>())?;
+    walkthrough(&ingero, &["explain", "-d", &cluster])?;
+    let trace = dir.join("cluster.json").display().to_string();
+    walkthrough(
+        &ingero,
+        &["export", "--format", "perfetto", "-d", &cluster, "-o", &trace],
+    )?;
     if !report.survivors.is_empty() {
         bail!("processes outlived the demo: {:?}", report.survivors);
     }

@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod exec;
+mod investigations;
 mod lint;
 mod run;
 mod setup;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::Options),
     /// A simulated multi-node training job, traced for real, then analysed (needs root)
     Demo(demo::Options),
+    /// Regenerate the sample databases in investigations/ (needs root)
+    Investigations,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
+        Command::Investigations => investigations::run(),
     }
 }
