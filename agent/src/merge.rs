@@ -190,9 +190,8 @@ fn sql_quote(s: &str) -> String {
 
 /// Columns of `table` in schema `db`.
 fn columns(conn: &Connection, db: &str, table: &str) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info(?1, ?2)"))?;
-    let cols = stmt.query_map(params![table, db], |r| r.get(0))?.collect();
-    cols
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1, ?2)")?;
+    stmt.query_map(params![table, db], |r| r.get(0))?.collect()
 }
 
 /// Merges the inputs; `progress` receives human-readable lines.

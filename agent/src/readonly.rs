@@ -106,7 +106,6 @@ pub struct ReadOnlyDb {
 }
 
 /// What the authorizer says about one action.
-#[must_use]
 pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
     match action {
         AuthAction::Select | AuthAction::Read { .. } | AuthAction::Recursive => Ok(()),

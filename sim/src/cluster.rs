@@ -124,6 +124,9 @@ pub struct ClusterReport {
     pub seconds: f64,
 }
 
+/// (total, compute, wait) of one step, in ms.
+type StepTimes = (f64, f64, f64);
+
 /// Node name of rank `i` (0-based): `gpu-node-01`, ...
 #[must_use]
 pub fn node_name(i: usize) -> String {
@@ -448,7 +451,7 @@ pub fn run(
     }
     let mut reports: Vec<Option<RankReport>> = vec![None; cfg.nodes];
     // Reported steps: (total, compute, wait) of every rank, printed once all have it.
-    let mut reported: std::collections::BTreeMap<u64, Vec<Option<(f64, f64, f64)>>> = Default::default();
+    let mut reported: std::collections::BTreeMap<u64, Vec<Option<StepTimes>>> = Default::default();
     while reports.iter().any(Option::is_none) {
         if stop.load(Ordering::Relaxed) {
             return Err(SimError::Interrupted);

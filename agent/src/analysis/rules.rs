@@ -1165,7 +1165,9 @@ mod tests {
     fn too_few_samples_or_a_small_tail_do_not_fire() {
         let mut d = node(&slow_set(), 2 * MS);
         preempt_slow_calls(&mut d, true, 99);
-        d.calls.get_mut(&LAUNCH).map(|c| c.truncate(MIN_SAMPLES - 1));
+        if let Some(c) = d.calls.get_mut(&LAUNCH) {
+            c.truncate(MIN_SAMPLES - 1);
+        }
         assert!(run(&d).is_empty(), "fewer than MIN_SAMPLES calls");
         let mut d = node(&slow_set(), 25_000); // 2.5x
         preempt_slow_calls(&mut d, true, 99);
