@@ -77,6 +77,11 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
     // SAFETY: helper without side effects. Taken first (see try_cuda_enter).
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
+    // The return probe fires for every caller of the function; the entry
+    // probe ignored untraced ones, so they have nothing to match.
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return Ok(0);
+    }
     let tid = pid_tgid as u32;
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);

@@ -42,6 +42,11 @@ pub enum Command {
     Merge(MergeArgs),
     /// Export a database as a trace for ui.perfetto.dev
     Export(ExportArgs),
+    /// Serve a stored database over the agent API (HTTPS)
+    Serve(ServeArgs),
+    /// Make the certificates of a fleet: a CA, node and client certificates
+    #[command(subcommand)]
+    Certs(CertsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +93,40 @@ pub struct TraceArgs {
     /// Do not print the per-second summary
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// The agent API: where it listens and how it protects itself.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Serve the agent API on this address (e.g. 0.0.0.0:8080; port 0 picks one)
+    #[arg(long, env = "INGERO_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Server certificate (PEM) [default: a self-signed one kept in the state directory]
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM)
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS)
+    #[arg(long, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+    /// Serve plain HTTP instead of TLS (needs --token-file off loopback)
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "ca_cert"])]
+    pub no_tls: bool,
+    /// Require `Authorization: Bearer <token>` with the token in this file
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Where the agent keeps its own files (self-signed certificate) [default: ~/.ingero]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Most SQL queries running at once; more get 429
+    #[arg(long, default_value_t = 4)]
+    pub max_queries: usize,
+    /// Deadline of an API query
+    #[arg(long, default_value = "10s")]
+    pub query_timeout: HumanDuration,
 }
 
 #[derive(Debug, Args)]
@@ -193,4 +232,52 @@ pub struct ExportArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Database to serve [default: ~/.ingero/ingero.db]
+    #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Node name in answers [default: the database's node]
+    #[arg(long, env = "INGERO_NODE")]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create the fleet's CA (ca.pem, ca-key.pem)
+    InitCa {
+        /// Where the certificates go [default: ~/.ingero/certs]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Replace existing files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node (server) or client certificate signed by the CA
+    Issue {
+        /// A node certificate for this agent name
+        #[arg(
+            long,
+            value_name = "NAME",
+            conflicts_with = "client",
+            required_unless_present = "client"
+        )]
+        node: Option<String>,
+        /// A client certificate with this name
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        /// Extra host names or addresses of the node (repeatable)
+        #[arg(long, value_name = "HOST_OR_IP", requires = "node")]
+        san: Vec<String>,
+        /// Where the CA is and the certificates go [default: ~/.ingero/certs]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Replace existing files
+        #[arg(long)]
+        force: bool,
+    },
 }

@@ -50,6 +50,15 @@ pub struct AgentSection {
     pub db: Option<PathBuf>,
     /// Size cap of the database; the oldest events are pruned past it.
     pub max_db_size: Option<ByteSize>,
+    /// Where the agent API listens.
+    pub listen: Option<std::net::SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates from this CA.
+    pub ca_cert: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    /// The agent's own files (default ~/.ingero).
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +154,14 @@ pub fn resolve_db(flag: Option<&Path>, file: &FileConfig) -> Result<PathBuf, Con
     Ok(invoking_home()
         .ok_or(ConfigError::NoHome)?
         .join(".ingero/ingero.db"))
+}
+
+/// The state directory: flag, then `agent.state_dir`, then `~/.ingero`.
+pub fn resolve_state_dir(flag: Option<&Path>, file: &FileConfig) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = flag.or(file.agent.state_dir.as_deref()) {
+        return Ok(expand_home(p));
+    }
+    Ok(invoking_home().ok_or(ConfigError::NoHome)?.join(".ingero"))
 }
 
 /// `~/x` relative to the invoking user's home.

@@ -9,7 +9,8 @@
 //! written; 77 not enough privileges; 78 bad configuration file.
 
 use crate::{
-    config::ConfigError, merge::MergeError, readonly::QueryError, store::StoreError, trace::TraceError,
+    api::listen::ListenError, config::ConfigError, merge::MergeError, readonly::QueryError,
+    store::StoreError, tls::TlsError, trace::TraceError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,10 @@ pub enum CliError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Merge(#[from] MergeError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Input the user can correct (a path, a time, a flag combination).
     #[error("{0}")]
     BadInput(String),
@@ -46,11 +51,15 @@ impl CliError {
             ) => 69,
             Self::Trace(TraceError::NoSuchPid(_) | TraceError::RingSize(_) | TraceError::Library(_)) => 2,
             Self::Trace(TraceError::Store(_)) | Self::Store(_) => 73,
+            Self::Trace(TraceError::Api(ListenError::Bind { .. })) => 1,
+            Self::Trace(TraceError::Api(_)) => 2,
             Self::Query(QueryError::Timeout(_)) => 1,
             Self::Query(_)
             | Self::BadInput(_)
             | Self::Merge(MergeError::Refused(_) | MergeError::Input { .. }) => 2,
             Self::Merge(MergeError::Output { .. }) => 73,
+            Self::Listen(ListenError::Bind { .. }) => 1,
+            Self::Listen(_) | Self::Tls(_) => 2,
             Self::Trace(TraceError::Io(_)) | Self::Failed(_) => 1,
         }
     }

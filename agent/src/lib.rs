@@ -5,6 +5,7 @@
 //! maps every failure to one sentence and an exit code.
 
 pub mod analysis;
+pub mod api;
 pub mod check;
 pub mod cli;
 pub mod cmd;
@@ -18,6 +19,7 @@ pub mod readonly;
 pub mod store;
 pub mod table;
 pub mod timewin;
+pub mod tls;
 pub mod trace;
 pub mod units;
 
@@ -35,6 +37,7 @@ pub const DEFAULT_RINGBUF: ByteSize = ByteSize(8 << 20);
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    tls::install_provider();
     let file = FileConfig::load(cli.config.as_deref())?;
     match cli.command {
         Command::Trace(args) => cmd::trace::run(&args, &file),
@@ -42,6 +45,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Explain(args) => cmd::explain::run(&args, &file),
         Command::Merge(args) => cmd::merge::run(&args),
         Command::Export(args) => cmd::export::run(&args, &file),
+        Command::Serve(args) => cmd::serve::run(&args, &file),
+        Command::Certs(command) => cmd::certs::run(&command, &file),
         Command::Check(args) => {
             let report = check::run();
             if args.json {

@@ -11,7 +11,7 @@ use std::{collections::HashMap, time::Duration};
 
 use agent_common::catalog::{cuda_op, driver_op, host_op, io_op, source};
 use anyhow::Context;
-use common::{Tracer, Workload, open, root_or_skip, scalar, serial};
+use common::{Daemon, Workload, open, root_or_skip, scalar, serial};
 
 fn sim(name: &str) -> std::path::PathBuf {
     ingero_sim::dir().join(name)
@@ -42,7 +42,7 @@ fn cuda_runtime_calls_are_stored_with_arguments_and_driverless_return_code() -> 
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "--node", "rt-node", "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "--node", "rt-node", "-q"])?;
     w.go()?;
     let report = w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -124,7 +124,7 @@ fn every_runtime_entry_point_including_per_thread_stream_variants_is_probed() ->
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
     w.go()?;
     let report = w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -176,7 +176,7 @@ fn driver_call_durations_and_threads_are_right() -> anyhow::Result<()> {
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
     w.go()?;
     let report = w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -240,7 +240,7 @@ fn off_cpu_time_is_recorded_for_every_thread() -> anyhow::Result<()> {
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
     w.go()?;
     let report = w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -288,7 +288,7 @@ fn direct_io_writes_are_recorded_with_bytes_and_latency() -> anyhow::Result<()> 
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
     w.go()?;
     let report = w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -340,7 +340,7 @@ fn forked_children_are_traced_from_birth() -> anyhow::Result<()> {
         &[("RANK", "1"), ("WORLD_SIZE", "2")],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
     w.go()?;
     let report = w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -396,7 +396,7 @@ fn node_and_rank_columns_come_from_flags_and_environment() -> anyhow::Result<()>
         &env,
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "--node", "gpu-node-07", "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "--node", "gpu-node-07", "-q"])?;
     w.go()?;
     w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -442,7 +442,7 @@ fn every_call_is_stored_at_a_moderate_rate() -> anyhow::Result<()> {
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
     w.go()?;
     w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -463,6 +463,49 @@ fn every_call_is_stored_at_a_moderate_rate() -> anyhow::Result<()> {
 }
 
 #[test]
+fn other_processes_calling_the_same_library_are_neither_stored_nor_counted_as_drops() -> anyhow::Result<()> {
+    if !root_or_skip("other_processes_calling_the_same_library") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("others.db");
+    let args = ["rate", "--calls", "2000", "--per-sec", "4000"];
+    let mut traced = Workload::start(&sim("ingero-sim-workload"), &args, &[])?;
+    let mut other = Workload::start(&sim("ingero-sim-workload"), &args, &[])?;
+    let pid = traced.pid.to_string();
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
+    traced.go()?;
+    other.go()?;
+    traced.finish()?;
+    other.finish()?;
+    std::thread::sleep(Duration::from_millis(300));
+    tracer.stop()?;
+    let conn = open(&db)?;
+    let op = driver_op::CTX_SYNCHRONIZE;
+    assert_eq!(
+        scalar(
+            &conn,
+            &format!("SELECT count(*) FROM events WHERE source = 4 AND op = {op} AND pid = {pid}")
+        )?,
+        2000
+    );
+    assert_eq!(
+        scalar(
+            &conn,
+            &format!("SELECT count(*) FROM events WHERE source = 4 AND pid != {pid}")
+        )?,
+        0
+    );
+    assert_eq!(
+        scalar(&conn, "SELECT ifnull(sum(count), 0) FROM drops")?,
+        0,
+        "calls of untraced processes are not drops"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_tiny_ring_buffer_counts_its_drops() -> anyhow::Result<()> {
     if !root_or_skip("a_tiny_ring_buffer_counts_its_drops") {
         return Ok(());
@@ -478,7 +521,7 @@ fn a_tiny_ring_buffer_counts_its_drops() -> anyhow::Result<()> {
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(
+    let tracer = Daemon::trace(
         &db,
         &[
             "--pid",
@@ -525,7 +568,7 @@ fn a_process_that_starts_after_the_tracer_is_traced_within_two_seconds() -> anyh
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("late.db");
     // Every-CUDA-process mode: no --pid.
-    let tracer = Tracer::start(&db, &["-q", "--no-io", "--no-memory"])?;
+    let tracer = Daemon::trace(&db, &["-q", "--no-io", "--no-memory"])?;
     let mut w = Workload::start(
         &sim("ingero-sim-workload"),
         &["driver", "--threads", "1", "--calls", "4", "--kernel-us", "100"],
@@ -571,7 +614,7 @@ fn json_streams_one_event_per_line() -> anyhow::Result<()> {
         &[],
     )?;
     let pid = w.pid.to_string();
-    let mut tracer = Tracer::start(&db, &["--pid", &pid, "--json", "--no-sched", "-q"])?;
+    let mut tracer = Daemon::trace(&db, &["--pid", &pid, "--json", "--no-sched", "-q"])?;
     let stdout = tracer.stdout().context("stdout")?;
     let reader = std::thread::spawn(move || common::read_all(stdout));
     w.go()?;
@@ -604,7 +647,7 @@ fn stacks_are_captured_deduplicated_and_symbolized() -> anyhow::Result<()> {
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "--stack", "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "--stack", "-q"])?;
     w.go()?;
     w.finish()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -657,7 +700,7 @@ fn page_allocations_are_summarised_per_process() -> anyhow::Result<()> {
         &[],
     )?;
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&db, &["--pid", &pid, "-q"])?;
+    let tracer = Daemon::trace(&db, &["--pid", &pid, "-q"])?;
     w.go()?;
     w.finish()?;
     std::thread::sleep(Duration::from_millis(1500));

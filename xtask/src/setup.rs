@@ -4,7 +4,8 @@
 //! fraction of a second. Steps: nightly's `rust-src` (for
 //! `-Z build-std=core`), `bpf-linker` 0.10.4 (the last release that links
 //! with rustc's own LLVM), a C compiler (the simulator's stubs), tracefs
-//! mounted, and the Python packages the tests use.
+//! mounted, the stock tools the API tests check against (curl, openssl,
+//! promtool, faketime), and the Python packages the tests use.
 
 use std::{path::Path, process::Command};
 
@@ -22,6 +23,7 @@ pub fn ensure() -> anyhow::Result<()> {
     bpf_linker()?;
     c_compiler()?;
     tracefs()?;
+    test_tools()?;
     python_packages()?;
     Ok(())
 }
@@ -59,6 +61,29 @@ fn c_compiler() -> anyhow::Result<()> {
     }
     eprintln!("xtask setup: installing gcc");
     apt_install(&["gcc", "libc6-dev"])
+}
+
+/// Commands the tests run as independent checks, and their Debian packages:
+/// clients no one here wrote (curl, openssl s_client), Prometheus's own
+/// format checker, and a clock shifter for the skew tests.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("openssl", "openssl"),
+    ("promtool", "prometheus"),
+    ("faketime", "faketime"),
+];
+
+fn test_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(command, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {command}")])))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {}", missing.join(" "));
+    apt_install(&missing)
 }
 
 fn is_root() -> bool {

@@ -26,8 +26,9 @@
 //!
 //! A cause counts when its strength is at least [`MIN_CAUSE_STRENGTH`].
 //! Preemption is split by who preempted: by a thread that issues block I/O
-//! on the node (a checkpoint writer, say) it is evidence of the I/O cause,
-//! by anything else of CPU contention.
+//! on the node (a checkpoint writer, say), or by a kernel I/O thread
+//! (`kworker`, `jbd2`, `kblockd`, `ksoftirqd`) while the node has block I/O,
+//! it is evidence of the I/O cause; by anything else, of CPU contention.
 //! Copies and allocations are compared within their most common size class
 //! (a power of two): a few large copies among many small ones are not a
 //! latency tail.
@@ -441,9 +442,22 @@ fn mem_volume(e: &MemEvidence) -> f64 {
     }
 }
 
-/// Threads that issued block I/O on the node.
+/// Kernel threads that do block and filesystem I/O work.
+const KERNEL_IO_THREADS: &[&str] = &["kworker", "jbd2", "kblockd", "ksoftirqd"];
+
+/// Tasks whose CPU use is I/O work: threads that issued block I/O on the
+/// node, and kernel I/O threads when the node has block I/O.
 fn io_issuers(d: &NodeData) -> std::collections::HashSet<u32> {
-    d.io.iter().map(|i| i.tid).collect()
+    let mut set: std::collections::HashSet<u32> = d.io.iter().map(|i| i.tid).collect();
+    if d.io.len() >= MIN_IO_REQUESTS {
+        set.extend(
+            d.names
+                .iter()
+                .filter(|(_, name)| KERNEL_IO_THREADS.iter().any(|k| name.starts_with(k)))
+                .map(|(tid, _)| *tid),
+        );
+    }
+    set
 }
 
 /// Share of the slow calls during which the caller (or its process) was
@@ -1293,6 +1307,36 @@ mod tests {
             c[0].root_cause
                 .contains("the I/O thread also preempted the callers"),
             "{}",
+            c[0].root_cause
+        );
+    }
+
+    #[test]
+    fn kernel_io_threads_preempting_during_io_count_as_io() {
+        let mut d = node(&slow_set(), 2 * MS);
+        preempt_slow_calls(&mut d, true, 41);
+        d.names.insert(41, "kworker/1:1".into());
+        let c = run(&d);
+        assert!(
+            c[0].root_cause.starts_with("CPU contention"),
+            "no I/O on the node: {}",
+            c[0].root_cause
+        );
+        for i in 0..10 {
+            let start = i as i64 * 100 * MS;
+            d.io.push(Io {
+                pid: 1,
+                tid: 8,
+                start,
+                end: start + 100_000,
+                bytes: 1 << 20,
+                write: true,
+            });
+        }
+        let c = run(&d);
+        assert!(
+            c[0].root_cause.starts_with("Block I/O"),
+            "with I/O: {}",
             c[0].root_cause
         );
     }

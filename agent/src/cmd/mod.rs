@@ -1,16 +1,22 @@
 //! One module per command: each turns parsed arguments (after the
 //! configuration layers) into output and an exit code.
 
+pub mod certs;
 pub mod explain;
 pub mod export;
 pub mod merge;
 pub mod query;
+pub mod serve;
 pub mod trace;
 
 use std::path::{Path, PathBuf};
 
 use crate::{
-    cli::WindowArgs,
+    api::{
+        ApiSettings,
+        listen::{ListenOptions, TlsSettings, read_token},
+    },
+    cli::{ApiArgs, WindowArgs},
     config::{self, FileConfig},
     error::CliError,
     timewin::{self, Window},
@@ -32,4 +38,54 @@ pub fn window(conn: &rusqlite::Connection, args: &WindowArgs) -> Result<Option<W
         args.to.as_deref(),
     )
     .map_err(CliError::BadInput)
+}
+
+/// The API's listen options and settings (flags over `ingero.yaml`);
+/// `None` when no listen address is configured.
+pub fn api_options(
+    args: &ApiArgs,
+    file: &FileConfig,
+    node: &str,
+    db: &Path,
+    default_since: Option<std::time::Duration>,
+) -> Result<Option<(ListenOptions, ApiSettings)>, CliError> {
+    let Some(addr) = args.listen.or(file.agent.listen) else {
+        return Ok(None);
+    };
+    let expand = |p: &Option<PathBuf>| p.as_deref().map(config::expand_home);
+    let token_file = expand(&args.token_file).or_else(|| expand(&file.agent.token_file));
+    let tls = if args.no_tls {
+        None
+    } else {
+        let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), file)?;
+        Some(TlsSettings::new(
+            expand(&args.tls_cert).or_else(|| expand(&file.agent.tls_cert)),
+            expand(&args.tls_key).or_else(|| expand(&file.agent.tls_key)),
+            expand(&args.ca_cert).or_else(|| expand(&file.agent.ca_cert)),
+            &state_dir,
+            node,
+        )?)
+    };
+    let token = token_file.as_deref().map(read_token).transpose()?;
+    if args.max_queries == 0 {
+        return Err(CliError::BadInput("--max-queries must be at least 1".into()));
+    }
+    let listen = ListenOptions {
+        addr,
+        tls,
+        token_file,
+    };
+    crate::api::listen::validate(&listen)?;
+    Ok(Some((
+        listen,
+        ApiSettings {
+            node: node.to_owned(),
+            db: db.to_path_buf(),
+            max_queries: args.max_queries,
+            query_timeout: args.query_timeout.0,
+            max_rows: crate::readonly::DEFAULT_ROW_LIMIT,
+            token,
+            default_since,
+        },
+    )))
 }

@@ -16,11 +16,20 @@ fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, Cl
     let flags = serde_json::json!({
         "argv": std::env::args().skip(1).collect::<Vec<_>>(),
     });
+    let node = config::resolve_node(args.node.as_deref(), file)?;
+    let db = config::resolve_db(args.db.as_deref(), file)?;
+    let api = super::api_options(
+        &args.api,
+        file,
+        &node,
+        &db,
+        Some(std::time::Duration::from_secs(300)),
+    )?;
     Ok(TraceOptions {
-        node: config::resolve_node(args.node.as_deref(), file)?,
+        node,
         pids: args.pids.clone(),
         duration: args.duration.map(|d| d.0),
-        db: config::resolve_db(args.db.as_deref(), file)?,
+        db,
         max_db_size: Some(args.max_db.or(file.agent.max_db_size).unwrap_or(DEFAULT_MAX_DB).0),
         stack: args.stack || t.stack.unwrap_or(false),
         cuda_libs: args
@@ -44,6 +53,7 @@ fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, Cl
         },
         flags_json: flags.to_string(),
         live: !args.quiet,
+        api,
     })
 }
 

@@ -78,6 +78,8 @@ pub enum TraceError {
     Attach { what: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] crate::api::listen::ListenError),
     #[error("{0}")]
     Io(String),
 }
@@ -100,6 +102,8 @@ pub struct TraceOptions {
     pub flags_json: String,
     /// Print the per-second summary line.
     pub live: bool,
+    /// Serve the agent API while tracing.
+    pub api: Option<(crate::api::listen::ListenOptions, crate::api::ApiSettings)>,
 }
 
 /// What a finished trace run recorded.
@@ -282,7 +286,7 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
     let mut pipeline = Pipeline::new(opts.node.clone(), opts.stack, json);
     for &pid in &opts.pids {
         probes.trace_pid(pid)?;
-        pipeline.learn_rank(pid);
+        pipeline.learn_process(pid);
     }
     let mut discovery = Discovery::new(every_cuda_process);
     let mut messages = Vec::new();
@@ -301,7 +305,7 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
     let report = discovery.scan(&mut probes)?;
     messages.extend(report.new_libraries.iter().map(describe_library));
     for &pid in &report.new_processes {
-        pipeline.learn_rank(pid);
+        pipeline.learn_process(pid);
     }
 
     let facts = host::facts();
@@ -332,6 +336,17 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
         },
     );
 
+    let live_stats = std::sync::Arc::new(crate::api::LiveStats::default());
+    live_stats
+        .session_id
+        .store(session_id, std::sync::atomic::Ordering::Relaxed);
+    let api = match &opts.api {
+        Some((listen, settings)) => {
+            let state = crate::api::ApiState::new(settings.clone(), Some(std::sync::Arc::clone(&live_stats)));
+            Some(crate::api::listen::start(listen, state).await?)
+        }
+        None => None,
+    };
     let ring = probes.take_ring()?;
     // SAFETY: the ring buffer owns its map fd for its whole life and always
     // reports that same fd.
@@ -406,6 +421,9 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
                 last_second = Instant::now();
                 mem.collect(&mut probes, &mut pipeline, now, interval);
                 let (drops, drop_total) = drops_of(&probes);
+                if let Ok(mut live_drops) = live_stats.drops.lock() {
+                    live_drops.clone_from(&drops);
+                }
                 if drop_total != last_drop_total {
                     last_drop_total = drop_total;
                     pipeline.session_update().events_dropped = Some(drop_total);
@@ -418,7 +436,7 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
                             eprintln!("ingero: {}", describe_library(lib));
                         }
                         for &pid in &report.new_processes {
-                            pipeline.learn_rank(pid);
+                            pipeline.learn_process(pid);
                         }
                     }
                     Err(e) => log::warn!("process scan failed: {e}"),
@@ -429,6 +447,7 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
                     last_libraries = libs;
                 }
                 let counts = pipeline.take_counts();
+                publish(&live_stats, counts, &writer);
                 if opts.live {
                     eprintln!(
                         "{}",
@@ -496,6 +515,9 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
     update.events_dropped = Some(dropped);
     let (batch, _) = pipeline.take_batch();
     let _ = writer.send(batch).await;
+    if let Some(api) = api {
+        api.stop().await;
+    }
     let stats = std::sync::Arc::clone(&writer.stats);
     writer.finish()?;
     let events = stats.committed.load(std::sync::atomic::Ordering::Relaxed);
@@ -511,6 +533,19 @@ pub async fn run(opts: TraceOptions) -> Result<TraceOutcome, TraceError> {
         seconds: started.elapsed().as_secs_f64(),
         stop_reason: stop.describe(),
     })
+}
+
+/// Hands the last second's figures to the API's live counters.
+fn publish(live: &crate::api::LiveStats, counts: pipeline::SourceCounts, writer: &StoreWriter) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (i, n) in [counts.cuda, counts.driver, counts.host, counts.io]
+        .into_iter()
+        .enumerate()
+    {
+        live.events[i].fetch_add(n, Relaxed);
+    }
+    live.committed
+        .store(writer.stats.committed.load(Relaxed), Relaxed);
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -122,12 +122,16 @@ impl Pipeline {
         self.total
     }
 
-    /// Reads `pid`'s rank now, while the process surely exists (it may be
-    /// gone by the time its first events are drained). Entries outlive the
-    /// process: summaries about it can arrive after its exit.
-    pub fn learn_rank(&mut self, pid: u32) {
+    /// Reads what `pid`'s events will need (its rank, and its mappings
+    /// with `--stack`) now, while the process surely exists: a short-lived
+    /// one may be gone by the time its events are drained. Entries outlive
+    /// the process: summaries about it can arrive after its exit.
+    pub fn learn_process(&mut self, pid: u32) {
         if let Some(info) = (self.rank_of)(pid) {
             self.ranks.insert(pid, info);
+        }
+        if let Some(s) = self.symbolizer.as_mut() {
+            s.learn(pid);
         }
     }
 
@@ -230,7 +234,7 @@ impl Pipeline {
             host_op::SCHED_SWITCH => self.remember_name(e.arg1 as u32, comm, timestamp),
             host_op::PROCESS_EXEC => {
                 // A new program: new name, possibly a new environment.
-                self.learn_rank(e.pid);
+                self.learn_process(e.pid);
                 self.remember_name(e.pid, comm, timestamp);
             }
             host_op::PROCESS_FORK => {
@@ -238,6 +242,9 @@ impl Pipeline {
                 let child = e.arg1 as u32;
                 if let Some(parent) = self.ranks.get(&e.pid).copied() {
                     self.ranks.insert(child, parent);
+                }
+                if let Some(s) = self.symbolizer.as_mut() {
+                    s.inherit(e.pid, child);
                 }
                 self.remember_name(e.pid, comm, timestamp);
             }
@@ -411,7 +418,7 @@ mod tests {
             if pid == 100 { fake_rank(3) } else { None }
         }
         let mut p = Pipeline::with_rank_source("n1".into(), false, None, only_parent);
-        p.learn_rank(100);
+        p.learn_process(100);
         p.push(Record::Event(Event {
             source: source::HOST,
             op: host_op::PROCESS_FORK,
@@ -438,7 +445,7 @@ mod tests {
                 .flatten()
         }
         let mut p = Pipeline::with_rank_source("n1".into(), false, None, alive_once);
-        p.learn_rank(42);
+        p.learn_process(42);
         p.push(Record::Event(Event {
             source: source::HOST,
             op: host_op::PROCESS_EXIT,

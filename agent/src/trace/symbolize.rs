@@ -3,8 +3,10 @@
 //!
 //! A stack is identified by the FNV-1a 64 hash of its raw addresses, so the
 //! same stack is symbolized and stored once (`stack_traces`). Addresses are
-//! resolved through the process's executable mappings (read once per
-//! process, re-read when an address falls outside them) and the ELF symbol
+//! resolved through the process's executable mappings (read when the
+//! process is first seen, so a process that exits before its events are
+//! drained is still resolved; copied to forked children; re-read when an
+//! address falls outside them) and the ELF symbol
 //! tables of the mapped files (parsed once per file). Captured addresses
 //! are return addresses, so the call site is looked up at `ip - 1`.
 
@@ -124,8 +126,26 @@ impl Symbolizer {
         // Unknown address: the process may have loaded a library since.
         let fresh = executable_mappings(pid);
         let found = find(&fresh);
-        self.mappings.insert(pid, fresh);
+        if !fresh.is_empty() {
+            // Empty: the process is gone; keep what was known.
+            self.mappings.insert(pid, fresh);
+        }
         found
+    }
+
+    /// Reads `pid`'s mappings now (a process just found or just exec'd).
+    pub fn learn(&mut self, pid: u32) {
+        let maps = executable_mappings(pid);
+        if !maps.is_empty() {
+            self.mappings.insert(pid, maps);
+        }
+    }
+
+    /// A forked child starts with its parent's mappings.
+    pub fn inherit(&mut self, parent: u32, child: u32) {
+        if let Some(maps) = self.mappings.get(&parent).cloned() {
+            self.mappings.entry(child).or_insert(maps);
+        }
     }
 
     fn table(&mut self, pid: u32, path: &Path) -> Option<Arc<SymbolTable>> {

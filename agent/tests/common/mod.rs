@@ -2,9 +2,9 @@
 //!
 //! A [`Workload`] is one of the simulator's programs started with `--wait`:
 //! it loads its libraries, reports its pid, and waits for a go line, so the
-//! tracer can be attached to it first. A [`Tracer`] is the `ingero` binary
-//! running `trace`; it is ready when it prints "Ctrl-C to stop" and is
-//! stopped with SIGINT like a user would. Tests that need root skip with a
+//! tracer can be attached to it first. A [`Daemon`] is the `ingero` binary
+//! running `trace` or `serve`; it is ready when it prints "Ctrl-C to stop"
+//! and is stopped with SIGINT like a user would. Tests that need root skip with a
 //! printed reason otherwise; tracer tests run one at a time ([`serial`]) so
 //! their timings do not disturb each other on a small machine.
 
@@ -110,19 +110,28 @@ impl Drop for Workload {
     }
 }
 
-/// A running `ingero trace`.
-pub struct Tracer {
+/// A running `ingero trace` or `ingero serve`.
+pub struct Daemon {
     child: Child,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
     pub db: PathBuf,
 }
 
-impl Tracer {
-    /// Starts `ingero trace --db DB ARGS -q` and waits until it is tracing.
-    pub fn start(db: &Path, args: &[&str]) -> anyhow::Result<Self> {
+impl Daemon {
+    /// Starts `ingero trace --db DB ARGS` and waits until it is tracing.
+    pub fn trace(db: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn("trace", db, args, "Ctrl-C to stop")
+    }
+
+    /// Starts `ingero serve --db DB ARGS` and waits until it is serving.
+    pub fn serve(db: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn("serve", db, args, "Ctrl-C to stop")
+    }
+
+    fn spawn(command: &str, db: &Path, args: &[&str], ready: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(INGERO)
-            .arg("trace")
+            .arg(command)
             .arg("--db")
             .arg(db)
             .args(args)
@@ -139,14 +148,27 @@ impl Tracer {
                 }
             }
         });
-        let mut tracer = Self {
+        let mut daemon = Self {
             child,
             stderr: rx,
             log: Vec::new(),
             db: db.to_path_buf(),
         };
-        tracer.wait_for("Ctrl-C to stop", Duration::from_secs(30))?;
-        Ok(tracer)
+        daemon.wait_for(ready, Duration::from_secs(30))?;
+        Ok(daemon)
+    }
+
+    /// The first line printed so far that contains `text`.
+    pub fn logged(&mut self, text: &str) -> Option<String> {
+        self.log.extend(self.stderr.try_iter());
+        self.log.iter().find(|l| l.contains(text)).cloned()
+    }
+
+    /// Where the API listens (`host:port`), from its start-up line.
+    pub fn api_addr(&mut self) -> anyhow::Result<String> {
+        let line = self.logged("API on ").context("no 'API on' line")?;
+        let rest = &line[line.find("://").context("no scheme")? + 3..];
+        Ok(rest.split_whitespace().next().unwrap_or_default().to_owned())
     }
 
     /// Waits until a stderr line contains `text`.
@@ -188,7 +210,7 @@ impl Tracer {
     }
 }
 
-impl Drop for Tracer {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

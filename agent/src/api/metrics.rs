@@ -1,0 +1,287 @@
+//! `/metrics` in the Prometheus text exposition format: events and drops
+//! per source, queries by outcome with a latency histogram, HTTP requests by
+//! path and status, failed TLS handshakes.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use agent_common::catalog::op_info;
+
+use super::LiveStats;
+use crate::readonly::{QueryError, QueryResult};
+
+/// Upper bounds (seconds) of the query latency histogram.
+const BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+const SOURCES: [&str; 4] = ["cuda", "driver", "host", "io"];
+
+/// The label for a request path: known endpoints by name, anything else
+/// as "other" (unbounded label values would grow without limit).
+#[must_use]
+pub fn path_label(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        "/api/v1/time" => "/api/v1/time",
+        "/api/v1/query" => "/api/v1/query",
+        "/api/v1/chains" => "/api/v1/chains",
+        "/api/v1/ops" => "/api/v1/ops",
+        "/api/v1/overview" => "/api/v1/overview",
+        _ => "other",
+    }
+}
+
+#[derive(Debug, Default)]
+struct QueryStats {
+    by_outcome: BTreeMap<&'static str, u64>,
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    queries: Mutex<QueryStats>,
+    pub tls_handshake_failures: AtomicU64,
+}
+
+/// Event and drop counts to expose.
+#[derive(Debug, Default)]
+pub struct EventCounts {
+    pub by_source: [u64; 4],
+    /// (source, op, reason, count)
+    pub drops: Vec<(u8, u8, String, u64)>,
+}
+
+impl EventCounts {
+    #[must_use]
+    pub fn live(live: &LiveStats) -> Self {
+        Self {
+            by_source: std::array::from_fn(|i| live.events[i].load(Ordering::Relaxed)),
+            drops: live
+                .drops
+                .lock()
+                .map(|d| {
+                    d.iter()
+                        .map(|x| (x.source, x.op, x.reason.to_owned(), x.count))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn from_db(db: &Path) -> rusqlite::Result<Self> {
+        let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut counts = Self::default();
+        let mut stmt = conn.prepare("SELECT source, count(*) FROM events GROUP BY source")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (src, n): (u8, i64) = (r.get(0)?, r.get(1)?);
+            if let Some(i) = source_index(src) {
+                counts.by_source[i] += n as u64;
+            }
+        }
+        let has_drops: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'drops'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_drops > 0 {
+            let mut stmt =
+                conn.prepare("SELECT source, op, reason, sum(count) FROM drops GROUP BY 1, 2, 3")?;
+            counts.drops = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(counts)
+    }
+}
+
+fn source_index(src: u8) -> Option<usize> {
+    use agent_common::catalog::source;
+    match src {
+        source::CUDA => Some(0),
+        source::DRIVER => Some(1),
+        source::HOST => Some(2),
+        source::IO => Some(3),
+        _ => None,
+    }
+}
+
+/// A label value, escaped as the exposition format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl ApiMetrics {
+    pub fn record_request(&self, path: &'static str, status: u16) {
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry((path, status)).or_default() += 1;
+        }
+    }
+
+    pub fn record_query(&self, result: &Result<QueryResult, QueryError>, took: Duration) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(QueryError::Denied(_)) => "refused",
+            Err(QueryError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        if let Ok(mut q) = self.queries.lock() {
+            *q.by_outcome.entry(outcome).or_default() += 1;
+            let secs = took.as_secs_f64();
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                if secs <= *bound {
+                    q.buckets[i] += 1;
+                }
+            }
+            q.count += 1;
+            q.sum += secs;
+        }
+    }
+
+    /// The exposition text.
+    #[must_use]
+    pub fn render(&self, node: &str, counts: &EventCounts) -> String {
+        let node = label(node);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP ingero_events_total Events recorded by the agent, by source."
+        );
+        let _ = writeln!(out, "# TYPE ingero_events_total counter");
+        for (i, s) in SOURCES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ingero_events_total{{node=\"{node}\",source=\"{s}\"}} {}",
+                counts.by_source[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingero_events_dropped_total Events the kernel could not deliver, by source, operation and reason."
+        );
+        let _ = writeln!(out, "# TYPE ingero_events_dropped_total counter");
+        for (src, op, reason, n) in &counts.drops {
+            let op_name = op_info(*src, *op).map_or_else(|| format!("{src}/{op}"), |o| o.name.to_owned());
+            let source = source_index(*src).map_or("unknown", |i| SOURCES[i]);
+            let _ = writeln!(
+                out,
+                "ingero_events_dropped_total{{node=\"{node}\",source=\"{source}\",op=\"{}\",reason=\"{}\"}} {n}",
+                label(&op_name),
+                label(reason)
+            );
+        }
+        if let Ok(q) = self.queries.lock() {
+            let _ = writeln!(
+                out,
+                "# HELP ingero_queries_total SQL queries answered, by outcome."
+            );
+            let _ = writeln!(out, "# TYPE ingero_queries_total counter");
+            for outcome in ["ok", "refused", "timeout", "error"] {
+                let n = q.by_outcome.get(outcome).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "ingero_queries_total{{node=\"{node}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP ingero_query_duration_seconds Time to answer an SQL query."
+            );
+            let _ = writeln!(out, "# TYPE ingero_query_duration_seconds histogram");
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "ingero_query_duration_seconds_bucket{{node=\"{node}\",le=\"{bound}\"}} {}",
+                    q.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "ingero_query_duration_seconds_bucket{{node=\"{node}\",le=\"+Inf\"}} {}",
+                q.count
+            );
+            let _ = writeln!(
+                out,
+                "ingero_query_duration_seconds_sum{{node=\"{node}\"}} {}",
+                q.sum
+            );
+            let _ = writeln!(
+                out,
+                "ingero_query_duration_seconds_count{{node=\"{node}\"}} {}",
+                q.count
+            );
+        }
+        if let Ok(r) = self.requests.lock() {
+            let _ = writeln!(
+                out,
+                "# HELP ingero_http_requests_total API requests, by path and status."
+            );
+            let _ = writeln!(out, "# TYPE ingero_http_requests_total counter");
+            for ((path, status), n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "ingero_http_requests_total{{node=\"{node}\",path=\"{path}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingero_tls_handshake_failures_total TLS handshakes that failed (no or wrong client certificate, old protocol)."
+        );
+        let _ = writeln!(out, "# TYPE ingero_tls_handshake_failures_total counter");
+        let _ = writeln!(
+            out,
+            "ingero_tls_handshake_failures_total{{node=\"{node}\"}} {}",
+            self.tls_handshake_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP ingero_build_info The agent's version.");
+        let _ = writeln!(out, "# TYPE ingero_build_info gauge");
+        let _ = writeln!(
+            out,
+            "ingero_build_info{{node=\"{node}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = ApiMetrics::default();
+        let ok: Result<QueryResult, QueryError> = Err(QueryError::Sql("x".into()));
+        m.record_query(&ok, Duration::from_millis(20));
+        m.record_query(&ok, Duration::from_secs(2));
+        let text = m.render("n\"1", &EventCounts::default());
+        assert!(
+            text.contains("ingero_query_duration_seconds_bucket{node=\"n\\\"1\",le=\"0.05\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingero_query_duration_seconds_bucket{node=\"n\\\"1\",le=\"5\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("ingero_queries_total{node=\"n\\\"1\",outcome=\"error\"} 2"));
+    }
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        assert_eq!(path_label("/api/v1/query"), "/api/v1/query");
+        assert_eq!(path_label("/etc/passwd"), "other");
+    }
+}

@@ -1,0 +1,830 @@
+//! The agent API over real sockets and real TLS handshakes.
+//!
+//! Most tests serve a copy of an investigation database with `ingero
+//! serve` (no root needed) and talk to it with two independent clients:
+//! the project's own (`ingero_fleet::AgentClient`, reqwest on rustls) and
+//! stock Debian tools no one here wrote (`curl`, `openssl s_client`,
+//! `promtool`). The last test serves while tracing a busy process (root).
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use common::{Daemon, Workload, ingero, root_or_skip, serial};
+use ingero_fleet::{AgentClient, ClientTls, FleetError};
+use serde_json::{Value, json};
+
+/// A fresh copy of the third node of the investigation samples (the one
+/// with the injected faults).
+fn sample_db(dir: &Path) -> anyhow::Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-gpu-node-03.db");
+    let dst = dir.join("node-03.db");
+    std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    Ok(dst)
+}
+
+fn sha256(path: &Path) -> anyhow::Result<String> {
+    let data = std::fs::read(path)?;
+    Ok(format!(
+        "{:?}",
+        ring::digest::digest(&ring::digest::SHA256, &data)
+    ))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// A fleet PKI made with the CLI, as the README tells operators to.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: PathBuf) -> anyhow::Result<Self> {
+        for args in [
+            vec!["certs", "init-ca"],
+            vec!["certs", "issue", "--node", "gpu-node-03", "--san", "127.0.0.1"],
+            vec!["certs", "issue", "--client", "oncall"],
+        ] {
+            let mut full: Vec<&str> = args.clone();
+            full.extend(["--dir", dir.to_str().context("utf-8 path")?]);
+            let (code, out, err) = ingero(&full)?;
+            if code != 0 {
+                bail!("ingero {} failed ({code}): {out}{err}", args.join(" "));
+            }
+        }
+        Ok(Self { dir })
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+    fn client(&self) -> ClientTls {
+        ClientTls {
+            ca_cert: Some(self.path("ca.pem")),
+            client_cert: Some(self.path("oncall.pem")),
+            client_key: Some(self.path("oncall-key.pem")),
+            ..ClientTls::default()
+        }
+    }
+    /// `ingero serve` on `db` with this PKI's node certificate, requiring
+    /// client certificates from its CA.
+    fn serve(&self, db: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
+        let (cert, key, ca) = (
+            self.s("gpu-node-03.pem"),
+            self.s("gpu-node-03-key.pem"),
+            self.s("ca.pem"),
+        );
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--ca-cert",
+            &ca,
+        ];
+        args.extend(extra);
+        Daemon::serve(db, &args)
+    }
+}
+
+fn client(addr: &str, tls: &ClientTls) -> anyhow::Result<AgentClient> {
+    Ok(AgentClient::new(addr, tls, Duration::from_secs(20))?)
+}
+
+/// `curl` against the agent: (exit code, body).
+fn curl(args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--noproxy", "*"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running curl (cargo xtask setup installs it)")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// `openssl s_client` against the agent: (exit code, all output).
+fn s_client(addr: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", "gpu-node-03"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn certs_commands_make_a_fleet_pki_with_private_keys_and_refuse_to_overwrite() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    for key in ["ca-key.pem", "gpu-node-03-key.pem", "oncall-key.pem"] {
+        let mode = std::fs::metadata(pki.path(key))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key} must be readable by its owner only");
+    }
+    // The node certificate verifies against the CA for the names it was issued for.
+    let verify = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            &pki.s("ca.pem"),
+            "-purpose",
+            "sslserver",
+            &pki.s("gpu-node-03.pem"),
+        ])
+        .output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", &pki.s("gpu-node-03.pem")])
+        .output()?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("DNS:gpu-node-03") && text.contains("IP Address:127.0.0.1"),
+        "{text}"
+    );
+    let before = sha256(&pki.path("ca-key.pem"))?;
+    let (code, _, err) = ingero(&["certs", "init-ca", "--dir", &pki.s("")])?;
+    assert_ne!(code, 0);
+    assert!(err.contains("--force"), "says how to replace: {err}");
+    assert_eq!(
+        sha256(&pki.path("ca-key.pem"))?,
+        before,
+        "the CA key was not replaced"
+    );
+    Ok(())
+}
+
+#[test]
+fn mutual_tls_rejects_missing_foreign_and_old_clients_for_both_clients() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let other = Pki::new(dir.path().join("other-pki"))?;
+    let mut agent = pki.serve(&db, &[])?;
+    let addr = agent.api_addr()?;
+    let rt = runtime()?;
+
+    // The project's client: the right certificate works...
+    let good = client(&addr, &pki.client())?;
+    let answer = rt.block_on(good.query("SELECT count(*) FROM events", None))?;
+    assert!(answer.rows[0][0].as_i64().unwrap_or(0) > 1000, "{answer:?}");
+    // ...no certificate, one from another CA, and TLS 1.2 do not.
+    let no_cert = ClientTls {
+        client_cert: None,
+        client_key: None,
+        ..pki.client()
+    };
+    let foreign = ClientTls {
+        ca_cert: Some(pki.path("ca.pem")),
+        ..other.client()
+    };
+    for (what, tls, config) in [
+        ("no client certificate", &no_cert, no_cert.tls13()?),
+        ("a certificate from another CA", &foreign, foreign.tls13()?),
+        (
+            "TLS 1.2",
+            &pki.client(),
+            pki.client().rustls_config(&[&rustls::version::TLS12])?,
+        ),
+    ] {
+        let c = AgentClient::with_tls_config(&addr, tls, Duration::from_secs(10), Some(config))?;
+        match rt.block_on(c.query("SELECT 1", None)) {
+            Err(FleetError::Tls(_)) => {}
+            other => bail!("{what}: expected a TLS failure, got {other:?}"),
+        }
+    }
+
+    // A stock client: curl.
+    let url = format!("https://{addr}/api/v1/overview");
+    let (ca, cert, key) = (pki.s("ca.pem"), pki.s("oncall.pem"), pki.s("oncall-key.pem"));
+    let (code, body) = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &url])?;
+    assert_eq!(code, 0, "curl with the right certificate: {body}");
+    assert_eq!(serde_json::from_str::<Value>(&body)?["node"], "gpu-node-03");
+    let (code, body) = curl(&["--cacert", &ca, &url])?;
+    assert_ne!(code, 0, "curl without a certificate got: {body}");
+    let (ocert, okey) = (other.s("oncall.pem"), other.s("oncall-key.pem"));
+    let (code, body) = curl(&["--cacert", &ca, "--cert", &ocert, "--key", &okey, &url])?;
+    assert_ne!(code, 0, "curl with another CA's certificate got: {body}");
+    let (code, body) = curl(&[
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        &url,
+    ])?;
+    assert_eq!(code, 35, "curl over TLS 1.2 must fail the handshake: {body}");
+
+    // Another stock client: openssl s_client shows the protocol and the verdicts.
+    let (code, out) = s_client(
+        &addr,
+        &[
+            "-CAfile",
+            &ca,
+            "-cert",
+            &cert,
+            "-key",
+            &key,
+            "-verify_return_error",
+        ],
+    )?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("TLSv1.3"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    let (code, out) = s_client(&addr, &["-tls1_2", "-CAfile", &ca, "-cert", &cert, "-key", &key])?;
+    assert_ne!(code, 0, "openssl s_client -tls1_2 must fail: {out}");
+    assert!(out.contains("alert protocol version"), "{out}");
+
+    // The server counted every refusal.
+    let metrics = rt.block_on(async {
+        let response = reqwest_client(&pki)?
+            .get(format!("https://{addr}/metrics"))
+            .send()
+            .await?;
+        anyhow::Ok(response.text().await?)
+    })?;
+    let failures = metric(&metrics, "ingero_tls_handshake_failures_total").context("no handshake metric")?;
+    assert!(
+        failures >= 6.0,
+        "failed handshakes counted: {failures}\n{metrics}"
+    );
+    Ok(())
+}
+
+/// A plain reqwest client with the PKI's client certificate, for raw
+/// requests the fleet client does not make.
+fn reqwest_client(pki: &Pki) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(pki.client().tls13()?)
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+#[test]
+fn the_self_signed_certificate_is_persisted_and_its_fingerprint_printed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let state = dir.path().join("state");
+    let state_s = state.display().to_string();
+    let args = ["--listen", "127.0.0.1:0", "--state-dir", &state_s];
+    let mut first = Daemon::serve(&db, &args)?;
+    let line = first.logged("SHA-256").context("fingerprint line")?;
+    let printed = line.rsplit(' ').next().unwrap_or_default().to_owned();
+    let addr = first.api_addr()?;
+    let cert = state.join("tls/agent.pem");
+    // openssl agrees with the printed fingerprint.
+    let x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&cert)
+        .output()?;
+    let x509 = String::from_utf8_lossy(&x509.stdout);
+    assert!(
+        x509.trim().ends_with(&printed),
+        "openssl: {x509}, agent: {printed}"
+    );
+    // A client that trusts exactly this certificate connects, with no client certificate.
+    let (code, body) = curl(&[
+        "--cacert",
+        &cert.display().to_string(),
+        &format!("https://{addr}/healthz"),
+    ])?;
+    assert_eq!((code, body.as_str()), (0, "ok\n"));
+    drop(first);
+    let mut second = Daemon::serve(&db, &args)?;
+    let again = second.logged("SHA-256").context("fingerprint line")?;
+    assert!(
+        again.ends_with(&printed),
+        "a restart keeps the certificate: {again} vs {printed}"
+    );
+    Ok(())
+}
+
+#[test]
+fn writes_through_the_query_endpoint_fail_and_leave_the_database_unchanged() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let digest = sha256(&db)?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let mut agent = pki.serve(&db, &["--query-timeout", "2s"])?;
+    let c = client(&agent.api_addr()?, &pki.client())?;
+    let rt = runtime()?;
+    let attempts = [
+        "INSERT INTO events (timestamp, pid, tid, source, op, duration) VALUES (1, 1, 1, 1, 1, 1)",
+        "DELETE FROM events",
+        "UPDATE events SET duration = 0",
+        "DROP TABLE events",
+        "CREATE TABLE x (a)",
+        "ATTACH DATABASE '/tmp/ingero-api-attack.db' AS x",
+        "PRAGMA writable_schema = ON",
+        "SELECT 1; DELETE FROM events",
+        "VACUUM",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT sum(x) FROM c",
+    ];
+    for sql in attempts {
+        let started = Instant::now();
+        match rt.block_on(c.query(sql, None)) {
+            Err(FleetError::Http { status, message }) => {
+                assert!(
+                    [400, 403, 408].contains(&status),
+                    "{sql}: HTTP {status} {message}"
+                );
+                assert!(
+                    !message.is_empty() && !message.contains("panicked"),
+                    "{sql}: {message}"
+                );
+            }
+            other => bail!("{sql}: expected a refusal, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{sql} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        !Path::new("/tmp/ingero-api-attack.db").exists(),
+        "ATTACH created a file"
+    );
+    // Still serving, and the file is byte for byte what it was.
+    let ok = rt.block_on(c.query("SELECT count(*) FROM events", None))?;
+    assert!(ok.rows[0][0].as_i64().unwrap_or(0) > 0);
+    drop(agent);
+    assert_eq!(sha256(&db)?, digest, "the database changed");
+    Ok(())
+}
+
+#[test]
+fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let mut agent = pki.serve(&db, &["--max-queries", "1", "--query-timeout", "20s"])?;
+    let addr = agent.api_addr()?;
+    let rt = runtime()?;
+    let http = reqwest_client(&pki)?;
+    let url = format!("https://{addr}/api/v1/query");
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT sum(x) FROM c";
+
+    // The request's own deadline.
+    let started = Instant::now();
+    let (status, body) = rt.block_on(async {
+        let r = http
+            .post(&url)
+            .json(&json!({ "sql": endless, "timeout_ms": 500 }))
+            .send()
+            .await?;
+        anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
+    })?;
+    let took = started.elapsed();
+    assert_eq!(status, 408, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("deadline")
+            || body["error"].as_str().unwrap_or("").contains("time"),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "interrupted after {took:?}"
+    );
+
+    // With the one query slot taken, a second query is told to retry; other endpoints still answer.
+    let (second, health) = rt.block_on(async {
+        let long = tokio::spawn({
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.post(&url)
+                    .json(&json!({ "sql": endless, "timeout_ms": 3000 }))
+                    .send()
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = http.post(&url).json(&json!({ "sql": "SELECT 1" })).send().await?;
+        let retry = second.headers().get("retry-after").cloned();
+        let status = second.status().as_u16();
+        let health = http
+            .get(format!("https://{addr}/healthz"))
+            .send()
+            .await?
+            .status()
+            .as_u16();
+        let first = long.await??.status().as_u16();
+        assert_eq!(first, 408);
+        anyhow::Ok(((status, retry), health))
+    })?;
+    assert_eq!(second.0, 429);
+    assert!(second.1.is_some(), "429 carries Retry-After");
+    assert_eq!(health, 200);
+    // The slot is free again.
+    let ok = rt.block_on(client(&addr, &pki.client())?.query("SELECT 42", None))?;
+    assert_eq!(ok.rows, vec![vec![json!(42)]]);
+    Ok(())
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_do_not_disturb_good_ones() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let mut agent = pki.serve(&db, &[])?;
+    let addr = agent.api_addr()?;
+    let base = format!("https://{addr}");
+    let http = reqwest_client(&pki)?;
+    let rt = runtime()?;
+    let huge = "x".repeat(200 * 1024);
+    let bad: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (
+            http.post(format!("{base}/api/v1/query"))
+                .body("{not json")
+                .header("content-type", "application/json"),
+            400,
+        ),
+        (
+            http.post(format!("{base}/api/v1/query"))
+                .json(&json!({ "sql": "SELECT 1", "bogus": 1 })),
+            400,
+        ),
+        (
+            http.post(format!("{base}/api/v1/query"))
+                .json(&json!({ "sql": huge })),
+            413,
+        ),
+        (
+            http.post(format!("{base}/api/v1/query"))
+                .json(&json!({ "sql": "SELEC nonsense" })),
+            400,
+        ),
+        (http.get(format!("{base}/api/v1/query")), 405),
+        (http.get(format!("{base}/api/v1/chains?since=yesterday-ish")), 400),
+        (http.get(format!("{base}/etc/passwd")), 404),
+    ];
+    let good = Arc::new(client(&addr, &pki.client())?);
+    rt.block_on(async {
+        // Good requests run alongside the bad ones throughout.
+        let g = Arc::clone(&good);
+        let good_task = tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..20 {
+                let a = g
+                    .query("SELECT count(*) FROM events WHERE source = 4", None)
+                    .await?;
+                assert!(a.rows[0][0].as_i64().unwrap_or(0) > 0);
+                answered += 1;
+            }
+            anyhow::Ok(answered)
+        });
+        for (request, expected) in bad {
+            let r = request.send().await?;
+            let status = r.status().as_u16();
+            let text = r.text().await?;
+            assert_eq!(status, expected, "{text}");
+            let v: Value = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
+            let message = v["error"].as_str().context("an error message")?;
+            assert!(
+                !message.is_empty() && !message.contains("panicked") && !message.contains("backtrace"),
+                "{message}"
+            );
+        }
+        assert_eq!(good_task.await??, 20);
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn endpoints_answer_what_the_readme_documents() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let mut agent = pki.serve(&db, &[])?;
+    let c = client(&agent.api_addr()?, &pki.client())?;
+    let rt = runtime()?;
+    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+
+    let sample = rt.block_on(c.time())?;
+    assert!(
+        sample.t0 <= sample.t1 && sample.t1 <= sample.t2 && sample.t2 <= sample.t3,
+        "{sample:?}"
+    );
+
+    let overview = rt.block_on(c.get("/api/v1/overview"))?;
+    assert_eq!(overview["node"], "gpu-node-03");
+    assert_eq!(overview["events"], total);
+    let by_source: i64 = overview["events_by_source"]
+        .as_object()
+        .context("by source")?
+        .values()
+        .filter_map(Value::as_i64)
+        .sum();
+    assert_eq!(by_source, total);
+    assert_eq!(overview["rank"], 2);
+
+    let ops = rt.block_on(c.get("/api/v1/ops?since=all"))?;
+    let node = &ops["nodes"][0];
+    let launch = node["ops"]
+        .as_array()
+        .context("ops")?
+        .iter()
+        .find(|o| o["name"] == "cuLaunchKernel")
+        .context("cuLaunchKernel")?;
+    let (p50, p95, p99) = (
+        launch["p50_us"].as_f64().unwrap_or(-1.0),
+        launch["p95_us"].as_f64().unwrap_or(-1.0),
+        launch["p99_us"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{launch}");
+    let launches: i64 = conn.query_row(
+        "SELECT count(*) FROM events WHERE source = 4 AND op = ?1",
+        [agent_common::catalog::driver_op::LAUNCH_KERNEL],
+        |r| r.get(0),
+    )?;
+    assert_eq!(launch["count"], launches);
+
+    // The sample node was slowed by CPU contention and checkpoint writes.
+    let chains = rt.block_on(c.get("/api/v1/chains?since=all"))?;
+    let list = chains["chains"].as_array().context("chains")?;
+    assert!(!list.is_empty(), "{chains}");
+    assert!(list.iter().all(|ch| ch["node"] == "gpu-node-03"));
+    Ok(())
+}
+
+#[test]
+fn metrics_pass_promtool() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let mut agent = pki.serve(&db, &[])?;
+    let addr = agent.api_addr()?;
+    let c = client(&addr, &pki.client())?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        c.query("SELECT 1", None).await?;
+        let _ = c.query("DELETE FROM events", None).await;
+        c.get("/api/v1/overview").await?;
+        anyhow::Ok(())
+    })?;
+    let text = rt.block_on(async {
+        anyhow::Ok(
+            reqwest_client(&pki)?
+                .get(format!("https://{addr}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?,
+        )
+    })?;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (cargo xtask setup installs Debian's prometheus package)")?;
+    std::io::Write::write_all(&mut promtool.stdin.take().context("stdin")?, text.as_bytes())?;
+    let out = promtool.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metric(&text, "ingero_queries_total{node=\"gpu-node-03\",outcome=\"ok\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "ingero_queries_total{node=\"gpu-node-03\",outcome=\"refused\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "ingero_events_total{node=\"gpu-node-03\",source=\"driver\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn plain_http_needs_no_tls_and_a_token_off_loopback() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample_db(dir.path())?;
+    let db_s = db.display().to_string();
+    let (code, _, err) = ingero(&["serve", "--db", &db_s, "--listen", "0.0.0.0:0", "--no-tls"])?;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--token-file"), "says what to do: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "short\n")?;
+    let token_s = token_file.display().to_string();
+    let (code, _, err) = ingero(&[
+        "serve",
+        "--db",
+        &db_s,
+        "--listen",
+        "0.0.0.0:0",
+        "--no-tls",
+        "--token-file",
+        &token_s,
+    ])?;
+    assert_ne!(code, 0, "a short token is refused: {err}");
+    assert!(err.contains("16 characters"), "{err}");
+
+    let token = "c0ffee-f00d-token-0123456789";
+    std::fs::write(&token_file, format!("{token}\n"))?;
+    let mut agent = Daemon::serve(
+        &db,
+        &["--listen", "0.0.0.0:0", "--no-tls", "--token-file", &token_s],
+    )?;
+    let warning = agent
+        .logged("WARNING")
+        .context("plain HTTP is announced loudly")?;
+    assert!(warning.contains("not encrypted"), "{warning}");
+    let port = agent
+        .api_addr()?
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let addr = format!("127.0.0.1:{port}");
+    let rt = runtime()?;
+    let anonymous = client(
+        &addr,
+        &ClientTls {
+            no_tls: true,
+            ..ClientTls::default()
+        },
+    )?;
+    match rt.block_on(anonymous.query("SELECT 1", None)) {
+        Err(FleetError::Http { status: 401, .. }) => {}
+        other => bail!("no token: expected 401, got {other:?}"),
+    }
+    let wrong = client(
+        &addr,
+        &ClientTls {
+            no_tls: true,
+            token: Some("c0ffee-f00d-token-0123456788".into()),
+            ..ClientTls::default()
+        },
+    )?;
+    assert!(matches!(
+        rt.block_on(wrong.query("SELECT 1", None)),
+        Err(FleetError::Http { status: 401, .. })
+    ));
+    let right = client(
+        &addr,
+        &ClientTls {
+            no_tls: true,
+            token: Some(token.into()),
+            ..ClientTls::default()
+        },
+    )?;
+    assert_eq!(
+        rt.block_on(right.query("SELECT 7", None))?.rows,
+        vec![vec![json!(7)]]
+    );
+    // Health checks need no token.
+    let (code, body) = curl(&[&format!("http://{addr}/healthz")])?;
+    assert_eq!((code, body.as_str()), (0, "ok\n"));
+    Ok(())
+}
+
+#[test]
+fn the_agent_keeps_serving_while_tracing_under_load() -> anyhow::Result<()> {
+    if !root_or_skip("the_agent_keeps_serving_while_tracing_under_load") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("live.db");
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let calls = 400_000;
+    let mut w = Workload::start(
+        &ingero_sim::dir().join("ingero-sim-workload"),
+        &["rate", "--calls", &calls.to_string(), "--per-sec", "100000"],
+        &[],
+    )?;
+    let pid = w.pid.to_string();
+    let (cert, key, ca) = (
+        pki.s("gpu-node-03.pem"),
+        pki.s("gpu-node-03-key.pem"),
+        pki.s("ca.pem"),
+    );
+    let mut tracer = Daemon::trace(
+        &db,
+        &[
+            "--pid",
+            &pid,
+            "-q",
+            "--node",
+            "gpu-node-03",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--ca-cert",
+            &ca,
+        ],
+    )?;
+    let c = client(&tracer.api_addr()?, &pki.client())?;
+    let rt = runtime()?;
+    w.go()?;
+    let (answers, committed) = rt.block_on(async {
+        let mut answers = 0;
+        let mut committed = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            let q = c
+                .query("SELECT count(*) FROM events WHERE source = 4", None)
+                .await?;
+            assert!(q.rows[0][0].as_i64().is_some());
+            let overview = c.get("/api/v1/overview").await?;
+            assert_eq!(overview["live"]["tracing"], true, "{overview}");
+            committed.push(overview["live"]["events_committed"].as_i64().unwrap_or(-1));
+            c.get("/api/v1/ops?since=1m").await?;
+            answers += 3;
+        }
+        anyhow::Ok((answers, committed))
+    })?;
+    w.finish()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let log = tracer.stop()?;
+    assert!(answers >= 6, "answered {answers} requests");
+    assert!(
+        committed.windows(2).all(|w| w[0] <= w[1]) && committed.last() > committed.first(),
+        "the live commit count grows while serving: {committed:?}"
+    );
+    let conn = rusqlite::Connection::open(&db)?;
+    let sync = agent_common::catalog::driver_op::CTX_SYNCHRONIZE;
+    let stored: i64 = conn.query_row(
+        "SELECT count(*) FROM events WHERE source = 4 AND op = ?1",
+        [sync],
+        |r| r.get(0),
+    )?;
+    let dropped: i64 = conn.query_row(
+        "SELECT ifnull(sum(count), 0) FROM drops WHERE source = 4 AND op = ?1",
+        [sync],
+        |r| r.get(0),
+    )?;
+    assert_eq!(
+        stored + dropped,
+        calls,
+        "every call is stored or counted as dropped\n{log}"
+    );
+    assert!(
+        stored * 10 >= calls * 9,
+        "serving does not starve the tracer: {stored} of {calls} stored\n{log}"
+    );
+    Ok(())
+}
