@@ -129,6 +129,50 @@ pub struct ApiArgs {
     pub query_timeout: HumanDuration,
 }
 
+/// Ask the agents of a fleet instead of a local database.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Ask these agents (host:port, comma-separated) instead of a local database
+    #[arg(
+        long,
+        env = "INGERO_NODES",
+        value_delimiter = ',',
+        value_name = "HOST:PORT,...",
+        conflicts_with = "db"
+    )]
+    pub nodes: Vec<String>,
+    /// Ask the agents listed in fleet.nodes of ingero.yaml
+    #[arg(long, conflicts_with_all = ["nodes", "db"])]
+    pub fleet: bool,
+    /// CA that signed the agents' certificates [default: fleet.tls.ca_cert]
+    #[arg(long, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate for agents that require one [default: fleet.tls.client_cert]
+    #[arg(long, value_name = "PATH", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key [default: fleet.tls.client_key]
+    #[arg(long, value_name = "PATH", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Plain HTTP to agents started with --no-tls
+    #[arg(long, conflicts_with_all = ["ca_cert", "client_cert", "client_key"])]
+    pub no_tls: bool,
+    /// Send the bearer token in this file [default: fleet.token_file]
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Longest one agent may take to answer [default: fleet.timeout, else 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub node_timeout: Option<HumanDuration>,
+    /// Longest the whole fan-out may take
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub deadline: HumanDuration,
+    /// Agents asked at once
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub concurrency: usize,
+    /// Warn when an agent's clock differs from ours by more than this [default: fleet.clock_skew_threshold, else 10ms]
+    #[arg(long, value_name = "DURATION")]
+    pub clock_skew_threshold: Option<HumanDuration>,
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Print the report as JSON
@@ -169,6 +213,11 @@ pub struct QueryArgs {
     /// Print CSV
     #[arg(long)]
     pub csv: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// With --nodes: run this SQL over the union of the nodes' rows, a table named `fleet` (with a `node` column)
+    #[arg(long, value_name = "SQL")]
+    pub merge: Option<String>,
     /// One read-only SQL statement, e.g. "SELECT node, count(*) FROM events GROUP BY node"
     pub sql: String,
 }
@@ -186,6 +235,8 @@ pub struct ExplainArgs {
     /// Do not record the chains in the database's causal_chains table
     #[arg(long)]
     pub no_save: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +283,8 @@ pub struct ExportArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]

@@ -77,6 +77,7 @@ pub struct TraceSection {
 #[serde(deny_unknown_fields, default)]
 pub struct FleetSection {
     pub nodes: Vec<String>,
+    pub token_file: Option<PathBuf>,
     pub timeout: Option<HumanDuration>,
     pub clock_skew_threshold: Option<HumanDuration>,
     pub tls: FleetTls,

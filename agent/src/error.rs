@@ -6,7 +6,9 @@
 //! library path that is wrong, SQL that is refused or invalid, a database
 //! that does not exist); 69 the kernel lacks
 //! something (BTF, tracefs, a tracepoint); 73 the database cannot be
-//! written; 77 not enough privileges; 78 bad configuration file.
+//! written; 77 not enough privileges; 78 bad configuration file. Fleet
+//! commands (`--nodes`): 3 when only some nodes answered (their rows are
+//! printed), 4 when none did.
 
 use crate::{
     api::listen::ListenError, config::ConfigError, merge::MergeError, readonly::QueryError,
@@ -34,6 +36,8 @@ pub enum CliError {
     BadInput(String),
     #[error("{0}")]
     Failed(String),
+    #[error("none of the {0} node(s) answered (see the warnings above)")]
+    NoNodeAnswered(usize),
 }
 
 impl CliError {
@@ -61,6 +65,7 @@ impl CliError {
             Self::Listen(ListenError::Bind { .. }) => 1,
             Self::Listen(_) | Self::Tls(_) => 2,
             Self::Trace(TraceError::Io(_)) | Self::Failed(_) => 1,
+            Self::NoNodeAnswered(_) => 4,
         }
     }
 }

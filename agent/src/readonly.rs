@@ -157,7 +157,7 @@ impl ReadOnlyDb {
                 source: rusqlite::Error::InvalidPath(path.to_path_buf()),
             });
         }
-        let mut conn = Connection::open_with_flags(
+        let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
@@ -186,8 +186,49 @@ impl ReadOnlyDb {
             ))
             .map_err(open_err)?;
         }
-        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)
-            .map_err(open_err)?;
+        Self::guard(conn).map_err(open_err)
+    }
+
+    /// An in-memory database with one table `name` holding `rows` under
+    /// `columns` (duplicate names get a `_2`, `_3` suffix), guarded like a
+    /// file: for queries over rows gathered from elsewhere (`--merge`).
+    pub fn from_rows(
+        name: &str,
+        columns: &[String],
+        rows: &[Vec<serde_json::Value>],
+    ) -> Result<Self, QueryError> {
+        let err = |e: rusqlite::Error| QueryError::Sql(format!("cannot build the {name} table: {e}"));
+        let conn = Connection::open_in_memory().map_err(err)?;
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let quoted: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let n = seen.entry(c.to_ascii_lowercase()).or_insert(0);
+                *n += 1;
+                let unique = if *n == 1 { c.clone() } else { format!("{c}_{n}") };
+                format!("\"{}\"", unique.replace('"', "\"\""))
+            })
+            .collect();
+        conn.execute_batch(&format!("CREATE TABLE \"{name}\" ({})", quoted.join(", ")))
+            .map_err(err)?;
+        {
+            let placeholders = vec!["?"; columns.len()].join(", ");
+            let mut insert = conn
+                .prepare(&format!("INSERT INTO \"{name}\" VALUES ({placeholders})"))
+                .map_err(err)?;
+            conn.execute_batch("BEGIN").map_err(err)?;
+            for row in rows {
+                let values = row.iter().map(from_json);
+                insert.execute(rusqlite::params_from_iter(values)).map_err(err)?;
+            }
+            conn.execute_batch("COMMIT").map_err(err)?;
+        }
+        Self::guard(conn).map_err(err)
+    }
+
+    /// Installs the authorizer, the deadline and the SQL length limit.
+    fn guard(mut conn: Connection) -> rusqlite::Result<Self> {
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
         let denied = Arc::new(Mutex::new(None));
         let hook_denied = Arc::clone(&denied);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| match authorize(&ctx.action) {
@@ -198,8 +239,7 @@ impl ReadOnlyDb {
                 }
                 Authorization::Deny
             }
-        }))
-        .map_err(open_err)?;
+        }))?;
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let hook_deadline = Arc::clone(&deadline);
         conn.progress_handler(
@@ -211,8 +251,7 @@ impl ReadOnlyDb {
                     .and_then(|d| *d)
                     .is_some_and(|d| Instant::now() > d)
             }),
-        )
-        .map_err(open_err)?;
+        )?;
         Ok(Self {
             conn,
             denied,
@@ -286,6 +325,19 @@ impl ReadOnlyDb {
     }
 }
 
+fn from_json(v: &serde_json::Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        serde_json::Value::Null => V::Null,
+        serde_json::Value::Bool(b) => V::Integer(i64::from(*b)),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map_or_else(|| V::Real(n.as_f64().unwrap_or(f64::NAN)), V::Integer),
+        serde_json::Value::String(t) => V::Text(t.clone()),
+        other => V::Text(other.to_string()),
+    }
+}
+
 fn to_json(v: ValueRef<'_>) -> serde_json::Value {
     match v {
         ValueRef::Null => serde_json::Value::Null,
@@ -299,6 +351,48 @@ fn to_json(v: ValueRef<'_>) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_from_elsewhere_are_queried_under_the_same_guard() {
+        let columns = vec!["node".to_owned(), "n".to_owned(), "n".to_owned()];
+        let rows = vec![
+            vec![
+                serde_json::json!("a"),
+                serde_json::json!(3),
+                serde_json::json!(1.5),
+            ],
+            vec![
+                serde_json::json!("b"),
+                serde_json::json!(4),
+                serde_json::Value::Null,
+            ],
+        ];
+        let db = ReadOnlyDb::from_rows("fleet", &columns, &rows).expect("table");
+        let r = db
+            .query(
+                "SELECT sum(n), count(n_2), max(node) FROM fleet",
+                Limits::default(),
+            )
+            .expect("query");
+        assert_eq!(
+            r.rows,
+            vec![vec![
+                serde_json::json!(7),
+                serde_json::json!(1),
+                serde_json::json!("b")
+            ]]
+        );
+        for write in [
+            "DELETE FROM fleet",
+            "INSERT INTO fleet VALUES (1, 2, 3)",
+            "ATTACH DATABASE '/tmp/x.db' AS x",
+        ] {
+            assert!(
+                matches!(db.query(write, Limits::default()), Err(QueryError::Denied(_))),
+                "{write}"
+            );
+        }
+    }
 
     /// A small database with a few events.
     fn fixture() -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf)> {

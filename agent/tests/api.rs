@@ -9,98 +9,16 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use common::{Daemon, Workload, ingero, root_or_skip, serial};
+use common::{Daemon, Pki, Workload, ingero, root_or_skip, runtime, sample_db, serial, sha256};
 use ingero_fleet::{AgentClient, ClientTls, FleetError};
 use serde_json::{Value, json};
-
-/// A fresh copy of the third node of the investigation samples (the one
-/// with the injected faults).
-fn sample_db(dir: &Path) -> anyhow::Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-gpu-node-03.db");
-    let dst = dir.join("node-03.db");
-    std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
-    Ok(dst)
-}
-
-fn sha256(path: &Path) -> anyhow::Result<String> {
-    let data = std::fs::read(path)?;
-    Ok(format!(
-        "{:?}",
-        ring::digest::digest(&ring::digest::SHA256, &data)
-    ))
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
-
-/// A fleet PKI made with the CLI, as the README tells operators to.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: PathBuf) -> anyhow::Result<Self> {
-        for args in [
-            vec!["certs", "init-ca"],
-            vec!["certs", "issue", "--node", "gpu-node-03", "--san", "127.0.0.1"],
-            vec!["certs", "issue", "--client", "oncall"],
-        ] {
-            let mut full: Vec<&str> = args.clone();
-            full.extend(["--dir", dir.to_str().context("utf-8 path")?]);
-            let (code, out, err) = ingero(&full)?;
-            if code != 0 {
-                bail!("ingero {} failed ({code}): {out}{err}", args.join(" "));
-            }
-        }
-        Ok(Self { dir })
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-    fn client(&self) -> ClientTls {
-        ClientTls {
-            ca_cert: Some(self.path("ca.pem")),
-            client_cert: Some(self.path("oncall.pem")),
-            client_key: Some(self.path("oncall-key.pem")),
-            ..ClientTls::default()
-        }
-    }
-    /// `ingero serve` on `db` with this PKI's node certificate, requiring
-    /// client certificates from its CA.
-    fn serve(&self, db: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
-        let (cert, key, ca) = (
-            self.s("gpu-node-03.pem"),
-            self.s("gpu-node-03-key.pem"),
-            self.s("ca.pem"),
-        );
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--ca-cert",
-            &ca,
-        ];
-        args.extend(extra);
-        Daemon::serve(db, &args)
-    }
-}
 
 fn client(addr: &str, tls: &ClientTls) -> anyhow::Result<AgentClient> {
     Ok(AgentClient::new(addr, tls, Duration::from_secs(20))?)
@@ -541,7 +459,7 @@ fn endpoints_answer_what_the_readme_documents() -> anyhow::Result<()> {
     let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
 
-    let sample = rt.block_on(c.time())?;
+    let (_, sample) = rt.block_on(c.time())?;
     assert!(
         sample.t0 <= sample.t1 && sample.t1 <= sample.t2 && sample.t2 <= sample.t3,
         "{sample:?}"

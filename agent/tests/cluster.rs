@@ -182,7 +182,17 @@ fn checkpoint_writes_show_as_block_io_on_the_faulty_node_only() -> anyhow::Resul
 
 /// The most severe chain of the merged database, and the cause its root
 /// cause names.
-fn top_chain(s: &Scenario) -> anyhow::Result<(String, String)> {
+/// What `explain` says about the merged database.
+struct Merged {
+    straggler: String,
+    /// The straggler's outlying stress classes (`cpu`, `io`, `write`, ...).
+    causes: Vec<String>,
+    top_node: String,
+    top_cause: String,
+}
+
+/// Merges the scenario's databases and explains the result.
+fn top_chain(s: &Scenario) -> anyhow::Result<Merged> {
     let dir = tempfile::tempdir()?;
     let merged = dir.path().join("cluster.db");
     let inputs: Vec<String> = s
@@ -197,14 +207,20 @@ fn top_chain(s: &Scenario) -> anyhow::Result<(String, String)> {
     args.extend(["-o", &out]);
     let (code, _, err) = ingero(&args)?;
     anyhow::ensure!(code == 0, "merge failed: {err}");
-    let top = chains(&merged)?
-        .into_iter()
-        .next()
-        .context("the merged database has no chain")?;
-    Ok((
-        top["node"].as_str().unwrap_or("").to_owned(),
-        top["root_cause"].as_str().unwrap_or("").to_owned(),
-    ))
+    let (code, out, err) = ingero(&["explain", "--json", "--no-save", "-d", &out])?;
+    anyhow::ensure!(code == 0, "explain failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let top = v["chains"].get(0).context("the merged database has no chain")?;
+    let str_of = |x: &serde_json::Value| x.as_str().unwrap_or("").to_owned();
+    Ok(Merged {
+        straggler: str_of(&v["straggler"]["node"]),
+        causes: v["straggler"]["causes"]
+            .as_array()
+            .map(|c| c.iter().map(|x| str_of(&x["stress"])).collect())
+            .unwrap_or_default(),
+        top_node: str_of(&top["node"]),
+        top_cause: str_of(&top["root_cause"]),
+    })
 }
 
 #[test]
@@ -223,10 +239,13 @@ fn explain_names_the_node_and_the_cause_of_cpu_contention() -> anyhow::Result<()
             .is_some_and(|r| r.starts_with("CPU contention") && r.contains("cpu-hog")),
         "{top:#}"
     );
-    let (node, cause) = top_chain(s)?;
+    let m = top_chain(s)?;
+    assert_eq!(m.straggler, "gpu-node-02", "the faulty node is the straggler");
+    assert!(m.causes.contains(&"cpu".to_owned()), "{:?}", m.causes);
     assert_eq!(
-        node, "gpu-node-02",
-        "the merged database's worst chain is on the faulty node: {cause}"
+        m.top_node, "gpu-node-02",
+        "the merged database's worst chain is on the faulty node: {}",
+        m.top_cause
     );
     Ok(())
 }
@@ -252,9 +271,14 @@ fn explain_names_the_node_and_the_cause_of_checkpoint_writes() -> anyhow::Result
             .any(|c| c["summary"].as_str().is_some_and(|x| x.contains("block I/O"))),
         "{healthy:#?}"
     );
-    let (node, cause) = top_chain(s)?;
-    assert_eq!(node, "gpu-node-02", "{cause}");
-    assert!(cause.starts_with("Block I/O"), "{cause}");
+    let m = top_chain(s)?;
+    assert_eq!(m.straggler, "gpu-node-02", "the faulty node is the straggler");
+    assert!(
+        m.causes.iter().any(|c| c == "write" || c == "io"),
+        "the straggler's cause is its I/O: {:?}",
+        m.causes
+    );
+    assert_eq!(m.top_node, "gpu-node-02", "{}", m.top_cause);
     Ok(())
 }
 

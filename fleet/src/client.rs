@@ -7,17 +7,18 @@ use serde_json::Value;
 
 use crate::tls::ClientTls;
 
-/// What can go wrong talking to an agent.
+/// What can go wrong talking to an agent, in an operator's words.
 #[derive(Debug, Clone, thiserror::Error, Serialize)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum FleetError {
     #[error("{0}")]
     Config(String),
-    #[error("connection refused ({0})")]
+    /// Nothing listens there, or the host cannot be reached.
+    #[error("cannot connect: {0}")]
     Refused(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    #[error("TLS handshake failed ({0})")]
+    #[error("TLS handshake failed: {0}")]
     Tls(String),
     #[error("HTTP {status}: {message}")]
     Http { status: u16, message: String },
@@ -43,38 +44,67 @@ impl FleetError {
     }
 }
 
-/// Walks an error's sources into one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
+/// The innermost cause of an error: the part that says what happened
+/// ("Connection refused (os error 111)", "received fatal alert: ...").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
+        last = s.to_string();
         cur = s.source();
     }
-    parts.join(": ")
+    last
+}
+
+/// What to do about a TLS failure, from rustls's words.
+fn tls_hint(cause: &str) -> &'static str {
+    if cause.contains("CertificateRequired") {
+        "the agent requires a client certificate: pass --client-cert and --client-key"
+    } else if cause.contains("invalid peer certificate")
+        && (cause.contains("UnknownIssuer") || cause.contains("BadSignature"))
+    {
+        "the agent's certificate is not signed by --ca-cert"
+    } else if cause.contains("NotValidForName") {
+        "the agent's certificate does not name this address: reissue it with --san ADDRESS"
+    } else if cause.contains("UnknownCA")
+        || cause.contains("BadCertificate")
+        || cause.contains("DecryptError")
+    {
+        "the agent refused our client certificate: is it from the agent's CA?"
+    } else if cause.contains("ProtocolVersion") {
+        "the agent and this client share no TLS version (agents speak TLS 1.3 only)"
+    } else if cause.contains("Expired") {
+        "a certificate has expired (or a clock is far off)"
+    } else if cause.contains("InvalidContentType") || cause.contains("CorruptMessage") {
+        "the agent does not speak TLS here: started with --no-tls? then pass --no-tls"
+    } else {
+        "check --ca-cert, --client-cert and --client-key"
+    }
 }
 
 fn classify(e: &reqwest::Error, timeout: Duration) -> FleetError {
-    let text = chain(e);
-    let lower = text.to_ascii_lowercase();
+    let cause = root_cause(e);
+    let lower = cause.to_ascii_lowercase();
     if e.is_timeout() {
         FleetError::Timeout(timeout)
-    } else if lower.contains("connection refused") {
-        FleetError::Refused(text)
+    } else if lower.contains("connection refused")
+        || lower.contains("no route")
+        || lower.contains("unreachable")
+    {
+        FleetError::Refused(cause)
     } else if lower.contains("certificate")
         || lower.contains("tls")
         || lower.contains("handshake")
         || lower.contains("alert")
-        || lower.contains("peer closed connection without sending tls")
+        || lower.contains("invalid peer")
+        || lower.contains("corrupt message")
+        || lower.contains("invalid content type")
     {
-        FleetError::Tls(text)
+        FleetError::Tls(format!("{} ({cause})", tls_hint(&cause)))
     } else if e.is_connect() {
-        FleetError::Refused(text)
+        FleetError::Refused(cause)
     } else {
-        FleetError::Other(text)
+        FleetError::Other(cause)
     }
 }
 
@@ -85,6 +115,19 @@ pub struct QueryAnswer {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Value>>,
     pub truncated: bool,
+}
+
+/// What `POST /api/v1/query` takes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryRequest {
+    pub sql: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Only the last DURATION of the agent's recorded data (`5m`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// One clock exchange: local send/receive and the agent's receive/send,
@@ -151,7 +194,7 @@ impl AgentClient {
             None => "http",
         };
         Ok(Self {
-            http: builder.build().map_err(|e| FleetError::Config(chain(&e)))?,
+            http: builder.build().map_err(|e| FleetError::Config(root_cause(&e)))?,
             base: format!("{scheme}://{address}"),
             token: tls.token.clone(),
             timeout,
@@ -197,15 +240,24 @@ impl AgentClient {
 
     /// One SQL statement on the agent.
     pub async fn query(&self, sql: &str, limit: Option<usize>) -> Result<QueryAnswer, FleetError> {
-        let body = serde_json::json!({ "sql": sql, "limit": limit });
+        self.query_with(&QueryRequest {
+            sql: sql.to_owned(),
+            limit,
+            ..QueryRequest::default()
+        })
+        .await
+    }
+
+    /// One SQL statement on the agent, with every option.
+    pub async fn query_with(&self, request: &QueryRequest) -> Result<QueryAnswer, FleetError> {
         let v = self
-            .send(self.request(reqwest::Method::POST, "/api/v1/query").json(&body))
+            .send(self.request(reqwest::Method::POST, "/api/v1/query").json(request))
             .await?;
         serde_json::from_value(v).map_err(|e| FleetError::Decode(e.to_string()))
     }
 
-    /// One clock exchange with the agent.
-    pub async fn time(&self) -> Result<TimeSample, FleetError> {
+    /// One clock exchange with the agent: its node name and the times.
+    pub async fn time(&self) -> Result<(String, TimeSample), FleetError> {
         let start = Instant::now();
         let t0 = unix_ns();
         let v = self.get("/api/v1/time").await?;
@@ -216,11 +268,12 @@ impl AgentClient {
             v[k].as_i64()
                 .ok_or_else(|| FleetError::Decode(format!("/api/v1/time without {k}")))
         };
-        Ok(TimeSample {
+        let sample = TimeSample {
             t0,
             t1: field("receive_ns")?,
             t2: field("send_ns")?,
             t3,
-        })
+        };
+        Ok((v["node"].as_str().unwrap_or_default().to_owned(), sample))
     }
 }

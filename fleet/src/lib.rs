@@ -9,7 +9,12 @@
 //! status with the agent's message.
 
 pub mod client;
+pub mod fanout;
+pub mod skew;
+pub mod straggler;
 pub mod tls;
 
-pub use client::{AgentClient, FleetError};
+pub use client::{AgentClient, FleetError, QueryAnswer, QueryRequest, TimeSample};
+pub use fanout::{Fleet, FleetOptions, NodeAnswer, Outcome};
+pub use skew::ClockEstimate;
 pub use tls::ClientTls;

@@ -124,8 +124,8 @@ pub struct ClusterReport {
     pub seconds: f64,
 }
 
-/// (total, compute, wait) of one step, in ms.
-type StepTimes = (f64, f64, f64);
+/// Summed (total, compute, wait) ms of some steps, and how many.
+type StepSums = (f64, f64, f64, u64);
 
 /// Node name of rank `i` (0-based): `gpu-node-01`, ...
 #[must_use]
@@ -450,8 +450,8 @@ pub fn run(
         writeln!(stdin, "go").map_err(|e| SimError::Failed(format!("cannot start a rank: {e}")))?;
     }
     let mut reports: Vec<Option<RankReport>> = vec![None; cfg.nodes];
-    // Reported steps: (total, compute, wait) of every rank, printed once all have it.
-    let mut reported: std::collections::BTreeMap<u64, Vec<Option<StepTimes>>> = Default::default();
+    // Per interval of steps and rank: summed (total, compute, wait) and steps seen.
+    let mut reported: std::collections::BTreeMap<u64, Vec<StepSums>> = Default::default();
     while reports.iter().any(Option::is_none) {
         if stop.load(Ordering::Relaxed) {
             return Err(SimError::Interrupted);
@@ -470,23 +470,31 @@ pub fn run(
             }
         } else if let Some(rest) = line.strip_prefix("step ") {
             let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if let [step, _rank, total, compute, wait] = f[..]
-                && (step as u64).is_multiple_of(report_every)
-            {
+            if let [step, _rank, total, compute, wait] = f[..] {
+                // Means over each interval of `report_every` steps, printed
+                // once every rank has finished the interval.
+                let interval = (step as u64 - 1) / report_every;
+                let first = interval * report_every + 1;
+                let last = (first + report_every - 1).min(cfg.steps);
                 let row = reported
-                    .entry(step as u64)
-                    .or_insert_with(|| vec![None; cfg.nodes]);
-                row[i] = Some((total, compute, wait));
-                if row.iter().all(Option::is_some) {
+                    .entry(interval)
+                    .or_insert_with(|| vec![(0.0, 0.0, 0.0, 0); cfg.nodes]);
+                let (t, c, w, n) = &mut row[i];
+                *t += total;
+                *c += compute;
+                *w += wait;
+                *n += 1;
+                if row.iter().all(|r| r.3 == last - first + 1) {
                     let cols: Vec<String> = row
                         .iter()
-                        .flatten()
                         .enumerate()
-                        .map(|(r, (t, c, w))| format!("r{r} {t:.0}ms (compute {c:.0}, wait {w:.0})"))
+                        .map(|(r, (t, c, w, n))| {
+                            let n = *n as f64;
+                            format!("r{r} {:.0}ms (compute {:.0}, wait {:.0})", t / n, c / n, w / n)
+                        })
                         .collect();
                     progress(&format!(
-                        "  step {:>4}/{}: {}",
-                        step as u64,
+                        "  steps {first:>4}-{last:<4} of {} (mean per step): {}",
                         cfg.steps,
                         cols.join("  ")
                     ));

@@ -5,6 +5,8 @@
 //!   and no probe; sustained events/s into SQLite with zero drops.
 //! - `analysis`: explain, export and merge throughput on a generated
 //!   1M-event database, against a raw scan and SQLite's own copy.
+//! - `fleet`: fan-out latency to 4, 16 and 64 agents against one agent;
+//!   clock-offset error against offsets injected with faketime.
 
 use crate::exec::{cargo, exec, root};
 
@@ -14,6 +16,8 @@ pub enum Which {
     Trace,
     /// Explain, export and merge throughput on a 1M-event database
     Analysis,
+    /// Fan-out latency to 4/16/64 agents and clock-offset error
+    Fleet,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +29,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let bench = match opts.which {
         Which::Trace => "trace",
         Which::Analysis => "analysis",
+        Which::Fleet => "fleet",
     };
     exec(
         cargo()

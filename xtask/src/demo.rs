@@ -4,15 +4,20 @@
 //!
 //! Builds what it needs, runs the job (`ingero_sim::cluster`), prints
 //! per-rank step times (compute vs all-reduce wait: the straggler computes
-//! longest and waits least), then runs the analysis commands on the agents'
-//! databases and prints their output: `ingero query` on the faulty node,
-//! `ingero merge` of all nodes, `ingero explain` of the merged database and
-//! `ingero export --format perfetto`. Every process it started is
-//! stopped on success, failure or Ctrl-C, and checked to be gone.
+//! longest and waits least), then walks through what an on-call engineer
+//! would run, printing each command and its output. Across the fleet: a
+//! PKI made with `ingero certs`, one `ingero serve` agent per node over
+//! mutual TLS, `ingero explain --nodes` (the straggler and its cause) and
+//! `ingero query --nodes --merge` (a fleet-wide percentile). Offline:
+//! `ingero query` on the faulty node, `ingero merge` of all nodes, `ingero
+//! explain` of the merged database and `ingero export --format perfetto`.
+//! Every process it started is stopped on success, failure or Ctrl-C, and
+//! checked to be gone.
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
@@ -130,6 +135,136 @@ pub fn walkthrough(ingero: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An `ingero serve` agent; stopped when dropped.
+struct Agent {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGINT is its clean stop.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(ingero: &Path, pki: &Path, node: &str, db: &Path) -> anyhow::Result<Agent> {
+    let mut child = Command::new(ingero)
+        .arg("serve")
+        .arg("--db")
+        .arg(db)
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(pki.join(format!("{node}.pem")))
+        .arg("--tls-key")
+        .arg(pki.join(format!("{node}-key.pem")))
+        .arg("--ca-cert")
+        .arg(pki.join("ca.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ingero serve")?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let addr = loop {
+        let Some(line) = lines.next().transpose()? else {
+            let _ = child.wait();
+            bail!("the agent for {node} exited before listening");
+        };
+        if let Some(rest) = line.split("https://").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(Agent { child, addr })
+}
+
+/// The fleet part: certificates, one agent per node, then the questions
+/// an on-call engineer asks all of them at once.
+fn fleet_walkthrough(ingero: &Path, dir: &Path, report: &ClusterReport) -> anyhow::Result<()> {
+    let pki = dir.join("pki");
+    let pki_s = pki.display().to_string();
+    walkthrough(ingero, &["certs", "init-ca", "--dir", &pki_s])?;
+    for (i, (node, _)) in report.databases.iter().enumerate() {
+        let args = [
+            "certs",
+            "issue",
+            "--node",
+            node,
+            "--san",
+            "127.0.0.1",
+            "--dir",
+            &pki_s,
+        ];
+        if i == 0 {
+            walkthrough(ingero, &args)?;
+        } else {
+            quiet(ingero, &args)?;
+        }
+    }
+    walkthrough(ingero, &["certs", "issue", "--client", "oncall", "--dir", &pki_s])?;
+    let agents: Vec<Agent> = report
+        .databases
+        .iter()
+        .map(|(node, db)| serve(ingero, &pki, node, db))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "
+(one `ingero serve --listen ... --ca-cert ca.pem` agent per node, as `ingero trace --listen` would serve live: {})",
+        agents.iter().map(|a| a.addr.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let nodes = agents
+        .iter()
+        .map(|a| a.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (ca, cert, key) = (
+        pki.join("ca.pem").display().to_string(),
+        pki.join("oncall.pem").display().to_string(),
+        pki.join("oncall-key.pem").display().to_string(),
+    );
+    let tls = [
+        "--ca-cert",
+        ca.as_str(),
+        "--client-cert",
+        cert.as_str(),
+        "--client-key",
+        key.as_str(),
+    ];
+    let mut explain = vec!["explain", "--nodes", &nodes];
+    explain.extend(tls);
+    walkthrough(ingero, &explain)?;
+    let mut query = vec![
+        "query",
+        "--nodes",
+        &nodes,
+        "--merge",
+        "SELECT count(*) AS launches, (SELECT duration FROM fleet ORDER BY duration LIMIT 1 OFFSET (SELECT count(*) * 99 / 100 FROM fleet)) / 1000 AS p99_us FROM fleet",
+        "--limit",
+        "100000",
+    ];
+    query.extend(tls);
+    query.push("SELECT duration FROM events WHERE source = 4 AND op = 1");
+    walkthrough(ingero, &query)?;
+    drop(agents);
+    Ok(())
+}
+
+/// Runs `ingero ARGS` without printing it; fails with its output.
+fn quiet(ingero: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(ingero)
+        .args(args)
+        .output()
+        .context("running ingero")?;
+    if !out.status.success() {
+        bail!(
+            "`ingero {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let faults = Fault::parse_scenario(&opts.scenario)?;
@@ -154,6 +289,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     };
     let report = run_cluster(&cfg)?;
     print_ranks(&report);
+    fleet_walkthrough(&ingero, &dir, &report)?;
 
     let faulty = &report.databases[opts.faulty_node - 1].1;
     let faulty = faulty.to_string_lossy();

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{ApiError, ApiState, Arrival};
 use crate::{
     analysis::{self, NodeReport},
-    readonly::{Limits, ReadOnlyDb},
+    readonly::{Limits, QueryError, ReadOnlyDb},
     trace::clock::unix_ns,
     units::HumanDuration,
 };
@@ -34,6 +34,8 @@ pub struct QueryRequest {
     pub sql: String,
     pub limit: Option<usize>,
     pub timeout_ms: Option<u64>,
+    /// Only the last DURATION of recorded data (`events` is filtered).
+    pub since: Option<String>,
 }
 
 pub async fn query(
@@ -56,11 +58,26 @@ pub async fn query(
         }),
         max_rows: request.limit.unwrap_or(state.max_rows).min(state.max_rows),
     };
+    let since = match request.since.as_deref() {
+        None | Some("all") => None,
+        Some(s) => Some(s.parse::<HumanDuration>().map_err(ApiError::BadRequest)?.0),
+    };
     let db = state.db.clone();
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        ReadOnlyDb::open(&db, None)?.query(&request.sql, limits)
+        let window = match since {
+            None => None,
+            Some(since) => {
+                let probe = ReadOnlyDb::open(&db, None)?;
+                let range = crate::timewin::event_range(probe.connection())
+                    .map_err(|e| QueryError::Sql(e.to_string()))?;
+                crate::timewin::resolve(range, Some(since), None, None)
+                    .map_err(QueryError::Sql)?
+                    .map(|w| (w.from, w.to))
+            }
+        };
+        ReadOnlyDb::open(&db, window)?.query(&request.sql, limits)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -118,25 +135,7 @@ pub async fn ops(
     Query(p): Query<SinceParam>,
 ) -> Result<Json<Value>, ApiError> {
     let reports = state.explain(p.window(&state)?).await?;
-    let nodes: Vec<Value> = reports
-        .iter()
-        .map(|r| {
-            json!({
-                "node": r.node,
-                "rank": r.rank,
-                "world_size": r.world_size,
-                "events": r.events,
-                "window": r.window,
-                "ops": r.ops.iter().map(|o| json!({
-                    "name": o.name, "source": o.source, "op": o.op, "count": o.count,
-                    "p50_us": o.p50_ns as f64 / 1e3, "p95_us": o.p95_ns as f64 / 1e3,
-                    "p99_us": o.p99_ns as f64 / 1e3, "max_us": o.max_ns as f64 / 1e3,
-                    "total_ms": o.total_ns as f64 / 1e6,
-                })).collect::<Vec<_>>(),
-                "evidence": r.evidence,
-            })
-        })
-        .collect();
+    let nodes: Vec<Value> = reports.iter().map(analysis::ops_json).collect();
     Ok(Json(
         json!({ "node": state.node, "window": window_json(&reports), "nodes": nodes }),
     ))

@@ -3,8 +3,9 @@
 //!
 //! - `GET /api/v1/time`: the server's receive and send times (Unix ns), for
 //!   NTP-style clock offset estimation;
-//! - `POST /api/v1/query {sql, limit, timeout_ms}`: columns and rows, through
-//!   the same read-only guard, deadline and row cap as `ingero query`;
+//! - `POST /api/v1/query {sql, limit, timeout_ms, since}`: columns and rows,
+//!   through the same read-only guard, deadline and row cap as `ingero
+//!   query` (at most [`MAX_ROWS`] rows an answer);
 //! - `GET /api/v1/chains?since=5m`, `GET /api/v1/ops?since=5m`: the causal
 //!   chain engine's chains, and per-op percentiles with the node's evidence;
 //! - `GET /api/v1/overview`: event counts, chains, node, rank, session, drops;
@@ -42,6 +43,8 @@ use tokio::sync::Semaphore;
 
 use crate::{analysis::NodeReport, readonly::QueryError, store::writer::DropCount};
 
+/// Most rows one query answer carries (a fleet client pages past it).
+pub const MAX_ROWS: usize = 50_000;
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Deadline of any request.

@@ -1,6 +1,8 @@
 //! `ingero explain`: causal chains of a database (all its nodes), printed as
-//! `[SEVERITY] [node] summary` blocks with `Root cause:` and `Fix:` lines,
-//! or as JSON, and recorded in the database's `causal_chains` table.
+//! `[SEVERITY] [node] summary` blocks with `Root cause:` and `Fix:` lines
+//! (after a `STRAGGLER` line when a merged database shows one),
+//! or as JSON, and recorded in the database's `causal_chains` table. With
+//! `--nodes`, see [`super::fleet_explain`].
 
 use std::process::ExitCode;
 
@@ -49,9 +51,10 @@ pub fn render(reports: &[NodeReport]) -> String {
         format_instant(from),
         format_instant(to)
     );
+    let straggler = analysis::straggler(reports).map_or(String::new(), |v| format!("{}\n", v.headline()));
     if chains.is_empty() {
         return format!(
-            "No causal chains: {span}.\nNo CUDA operation had a tail (p99 >= {}x p50) or a throughput drop with a concurrent cause.\n",
+            "No causal chains: {span}.\n{straggler}No CUDA operation had a tail (p99 >= {}x p50) or a throughput drop with a concurrent cause.\n",
             analysis::rules::TAIL_RATIO
         );
     }
@@ -64,6 +67,7 @@ pub fn render(reports: &[NodeReport]) -> String {
         count(chain::Severity::Medium),
         count(chain::Severity::Low),
     );
+    out.push_str(&straggler);
     for c in &chains {
         out.push('\n');
         out.push_str(&chain::render(c));
@@ -72,6 +76,9 @@ pub fn render(reports: &[NodeReport]) -> String {
 }
 
 pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
+    if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
+        return super::fleet_explain::run(args, &fleet);
+    }
     let path = super::database(args.db.as_deref(), file)?;
     let (conn, writable) = open(&path)?;
     if !crate::store::schema::has_column(&conn, "events", "id")
@@ -98,7 +105,11 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
         }
     }
     if args.json {
-        let out = serde_json::json!({ "chains": chains, "nodes": reports });
+        let out = serde_json::json!({
+            "chains": chains,
+            "straggler": analysis::straggler(&reports),
+            "nodes": reports,
+        });
         println!(
             "{}",
             serde_json::to_string(&out).map_err(|e| CliError::Failed(e.to_string()))?

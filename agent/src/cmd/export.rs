@@ -1,4 +1,5 @@
-//! `ingero export`: see [`crate::export`].
+//! `ingero export`: see [`crate::export`]; with `--nodes`, see
+//! [`super::fleet_export`].
 
 use std::process::ExitCode;
 
@@ -7,6 +8,9 @@ use rusqlite::{Connection, OpenFlags};
 use crate::{cli::ExportArgs, config::FileConfig, error::CliError, export::export};
 
 pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
+    if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
+        return super::fleet_export::run(args, &fleet);
+    }
     let path = super::database(args.db.as_deref(), file)?;
     if !path.is_file() {
         return Err(CliError::BadInput(format!(

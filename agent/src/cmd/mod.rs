@@ -4,6 +4,9 @@
 pub mod certs;
 pub mod explain;
 pub mod export;
+pub mod fleet;
+pub mod fleet_explain;
+pub mod fleet_export;
 pub mod merge;
 pub mod query;
 pub mod serve;
@@ -83,7 +86,7 @@ pub fn api_options(
             db: db.to_path_buf(),
             max_queries: args.max_queries,
             query_timeout: args.query_timeout.0,
-            max_rows: crate::readonly::DEFAULT_ROW_LIMIT,
+            max_rows: crate::api::MAX_ROWS,
             token,
             default_since,
         },

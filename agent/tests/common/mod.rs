@@ -19,6 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use ingero_fleet::ClientTls;
 
 pub const INGERO: &str = env!("CARGO_BIN_EXE_ingero");
 
@@ -130,7 +131,26 @@ impl Daemon {
     }
 
     fn spawn(command: &str, db: &Path, args: &[&str], ready: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(INGERO)
+        Self::spawn_wrapped(&[], command, db, args, ready)
+    }
+
+    /// As `spawn`, run through `wrapper` (a program and its arguments).
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        command: &str,
+        db: &Path,
+        args: &[&str],
+        ready: &str,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(INGERO);
+                c
+            }
+            None => Command::new(INGERO),
+        };
+        let mut child = cmd
             .arg(command)
             .arg("--db")
             .arg(db)
@@ -244,4 +264,125 @@ pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();
     let _ = r.read_to_string(&mut s);
     s
+}
+
+/// A fresh copy of the third node of the investigation samples (the one
+/// with the injected faults).
+pub fn sample_db(dir: &Path) -> anyhow::Result<PathBuf> {
+    sample(dir, 3)
+}
+
+/// A fresh copy of investigation sample node `n` (1..=3), in `dir`.
+pub fn sample(dir: &Path, n: u32) -> anyhow::Result<PathBuf> {
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../investigations/sample-gpu-node-{n:02}.db"));
+    let dst = dir.join(format!("node-{n:02}.db"));
+    std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    Ok(dst)
+}
+
+pub fn sha256(path: &Path) -> anyhow::Result<String> {
+    let data = std::fs::read(path)?;
+    Ok(format!(
+        "{:?}",
+        ring::digest::digest(&ring::digest::SHA256, &data)
+    ))
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// A fleet PKI made with the CLI, as the README tells operators to: a
+/// CA, node certificates for `gpu-node-01` .. `gpu-node-03` (and
+/// 127.0.0.1), and the client certificate `oncall`.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: PathBuf) -> anyhow::Result<Self> {
+        let mut commands = vec![vec!["certs", "init-ca"]];
+        for node in ["gpu-node-01", "gpu-node-02", "gpu-node-03"] {
+            commands.push(vec!["certs", "issue", "--node", node, "--san", "127.0.0.1"]);
+        }
+        commands.push(vec!["certs", "issue", "--client", "oncall"]);
+        for args in commands {
+            let mut full: Vec<&str> = args.clone();
+            full.extend(["--dir", dir.to_str().context("utf-8 path")?]);
+            let (code, out, err) = ingero(&full)?;
+            if code != 0 {
+                bail!("ingero {} failed ({code}): {out}{err}", args.join(" "));
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// The client side: this CA, the `oncall` certificate.
+    pub fn client(&self) -> ClientTls {
+        ClientTls {
+            ca_cert: Some(self.path("ca.pem")),
+            client_cert: Some(self.path("oncall.pem")),
+            client_key: Some(self.path("oncall-key.pem")),
+            ..ClientTls::default()
+        }
+    }
+
+    /// The same as `ingero` flags.
+    pub fn client_flags(&self) -> Vec<String> {
+        vec![
+            "--ca-cert".into(),
+            self.s("ca.pem"),
+            "--client-cert".into(),
+            self.s("oncall.pem"),
+            "--client-key".into(),
+            self.s("oncall-key.pem"),
+        ]
+    }
+
+    /// `--listen 127.0.0.1:0` with `node`'s certificate, requiring client
+    /// certificates from this CA.
+    pub fn agent_flags(&self, node: &str) -> Vec<String> {
+        vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            self.s(&format!("{node}.pem")),
+            "--tls-key".into(),
+            self.s(&format!("{node}-key.pem")),
+            "--ca-cert".into(),
+            self.s("ca.pem"),
+        ]
+    }
+
+    /// `ingero serve` on `db` as `gpu-node-03` (see [`Pki::agent_flags`]).
+    pub fn serve(&self, db: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
+        self.serve_as("gpu-node-03", db, extra, &[])
+    }
+
+    /// `ingero serve` on `db` with `node`'s certificate, run through
+    /// `wrapper` (e.g. `faketime -f +3s`) if not empty.
+    pub fn serve_as(
+        &self,
+        node: &str,
+        db: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> anyhow::Result<Daemon> {
+        let mut args: Vec<String> = self.agent_flags(node);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::spawn_wrapped(wrapper, "serve", db, &args, "Ctrl-C to stop")
+    }
 }

@@ -1,0 +1,243 @@
+//! `ingero export --nodes ... --format perfetto`: one trace of the whole
+//! fleet, one process per node, each node's timestamps moved onto this
+//! machine's clock by its estimated offset.
+//!
+//! Each agent's rows are fetched in pages through `/api/v1/query` (the
+//! same read-only path as any query, [`PAGE`] rows at a time, ordered by
+//! rowid so a page boundary never skips or repeats a row) into a scratch
+//! database beside the output, which the ordinary exporter then streams
+//! out; the scratch file is removed afterwards, whatever happens.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use ingero_fleet::{AgentClient, FleetError, QueryRequest};
+use rusqlite::Connection;
+use serde_json::Value;
+
+use super::fleet::{FleetRun, check_window, finish};
+use crate::{cli::ExportArgs, error::CliError, export::export, trace::live::group_digits};
+
+/// Rows per request (the agent's cap is `api::MAX_ROWS`).
+const PAGE: usize = 20_000;
+/// Tables a trace is made from, besides `events`.
+const SIDE_TABLES: [&str; 3] = ["process_names", "system_snapshots", "causal_chains"];
+
+/// One page of rows for the writer.
+struct Page {
+    table: &'static str,
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
+/// Removes the scratch database (and its WAL files) when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.0.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+}
+
+/// SQL for the page after `last_rowid`.
+fn page_sql(table: &str, last_rowid: i64, since_ns: Option<u128>) -> String {
+    let window = match (table, since_ns) {
+        ("events", Some(ns)) => format!(" AND timestamp >= (SELECT max(timestamp) FROM events) - {ns}"),
+        _ => String::new(),
+    };
+    format!(
+        "SELECT rowid AS ingero_rowid, * FROM {table} WHERE rowid > {last_rowid}{window} ORDER BY rowid LIMIT {PAGE}"
+    )
+}
+
+/// Every page of one agent, sent to the writer; the number of events.
+async fn fetch_node(
+    client: AgentClient,
+    since_ns: Option<u128>,
+    tx: mpsc::SyncSender<Page>,
+) -> Result<u64, FleetError> {
+    let tables = client
+        .query("SELECT name FROM sqlite_master WHERE type = 'table'", None)
+        .await?;
+    let present: Vec<&str> = tables.rows.iter().filter_map(|r| r.first()?.as_str()).collect();
+    let mut events = 0;
+    for table in std::iter::once("events").chain(SIDE_TABLES) {
+        if !present.contains(&table) {
+            continue;
+        }
+        let mut last = 0i64;
+        loop {
+            let answer = client
+                .query_with(&QueryRequest {
+                    sql: page_sql(table, last, since_ns),
+                    limit: Some(PAGE),
+                    ..QueryRequest::default()
+                })
+                .await?;
+            let n = answer.rows.len();
+            last = answer
+                .rows
+                .last()
+                .and_then(|r| r.first()?.as_i64())
+                .unwrap_or(last);
+            if table == "events" {
+                events += n as u64;
+            }
+            let page = Page {
+                table,
+                columns: answer.columns,
+                rows: answer.rows,
+            };
+            if n > 0 && tx.send(page).is_err() {
+                return Err(FleetError::Other("the local writer stopped".into()));
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// Inserts pages as they come; prints progress about once a second.
+fn write_pages(conn: &Connection, rx: &mpsc::Receiver<Page>, nodes: usize) -> rusqlite::Result<u64> {
+    let mut events = 0u64;
+    let mut shown = Instant::now();
+    for page in rx {
+        let local: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{}')", page.table))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        // Columns both sides know (the agent may run another version).
+        let keep: Vec<usize> = (0..page.columns.len())
+            .filter(|&i| local.contains(&page.columns[i]))
+            .collect();
+        let names: Vec<String> = keep.iter().map(|&i| format!("\"{}\"", page.columns[i])).collect();
+        let sql = format!(
+            "INSERT OR IGNORE INTO {} ({}) VALUES ({})",
+            page.table,
+            names.join(", "),
+            vec!["?"; keep.len()].join(", ")
+        );
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare(&sql)?;
+            for row in &page.rows {
+                stmt.execute(rusqlite::params_from_iter(
+                    keep.iter().map(|&i| sql_value(&row[i])),
+                ))?;
+            }
+        }
+        tx.commit()?;
+        if page.table == "events" {
+            events += page.rows.len() as u64;
+        }
+        if shown.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "ingero: fetched {} events from {nodes} node(s) so far",
+                group_digits(events)
+            );
+            shown = Instant::now();
+        }
+    }
+    Ok(events)
+}
+
+fn sql_value(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        Value::Null => V::Null,
+        Value::Bool(b) => V::Integer(i64::from(*b)),
+        Value::Number(n) => n
+            .as_i64()
+            .map_or_else(|| V::Real(n.as_f64().unwrap_or(0.0)), V::Integer),
+        Value::String(s) => V::Text(s.clone()),
+        other => V::Text(other.to_string()),
+    }
+}
+
+fn scratch_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map_or_else(|| "trace".into(), |n| n.to_string_lossy().into_owned());
+    output.with_file_name(format!(".{name}.ingero-fetch-{}.db", std::process::id()))
+}
+
+pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
+    let since_ns = check_window(&args.window)?.and(args.window.since.map(|d| d.0.as_nanos()));
+    let scratch = Scratch(scratch_path(&args.output));
+    let conn = crate::store::open_for_writing(&scratch.0)?;
+    let (tx, rx) = mpsc::sync_channel::<Page>(4);
+    let nodes = fleet.fleet.len();
+    let writer = std::thread::spawn(move || {
+        let written = write_pages(&conn, &rx, nodes);
+        (conn, written)
+    });
+    let answers = fleet.block_on(
+        fleet
+            .fleet
+            .run(move |client| fetch_node(client, since_ns, tx.clone())),
+    );
+    let (conn, written) = writer
+        .join()
+        .map_err(|_| CliError::Failed("the local writer failed".into()))?;
+    let written = written.map_err(|e| {
+        CliError::Failed(format!(
+            "cannot store the fetched rows in {}: {e}",
+            scratch.0.display()
+        ))
+    })?;
+    fleet.warn(&answers, true);
+    let code = finish(&answers)?;
+    let offsets = super::fleet::offsets(&answers);
+    let out = std::fs::File::create(&args.output)
+        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;
+    let report = export(&conn, out, None, &offsets)
+        .map_err(|e| CliError::Failed(format!("export to {} failed: {e}", args.output.display())))?;
+    if args.json {
+        let nodes: Vec<Value> = answers
+            .iter()
+            .map(|a| super::fleet::node_json(a, serde_json::json!({ "events": a.result.as_ref().ok() })))
+            .collect();
+        let mut v = serde_json::to_value(&report).map_err(|e| CliError::Failed(e.to_string()))?;
+        v["nodes_detail"] = Value::Array(nodes);
+        v["events"] = written.into();
+        println!("{v}");
+    } else {
+        println!(
+            "wrote {}: {} events from {} node(s) on this machine's clock, {} thread(s), {} slices, {} markers, {} counter samples; open it in https://ui.perfetto.dev",
+            args.output.display(),
+            group_digits(written),
+            report.nodes,
+            report.threads,
+            report.slices,
+            report.markers,
+            report.counters
+        );
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_follow_the_rowid_and_the_window_applies_to_events_only() {
+        assert_eq!(
+            page_sql("events", 40, Some(5_000_000_000)),
+            format!(
+                "SELECT rowid AS ingero_rowid, * FROM events WHERE rowid > 40 AND timestamp >= (SELECT max(timestamp) FROM events) - 5000000000 ORDER BY rowid LIMIT {PAGE}"
+            )
+        );
+        assert!(!page_sql("process_names", 0, Some(1)).contains("timestamp"));
+    }
+}

@@ -1,0 +1,226 @@
+//! One request to many agents at once, with a clock exchange beside it.
+//!
+//! [`Fleet::run`] calls the same operation on every agent in parallel, at
+//! most `concurrency` at a time, each bounded by the per-request timeout
+//! and all by one overall deadline. Beside each operation (concurrently,
+//! so it adds no latency) a few `/api/v1/time` exchanges estimate that
+//! agent's clock offset ([`crate::skew`]) and learn its node name. A node
+//! that fails is an answer like any other, with its error: the caller
+//! shows what it has and says what is missing ([`Outcome`]).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+
+use crate::{
+    ClientTls,
+    client::{AgentClient, FleetError, TimeSample},
+    skew::{self, ClockEstimate},
+};
+
+/// How a fan-out is bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetOptions {
+    /// Agents asked at once.
+    pub concurrency: usize,
+    /// Longest one request may take.
+    pub timeout: Duration,
+    /// Longest the whole fan-out may take.
+    pub deadline: Duration,
+    /// Clock exchanges per agent (0: none).
+    pub clock_samples: usize,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            timeout: Duration::from_secs(15),
+            deadline: Duration::from_secs(60),
+            clock_samples: 5,
+        }
+    }
+}
+
+/// One agent's part of a fan-out.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeAnswer<T> {
+    /// `host:port` as configured.
+    pub address: String,
+    /// The agent's node name, when it told us.
+    pub node: Option<String>,
+    #[serde(skip)]
+    pub result: Result<T, FleetError>,
+    pub clock: Option<ClockEstimate>,
+    pub elapsed_ms: f64,
+}
+
+impl<T> NodeAnswer<T> {
+    /// The node name, else the address.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.node.as_deref().unwrap_or(&self.address)
+    }
+
+    /// `gpu-node-01 (10.0.0.1:8080)`, or the address alone.
+    #[must_use]
+    pub fn label(&self) -> String {
+        match &self.node {
+            Some(n) if *n != self.address => format!("{n} ({})", self.address),
+            _ => self.address.clone(),
+        }
+    }
+}
+
+/// How a fan-out went as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    AllAnswered,
+    Partial,
+    NoneAnswered,
+}
+
+impl Outcome {
+    #[must_use]
+    pub fn of<T>(answers: &[NodeAnswer<T>]) -> Self {
+        let ok = answers.iter().filter(|a| a.result.is_ok()).count();
+        if ok == answers.len() {
+            Self::AllAnswered
+        } else if ok == 0 {
+            Self::NoneAnswered
+        } else {
+            Self::Partial
+        }
+    }
+}
+
+/// The agents of a fleet.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    clients: Vec<AgentClient>,
+    options: FleetOptions,
+}
+
+impl Fleet {
+    /// Clients for `addresses` (`host:port` each, no duplicates).
+    pub fn new(addresses: &[String], tls: &ClientTls, options: FleetOptions) -> Result<Self, FleetError> {
+        if addresses.is_empty() {
+            return Err(FleetError::Config(
+                "no nodes: give --nodes host:port,... or fleet.nodes in ingero.yaml".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = addresses.iter().find(|a| !seen.insert(a.as_str())) {
+            return Err(FleetError::Config(format!("{dup} is listed twice")));
+        }
+        if options.concurrency == 0 {
+            return Err(FleetError::Config("the concurrency must be at least 1".into()));
+        }
+        let config = if tls.no_tls { None } else { Some(tls.tls13()?) };
+        let clients = addresses
+            .iter()
+            .map(|a| AgentClient::with_tls_config(a, tls, options.timeout, config.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { clients, options })
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    #[must_use]
+    pub fn options(&self) -> FleetOptions {
+        self.options
+    }
+
+    /// Runs `op` on every agent (with clock exchanges beside it); answers
+    /// come back in the order of the addresses.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Vec<NodeAnswer<T>>
+    where
+        T: Send + 'static,
+        F: Fn(AgentClient) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, FleetError>> + Send + 'static,
+    {
+        let deadline = Instant::now() + self.options.deadline;
+        let slots = Arc::new(Semaphore::new(self.options.concurrency));
+        let op = Arc::new(op);
+        let samples = self.options.clock_samples;
+        let mut tasks = JoinSet::new();
+        for (i, client) in self.clients.iter().cloned().enumerate() {
+            let (slots, op) = (Arc::clone(&slots), Arc::clone(&op));
+            let overall = self.options.deadline;
+            tasks.spawn(async move {
+                let started = std::time::Instant::now();
+                let address = client.address.clone();
+                let answer = tokio::time::timeout_at(deadline, async {
+                    let _slot = slots
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| FleetError::Other(e.to_string()))?;
+                    let (result, clock) = tokio::join!(op(client.clone()), clock(&client, samples));
+                    Ok::<_, FleetError>((result, clock))
+                })
+                .await;
+                let (result, (node, clock)) = match answer {
+                    Ok(Ok((result, clock))) => (result, clock),
+                    Ok(Err(e)) => (Err(e), (None, None)),
+                    Err(_) => (Err(FleetError::Timeout(overall)), (None, None)),
+                };
+                (
+                    i,
+                    NodeAnswer {
+                        address,
+                        node,
+                        result,
+                        clock,
+                        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+                    },
+                )
+            });
+        }
+        let mut answers: Vec<Option<NodeAnswer<T>>> = (0..self.clients.len()).map(|_| None).collect();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((i, answer)) = done {
+                answers[i] = Some(answer);
+            }
+        }
+        answers
+            .into_iter()
+            .zip(&self.clients)
+            .map(|(a, c)| {
+                a.unwrap_or_else(|| NodeAnswer {
+                    address: c.address.clone(),
+                    node: None,
+                    result: Err(FleetError::Other("the request task failed".into())),
+                    clock: None,
+                    elapsed_ms: 0.0,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `samples` clock exchanges, one after the other; the node name and the
+/// estimate (none if no exchange succeeded).
+async fn clock(client: &AgentClient, samples: usize) -> (Option<String>, Option<ClockEstimate>) {
+    let mut node = None;
+    let mut got: Vec<TimeSample> = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        match client.time().await {
+            Ok((name, sample)) => {
+                node.get_or_insert(name);
+                got.push(sample);
+            }
+            Err(_) => break,
+        }
+    }
+    (node, skew::estimate(&got))
+}

@@ -1,0 +1,542 @@
+//! Which node holds the job back, from per-node figures side by side.
+//!
+//! In a synchronous data-parallel job every rank waits for the slowest one
+//! in each all-reduce, so a straggler does not show as a slower step (all
+//! ranks step together) but as the one node that hardly waits: its peers
+//! spend the time blocked in a synchronize call while it is still busy.
+//! The verdict therefore rests on the share of time each node spends in
+//! synchronize calls, and then names the host stress that is an outlier on
+//! that node (CPU preemption of its traced threads, block I/O, memory
+//! allocation, a launch-latency tail).
+//!
+//! Every comparison is robust, node against the *others*: the distance of
+//! a node's value from the others' median, in units of the others' median
+//! absolute deviation (scaled by 1.4826 to estimate a standard deviation,
+//! floored so a quiet fleet with identical figures does not divide by zero).
+//! A score of 3.5 or more is an outlier (Iglewicz and Hoaglin's threshold),
+//! and the difference must also matter in absolute terms. Averages, and
+//! averages of per-node percentiles, are never used.
+//!
+//! Invariants (property-tested): the verdict does not depend on the order
+//! of the nodes; identical nodes have no straggler; scaling every node's
+//! window by the same factor changes nothing.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A robust score at or above this is an outlier.
+pub const OUTLIER_SCORE: f64 = 3.5;
+/// A straggler's peers wait at least this share of the time...
+pub const MIN_PEER_WAIT: f64 = 0.05;
+/// ...and at least this many times longer than it does.
+pub const MIN_WAIT_RATIO: f64 = 1.25;
+/// A stress signal names a cause only at this multiple of the peers' median.
+pub const MIN_STRESS_RATIO: f64 = 2.0;
+
+/// The figures of one node over its window, read from `/api/v1/ops`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeFigures {
+    pub node: String,
+    pub rank: Option<i64>,
+    pub events: u64,
+    pub window_ns: i64,
+    /// Time in synchronize calls (driver or runtime, not both), ns.
+    pub sync_ns: i64,
+    /// The synchronize call that took most of it.
+    pub sync_op: Option<String>,
+    /// Time the traced threads were preempted while runnable, ns.
+    pub preempted_ns: i64,
+    /// Time the node's block devices were busy, ns.
+    pub io_busy_ns: i64,
+    pub io_write_bytes: u64,
+    pub alloc_bytes: u64,
+    pub oom_kills: u64,
+    /// The most frequent kernel-launch call: (name, p50 ns, p99 ns, count).
+    pub launch: Option<(String, i64, i64, u64)>,
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+impl NodeFigures {
+    /// The nodes of one `/api/v1/ops` answer (an agent serving a merged
+    /// database reports several).
+    #[must_use]
+    pub fn from_ops(answer: &Value) -> Vec<Self> {
+        answer["nodes"]
+            .as_array()
+            .map(|nodes| nodes.iter().map(Self::from_node).collect())
+            .unwrap_or_default()
+    }
+
+    fn from_node(n: &Value) -> Self {
+        let ops = n["ops"].as_array().cloned().unwrap_or_default();
+        let is_runtime = |o: &Value| o["name"].as_str().is_some_and(|s| s.starts_with("cuda"));
+        let total_ns = |o: &Value| (num(&o["total_ms"]) * 1e6) as i64;
+        // Runtime calls enter the driver: count one layer, the bigger.
+        let syncs: Vec<&Value> = ops
+            .iter()
+            .filter(|o| o["name"].as_str().is_some_and(|s| s.contains("Synchronize")))
+            .collect();
+        let layer = |runtime: bool| {
+            syncs
+                .iter()
+                .filter(|o| is_runtime(o) == runtime)
+                .map(|o| total_ns(o))
+                .sum::<i64>()
+        };
+        let use_runtime = layer(true) > layer(false);
+        let sync_ns = layer(use_runtime);
+        let sync_op = syncs
+            .iter()
+            .filter(|o| is_runtime(o) == use_runtime)
+            .max_by_key(|o| total_ns(o))
+            .and_then(|o| o["name"].as_str().map(str::to_owned));
+        let launch = ops
+            .iter()
+            .filter(|o| o["name"].as_str().is_some_and(|s| s.contains("LaunchKernel")))
+            .max_by_key(|o| (o["count"].as_u64().unwrap_or(0), !is_runtime(o)))
+            .map(|o| {
+                (
+                    o["name"].as_str().unwrap_or_default().to_owned(),
+                    (num(&o["p50_us"]) * 1e3) as i64,
+                    (num(&o["p99_us"]) * 1e3) as i64,
+                    o["count"].as_u64().unwrap_or(0),
+                )
+            });
+        let ev = &n["evidence"];
+        Self {
+            node: n["node"].as_str().unwrap_or_default().to_owned(),
+            rank: n["rank"].as_i64(),
+            events: n["events"].as_u64().unwrap_or(0),
+            window_ns: (n["window"]["to"].as_i64().unwrap_or(0) - n["window"]["from"].as_i64().unwrap_or(0))
+                .max(0),
+            sync_ns,
+            sync_op,
+            preempted_ns: ev["cpu"]["preempted_ns"].as_i64().unwrap_or(0),
+            io_busy_ns: ev["io"]["busy_ns"].as_i64().unwrap_or(0),
+            io_write_bytes: ev["io"]["write_bytes"].as_u64().unwrap_or(0),
+            alloc_bytes: ev["mem"]["alloc_bytes"].as_u64().unwrap_or(0),
+            oom_kills: ev["mem"]["oom_kills"].as_u64().unwrap_or(0),
+            launch,
+        }
+    }
+
+    fn per_window(&self, x: f64) -> f64 {
+        if self.window_ns > 0 {
+            x / self.window_ns as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds waited in synchronize calls per second of window.
+    #[must_use]
+    pub fn wait_share(&self) -> f64 {
+        self.per_window(self.sync_ns as f64)
+    }
+
+    /// The value of one stress signal.
+    #[must_use]
+    pub fn signal(&self, s: Stress) -> f64 {
+        match s {
+            Stress::Cpu => self.per_window(self.preempted_ns as f64),
+            Stress::Io => self.per_window(self.io_busy_ns as f64),
+            Stress::Write => self.per_window(self.io_write_bytes as f64 * 1e9),
+            Stress::Memory => self.per_window(self.alloc_bytes as f64 * 1e9),
+            Stress::LaunchTail => self
+                .launch
+                .as_ref()
+                .map_or(0.0, |(_, p50, p99, _)| *p99 as f64 / (*p50).max(1) as f64),
+        }
+    }
+}
+
+/// Host stress that can make a node the straggler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stress {
+    /// Share of the time the traced threads were preempted while runnable.
+    Cpu,
+    /// Share of the time the block devices were busy.
+    Io,
+    /// Bytes written per second.
+    Write,
+    /// Bytes of pages allocated per second by the traced processes.
+    Memory,
+    /// p99 / p50 of the kernel-launch call.
+    LaunchTail,
+}
+
+impl Stress {
+    pub const ALL: [Self; 5] = [Self::Cpu, Self::Io, Self::Write, Self::Memory, Self::LaunchTail];
+
+    /// Below this a value is too small to be a cause, whatever its score.
+    fn floor(self) -> f64 {
+        match self {
+            Self::Cpu | Self::Io => 0.02,
+            Self::Write => 1024.0 * 1024.0,
+            Self::Memory => 256.0 * 1024.0 * 1024.0,
+            Self::LaunchTail => 3.0,
+        }
+    }
+
+    /// The smallest spread a comparison assumes.
+    fn min_scale(self) -> f64 {
+        match self {
+            Self::Cpu | Self::Io => 0.005,
+            Self::Write | Self::Memory => 256.0 * 1024.0,
+            Self::LaunchTail => 0.25,
+        }
+    }
+
+    #[must_use]
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::Cpu => "CPU",
+            Self::Io | Self::Write => "I/O",
+            Self::Memory => "memory",
+            Self::LaunchTail => "launch latency",
+        }
+    }
+
+    /// The value as a person reads it.
+    #[must_use]
+    pub fn format(self, v: f64) -> String {
+        match self {
+            Self::Cpu | Self::Io => format!("{:.1}%", v * 100.0),
+            Self::Write | Self::Memory => format!("{:.1} MiB/s", v / (1024.0 * 1024.0)),
+            Self::LaunchTail => format!("{v:.1}x"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Cpu => "its threads preempted",
+            Self::Io => "block devices busy",
+            Self::Write => "written",
+            Self::Memory => "pages allocated",
+            Self::LaunchTail => "launch p99/p50",
+        }
+    }
+}
+
+/// The median of `v` (NaN-free input), `0` when empty.
+#[must_use]
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+/// Median absolute deviation from the median.
+#[must_use]
+pub fn mad(v: &[f64]) -> f64 {
+    let m = median(v);
+    median(&v.iter().map(|x| (x - m).abs()).collect::<Vec<_>>())
+}
+
+/// How far `x` lies above `others`, robustly: `(x - median) / scale`.
+#[must_use]
+pub fn robust_score(x: f64, others: &[f64], min_scale: f64) -> f64 {
+    let m = median(others);
+    let scale = (1.4826 * mad(others)).max(0.05 * m.abs()).max(min_scale);
+    (x - m) / scale
+}
+
+/// One outlying stress signal of the straggler.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cause {
+    pub stress: Stress,
+    pub value: f64,
+    pub peers_median: f64,
+    pub score: f64,
+}
+
+/// The straggler and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub node: String,
+    pub rank: Option<i64>,
+    /// Its share of time in synchronize calls, and its peers' median.
+    pub wait_share: f64,
+    pub peers_wait_share: f64,
+    /// The synchronize call its peers wait in.
+    pub peers_sync_op: Option<String>,
+    /// How far below its peers it waits (robust score).
+    pub score: f64,
+    /// Outlying stress, strongest first; empty if none stands out.
+    pub causes: Vec<Cause>,
+    /// Nodes compared.
+    pub nodes: usize,
+}
+
+impl Verdict {
+    /// One line: the node, the waiting that gives it away, the causes.
+    #[must_use]
+    pub fn headline(&self) -> String {
+        let rank = self.rank.map_or(String::new(), |r| format!(" (rank {r})"));
+        let sync = self.peers_sync_op.as_deref().unwrap_or("synchronize calls");
+        let mut s = format!(
+            "STRAGGLER {}{rank}: waits {:.1}% of the time while its {} peer(s) wait {:.1}% (median) in {sync}",
+            self.node,
+            self.wait_share * 100.0,
+            self.nodes - 1,
+            self.peers_wait_share * 100.0,
+        );
+        if self.causes.is_empty() {
+            s.push_str("; no host stress stands out on it (look at its GPU work and input pipeline)");
+        } else {
+            let causes: Vec<String> = self
+                .causes
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}: {} {} vs {}",
+                        c.stress.class(),
+                        c.stress.describe(),
+                        c.stress.format(c.value),
+                        c.stress.format(c.peers_median)
+                    )
+                })
+                .collect();
+            s.push_str("; ");
+            s.push_str(&causes.join("; "));
+        }
+        s
+    }
+}
+
+/// The straggler among `nodes`, if one stands out.
+#[must_use]
+pub fn find(nodes: &[NodeFigures]) -> Option<Verdict> {
+    let nodes: Vec<&NodeFigures> = nodes.iter().filter(|n| n.window_ns > 0).collect();
+    if nodes.len() < 2 {
+        return None;
+    }
+    let waits: Vec<f64> = nodes.iter().map(|n| n.wait_share()).collect();
+    let others = |values: &[f64], i: usize| -> Vec<f64> {
+        values
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    // Lowest waiting relative to the others (a positive score: waits less).
+    let mut best: Option<(usize, f64, f64)> = None;
+    for i in 0..nodes.len() {
+        let rest = others(&waits, i);
+        let peers = median(&rest);
+        let score = -robust_score(waits[i], &rest, 0.01);
+        let stands_out =
+            score >= OUTLIER_SCORE && peers >= MIN_PEER_WAIT && peers >= MIN_WAIT_RATIO * waits[i];
+        // Ties break on the node name, so the order of the input is irrelevant.
+        let better = best.is_none_or(|(b, s, _)| score > s || (score == s && nodes[i].node < nodes[b].node));
+        if stands_out && better {
+            best = Some((i, score, peers));
+        }
+    }
+    let (i, score, peers_wait) = best?;
+    let mut causes: Vec<Cause> = Stress::ALL
+        .iter()
+        .filter_map(|&stress| {
+            let values: Vec<f64> = nodes.iter().map(|n| n.signal(stress)).collect();
+            let rest = others(&values, i);
+            let peers_median = median(&rest);
+            let score = robust_score(values[i], &rest, stress.min_scale());
+            (score >= OUTLIER_SCORE
+                && values[i] >= stress.floor()
+                && values[i] >= MIN_STRESS_RATIO * peers_median)
+                .then_some(Cause {
+                    stress,
+                    value: values[i],
+                    peers_median,
+                    score,
+                })
+        })
+        .collect();
+    causes.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then((a.stress as u8).cmp(&(b.stress as u8)))
+    });
+    // The call the peers wait in: the most common among them.
+    let mut sync_ops: Vec<&str> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .filter_map(|(_, n)| n.sync_op.as_deref())
+        .collect();
+    sync_ops.sort_unstable();
+    let peers_sync_op = sync_ops
+        .iter()
+        .max_by_key(|op| {
+            (
+                sync_ops.iter().filter(|o| o == op).count(),
+                std::cmp::Reverse(**op),
+            )
+        })
+        .map(|s| (*s).to_owned());
+    Some(Verdict {
+        node: nodes[i].node.clone(),
+        rank: nodes[i].rank,
+        wait_share: waits[i],
+        peers_wait_share: peers_wait,
+        peers_sync_op,
+        score,
+        causes,
+        nodes: nodes.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn node(name: &str, wait: f64, preempt: f64, write_mib_s: f64) -> NodeFigures {
+        let window_ns = 40_000_000_000;
+        NodeFigures {
+            node: name.into(),
+            rank: Some(name.bytes().last().map_or(0, |b| i64::from(b) - 48)),
+            events: 10_000,
+            window_ns,
+            sync_ns: (wait * window_ns as f64) as i64,
+            sync_op: Some("cuStreamSynchronize".into()),
+            preempted_ns: (preempt * window_ns as f64) as i64,
+            io_busy_ns: 0,
+            io_write_bytes: (write_mib_s * 1024.0 * 1024.0 * 40.0) as u64,
+            alloc_bytes: 0,
+            oom_kills: 0,
+            launch: Some(("cuLaunchKernel".into(), 20_000, 60_000, 1_000)),
+        }
+    }
+
+    #[test]
+    fn the_node_that_does_not_wait_is_the_straggler_and_its_stress_is_named() {
+        let nodes = [
+            node("n0", 0.99, 0.004, 0.0),
+            node("n1", 0.98, 0.006, 0.0),
+            node("n2", 0.01, 0.76, 80.0),
+            node("n3", 0.985, 0.005, 0.0),
+        ];
+        let v = find(&nodes).expect("a straggler");
+        assert_eq!(v.node, "n2");
+        assert_eq!(v.rank, Some(2));
+        assert!((v.peers_wait_share - 0.985).abs() < 1e-9);
+        let kinds: Vec<Stress> = v.causes.iter().map(|c| c.stress).collect();
+        assert_eq!(kinds.len(), 2, "{:?}", v.causes);
+        assert!(kinds.contains(&Stress::Cpu) && kinds.contains(&Stress::Write));
+        let line = v.headline();
+        assert!(line.starts_with("STRAGGLER n2 (rank 2): waits 1.0% of the time while its 3 peer(s) wait 98.5% (median) in cuStreamSynchronize"), "{line}");
+        assert!(
+            line.contains("CPU: its threads preempted 76.0% vs 0.5%"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn two_nodes_are_enough() {
+        let v = find(&[node("a", 0.9, 0.0, 0.0), node("b", 0.1, 0.5, 0.0)]).expect("straggler");
+        assert_eq!(v.node, "b");
+    }
+
+    #[test]
+    fn nobody_waiting_means_no_straggler() {
+        // A job bound by the GPU everywhere: nobody waits for anybody.
+        assert_eq!(
+            find(&[
+                node("a", 0.01, 0.0, 0.0),
+                node("b", 0.0, 0.3, 0.0),
+                node("c", 0.02, 0.0, 0.0)
+            ]),
+            None
+        );
+        // One node alone cannot be compared.
+        assert_eq!(find(&[node("a", 0.9, 0.0, 0.0)]), None);
+    }
+
+    #[test]
+    fn ordinary_spread_is_not_an_outlier() {
+        let nodes = [
+            node("a", 0.50, 0.01, 0.0),
+            node("b", 0.46, 0.01, 0.0),
+            node("c", 0.55, 0.02, 0.0),
+            node("d", 0.43, 0.01, 0.0),
+        ];
+        assert_eq!(find(&nodes), None);
+    }
+
+    #[test]
+    fn robust_statistics_ignore_one_wild_value() {
+        assert_eq!(median(&[1.0, 2.0, 100.0]), 2.0);
+        assert_eq!(median(&[1.0, 2.0, 3.0, 100.0]), 2.5);
+        assert_eq!(mad(&[1.0, 2.0, 3.0, 100.0]), 1.0);
+        assert!(robust_score(100.0, &[1.0, 2.0, 3.0], 0.0) > 30.0);
+    }
+
+    fn fleet() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
+        prop::collection::vec((0.0f64..1.0, 0.0f64..1.0, 0.0f64..100.0), 2..9)
+    }
+
+    fn build(spec: &[(f64, f64, f64)]) -> Vec<NodeFigures> {
+        spec.iter()
+            .enumerate()
+            .map(|(i, &(w, p, io))| node(&format!("n{i}"), w, p, io))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn the_verdict_does_not_depend_on_node_order(spec in fleet(), rotate in 0usize..8) {
+            let nodes = build(&spec);
+            let mut shuffled = nodes.clone();
+            let k = rotate % shuffled.len();
+            shuffled.rotate_left(k);
+            shuffled.reverse();
+            prop_assert_eq!(find(&nodes), find(&shuffled));
+        }
+
+        #[test]
+        fn identical_nodes_have_no_straggler((w, p, io) in (0.0f64..1.0, 0.0f64..1.0, 0.0f64..100.0), n in 2usize..9) {
+            let nodes = build(&vec![(w, p, io); n]);
+            prop_assert_eq!(find(&nodes), None);
+        }
+
+        #[test]
+        fn the_window_length_does_not_matter(spec in fleet(), factor in 1i64..5) {
+            let nodes = build(&spec);
+            let scaled: Vec<NodeFigures> = nodes
+                .iter()
+                .map(|n| NodeFigures {
+                    window_ns: n.window_ns * factor,
+                    sync_ns: n.sync_ns * factor,
+                    preempted_ns: n.preempted_ns * factor,
+                    io_write_bytes: n.io_write_bytes * factor as u64,
+                    ..n.clone()
+                })
+                .collect();
+            let (a, b) = (find(&nodes), find(&scaled));
+            prop_assert_eq!(a.as_ref().map(|v| &v.node), b.as_ref().map(|v| &v.node));
+        }
+
+        #[test]
+        fn a_node_that_alone_does_not_wait_is_found(n in 2usize..9, which in 0usize..8, peers_wait in 0.3f64..1.0) {
+            let which = which % n;
+            let spec: Vec<(f64, f64, f64)> = (0..n).map(|i| if i == which { (0.0, 0.5, 0.0) } else { (peers_wait, 0.0, 0.0) }).collect();
+            let v = find(&build(&spec));
+            prop_assert_eq!(v.map(|v| v.node), Some(format!("n{which}")));
+        }
+    }
+}
