@@ -47,6 +47,17 @@ pub enum Command {
     /// Make the certificates of a fleet: a CA, node and client certificates
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Serve the Model Context Protocol on stdio, for an AI assistant
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Database for the local tools (get_chains, run_sql, get_ops, get_stacks) [default: the configured one, if it exists]
+    #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -137,12 +148,11 @@ pub struct FleetArgs {
         long,
         env = "INGERO_NODES",
         value_delimiter = ',',
-        value_name = "HOST:PORT,...",
-        conflicts_with = "db"
+        value_name = "HOST:PORT,..."
     )]
     pub nodes: Vec<String>,
     /// Ask the agents listed in fleet.nodes of ingero.yaml
-    #[arg(long, conflicts_with_all = ["nodes", "db"])]
+    #[arg(long, conflicts_with = "nodes")]
     pub fleet: bool,
     /// CA that signed the agents' certificates [default: fleet.tls.ca_cert]
     #[arg(long, value_name = "PATH")]

@@ -14,10 +14,12 @@ pub mod error;
 pub mod export;
 pub mod host;
 pub mod logging;
+pub mod mcp;
 pub mod merge;
 pub mod readonly;
 pub mod store;
 pub mod table;
+pub mod text;
 pub mod timewin;
 pub mod tls;
 pub mod trace;
@@ -47,6 +49,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Export(args) => cmd::export::run(&args, &file),
         Command::Serve(args) => cmd::serve::run(&args, &file),
         Command::Certs(command) => cmd::certs::run(&command, &file),
+        Command::Mcp(args) => mcp::run(&args, &file),
         Command::Check(args) => {
             let report = check::run();
             if args.json {

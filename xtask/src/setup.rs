@@ -15,8 +15,9 @@ use crate::exec::{exec, output, succeeds};
 
 /// bpf-linker release that matches nightly's LLVM (see README, Toolchain).
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Python packages for the tests: the real CUDA runtime.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("nvidia.cuda_runtime", "nvidia-cuda-runtime-cu12==12.9.79")];
+/// Python packages for the tests, pinned: the real CUDA runtime, and the
+/// official MCP SDK that drives `ingero mcp` as an independent client.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("nvidia-cuda-runtime-cu12", "12.9.79"), ("mcp", "2.3.0")];
 
 pub fn ensure() -> anyhow::Result<()> {
     rust_src()?;
@@ -100,10 +101,12 @@ fn tracefs() -> anyhow::Result<()> {
 }
 
 fn python_packages() -> anyhow::Result<()> {
-    for (module, requirement) in PYTHON_PACKAGES {
-        if succeeds(Command::new("python3").args(["-c", &format!("import {module}")])) {
+    for (package, version) in PYTHON_PACKAGES {
+        let check = format!("import importlib.metadata as m; assert m.version('{package}') == '{version}'");
+        if succeeds(Command::new("python3").args(["-c", &check])) {
             continue;
         }
+        let requirement = format!("{package}=={version}");
         eprintln!("xtask setup: pip install {requirement}");
         exec(Command::new("python3").args([
             "-m",
@@ -112,7 +115,7 @@ fn python_packages() -> anyhow::Result<()> {
             "--quiet",
             "--disable-pip-version-check",
             "--root-user-action=ignore",
-            requirement,
+            &requirement,
         ]))?;
     }
     Ok(())

@@ -102,11 +102,13 @@ pub struct NodeData {
 }
 
 impl NodeData {
-    /// The name of a task (process or thread), or "task N".
+    /// The name of a task (process or thread), or "task N". Names are
+    /// set by the traced processes themselves: control characters are
+    /// dropped and the length capped, so a name cannot forge output lines.
     #[must_use]
     pub fn task_name(&self, id: u32) -> String {
         match self.names.get(&id) {
-            Some(name) => format!("{name} ({id})"),
+            Some(name) => format!("{} ({id})", crate::text::sanitize(name, 32)),
             None => format!("task {id}"),
         }
     }

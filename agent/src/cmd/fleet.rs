@@ -23,7 +23,14 @@ const DEFAULT_SKEW_THRESHOLD: Duration = Duration::from_millis(10);
 /// Clock exchanges per agent.
 const CLOCK_SAMPLES: usize = 5;
 
-/// A connected fleet and the runtime its requests run on.
+/// The agents to ask and when to warn about their clocks.
+#[derive(Debug, Clone)]
+pub struct FleetSetup {
+    pub fleet: Fleet,
+    pub skew_threshold: Duration,
+}
+
+/// A fleet and the runtime its requests run on (for the commands).
 #[derive(Debug)]
 pub struct FleetRun {
     pub fleet: Fleet,
@@ -31,9 +38,31 @@ pub struct FleetRun {
     runtime: tokio::runtime::Runtime,
 }
 
-/// The fleet the flags (or `--fleet` and the file) name; `None` when the
-/// command should read a local database.
+/// The fleet the flags name, with a runtime; `None` when the command
+/// should read a local database.
 pub fn connect(args: &FleetArgs, file: &FileConfig) -> Result<Option<FleetRun>, CliError> {
+    let Some(FleetSetup {
+        fleet,
+        skew_threshold,
+    }) = setup(args, file)?
+    else {
+        return Ok(None);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    Ok(Some(FleetRun {
+        fleet,
+        skew_threshold,
+        runtime,
+    }))
+}
+
+/// The fleet the flags (or `--fleet` and the file) name; `None` when no
+/// node list is given.
+pub fn setup(args: &FleetArgs, file: &FileConfig) -> Result<Option<FleetSetup>, CliError> {
     let nodes = if !args.nodes.is_empty() {
         args.nodes
             .iter()
@@ -78,19 +107,41 @@ pub fn connect(args: &FleetArgs, file: &FileConfig) -> Result<Option<FleetRun>, 
         clock_samples: CLOCK_SAMPLES,
     };
     let fleet = Fleet::new(&nodes, &tls, options).map_err(|e| CliError::BadInput(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
-    Ok(Some(FleetRun {
+    Ok(Some(FleetSetup {
         fleet,
         skew_threshold: args
             .clock_skew_threshold
             .or(file.fleet.clock_skew_threshold)
             .map_or(DEFAULT_SKEW_THRESHOLD, |d| d.0),
-        runtime,
     }))
+}
+
+/// One line per node that did not answer and per clock off by more than
+/// `threshold`. `corrected`: whether the output's times are corrected by
+/// the offsets.
+pub fn warnings<T>(answers: &[NodeAnswer<T>], threshold: Duration, corrected: bool) -> Vec<String> {
+    let mut lines: Vec<String> = answers
+        .iter()
+        .filter_map(|a| Some(format!("{}: no answer: {}", a.label(), a.result.as_ref().err()?)))
+        .collect();
+    let threshold = i64::try_from(threshold.as_nanos()).unwrap_or(i64::MAX);
+    for a in answers.iter().filter(|a| a.result.is_ok()) {
+        if let Some(c) = a.clock.filter(|c| c.offset_ns.abs() > threshold) {
+            lines.push(format!(
+                "{}'s clock is {} {} ours (±{}); {}",
+                a.name(),
+                format_offset(c.offset_ns).trim_start_matches(['+', '-']),
+                if c.offset_ns > 0 { "ahead of" } else { "behind" },
+                format_offset(c.error_ns).trim_start_matches('+'),
+                if corrected {
+                    "its times are corrected by it"
+                } else {
+                    "its timestamps are on its own clock"
+                }
+            ));
+        }
+    }
+    lines
 }
 
 /// Fleet commands take `--since` only: the other window flags are
@@ -109,31 +160,10 @@ impl FleetRun {
         self.runtime.block_on(f)
     }
 
-    /// One stderr line per node that did not answer and per clock off by
-    /// more than the threshold. `corrected`: whether the output's times
-    /// are corrected by the offsets.
+    /// [`warnings`] on stderr.
     pub fn warn<T>(&self, answers: &[NodeAnswer<T>], corrected: bool) {
-        for a in answers {
-            if let Err(e) = &a.result {
-                eprintln!("ingero: warning: {}: no answer: {e}", a.label());
-            }
-        }
-        let threshold = i64::try_from(self.skew_threshold.as_nanos()).unwrap_or(i64::MAX);
-        for a in answers.iter().filter(|a| a.result.is_ok()) {
-            if let Some(c) = a.clock.filter(|c| c.offset_ns.abs() > threshold) {
-                eprintln!(
-                    "ingero: warning: {}'s clock is {} {} ours (±{}); {}",
-                    a.name(),
-                    format_offset(c.offset_ns).trim_start_matches(['+', '-']),
-                    if c.offset_ns > 0 { "ahead of" } else { "behind" },
-                    format_offset(c.error_ns).trim_start_matches('+'),
-                    if corrected {
-                        "its times below are corrected by it"
-                    } else {
-                        "its timestamps are on its own clock"
-                    }
-                );
-            }
+        for line in warnings(answers, self.skew_threshold, corrected) {
+            eprintln!("ingero: warning: {line}");
         }
     }
 }

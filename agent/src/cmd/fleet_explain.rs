@@ -8,10 +8,10 @@
 //! agent's estimated offset, so chains from different nodes line up.
 //! Chains are sorted by severity, the straggler's first within a severity.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use ingero_fleet::{
-    FleetError, NodeAnswer,
+    Fleet, FleetError, NodeAnswer,
     skew::format_offset,
     straggler::{self, NodeFigures, Stress, Verdict},
 };
@@ -30,9 +30,9 @@ use crate::{
 
 /// What one agent said.
 #[derive(Debug)]
-struct NodeView {
-    chains: Vec<Chain>,
-    figures: Vec<NodeFigures>,
+pub struct NodeView {
+    pub chains: Vec<Chain>,
+    pub figures: Vec<NodeFigures>,
 }
 
 fn parse(chains: &Value, ops: &Value, offset_ns: i64) -> Result<NodeView, FleetError> {
@@ -50,15 +50,30 @@ fn parse(chains: &Value, ops: &Value, offset_ns: i64) -> Result<NodeView, FleetE
     })
 }
 
-pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
-    let query = check_window(&args.window)?.map_or(String::new(), |s| format!("?since={s}"));
-    let raw = fleet.block_on(fleet.fleet.run(move |client| {
-        let query = query.clone();
-        async move {
-            let (chains, ops) = (format!("/api/v1/chains{query}"), format!("/api/v1/ops{query}"));
-            tokio::try_join!(client.get(&chains), client.get(&ops))
-        }
-    }));
+/// Everything the fleet said, put together.
+#[derive(Debug)]
+pub struct FleetExplain {
+    pub answers: Vec<NodeAnswer<NodeView>>,
+    /// Every chain, in [`crate::analysis::sort_chains`] order, with its
+    /// node's clock offset where it exceeds the threshold.
+    pub chains: Vec<(Chain, Option<i64>)>,
+    pub figures: Vec<NodeFigures>,
+    pub verdict: Option<Verdict>,
+}
+
+/// Asks every agent for its chains and figures (`since`: `5m`, `all`, or
+/// the agents' default) and compares the nodes.
+pub async fn collect(fleet: &Fleet, skew_threshold: Duration, since: Option<String>) -> FleetExplain {
+    let query = since.map_or(String::new(), |s| format!("?since={s}"));
+    let raw = fleet
+        .run(move |client| {
+            let query = query.clone();
+            async move {
+                let (chains, ops) = (format!("/api/v1/chains{query}"), format!("/api/v1/ops{query}"));
+                tokio::try_join!(client.get(&chains), client.get(&ops))
+            }
+        })
+        .await;
     let answers: Vec<NodeAnswer<NodeView>> = raw
         .into_iter()
         .map(|a| {
@@ -76,8 +91,6 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             }
         })
         .collect();
-    fleet.warn(&answers, true);
-    let code = finish(&answers)?;
     let figures: Vec<NodeFigures> = answers
         .iter()
         .filter_map(|a| a.result.as_ref().ok())
@@ -85,8 +98,8 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
         .collect();
     let verdict = straggler::find(&figures);
     // A clock note only where the offset matters.
-    let threshold = i64::try_from(fleet.skew_threshold.as_nanos()).unwrap_or(i64::MAX);
-    let chains: Vec<(Chain, Option<i64>)> = answers
+    let threshold = i64::try_from(skew_threshold.as_nanos()).unwrap_or(i64::MAX);
+    let mut chains: Vec<(Chain, Option<i64>)> = answers
         .iter()
         .filter_map(|a| {
             Some((
@@ -99,14 +112,33 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
     // The same order as a local explain: severity, then the straggler's.
     let mut ordered: Vec<Chain> = chains.iter().map(|(c, _)| c.clone()).collect();
     crate::analysis::sort_chains(&mut ordered, verdict.as_ref().map(|v| v.node.as_str()));
-    let offset_of = |c: &Chain| chains.iter().find(|(x, _)| x.id == c.id).and_then(|(_, o)| *o);
-    let chains: Vec<(Chain, Option<i64>)> = ordered
+    let offsets: std::collections::HashMap<String, Option<i64>> =
+        chains.drain(..).map(|(c, o)| (c.id, o)).collect();
+    let chains = ordered
         .into_iter()
         .map(|c| {
-            let offset = offset_of(&c);
+            let offset = offsets.get(&c.id).copied().flatten();
             (c, offset)
         })
         .collect();
+    FleetExplain {
+        answers,
+        chains,
+        figures,
+        verdict,
+    }
+}
+
+pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
+    let since = check_window(&args.window)?;
+    let FleetExplain {
+        answers,
+        chains,
+        figures,
+        verdict,
+    } = fleet.block_on(collect(&fleet.fleet, fleet.skew_threshold, since));
+    fleet.warn(&answers, true);
+    let code = finish(&answers)?;
     if args.json {
         let nodes: Vec<Value> = answers
             .iter()

@@ -10,7 +10,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use ingero_fleet::{QueryAnswer, QueryRequest};
+use ingero_fleet::{Fleet, NodeAnswer, QueryAnswer, QueryRequest};
 use serde_json::{Value, json};
 
 use crate::{
@@ -85,71 +85,22 @@ fn run_fleet(args: &QueryArgs, fleet: &super::fleet::FleetRun) -> Result<ExitCod
         timeout_ms: Some(u64::try_from(agent_deadline.as_millis()).unwrap_or(u64::MAX)),
         since: super::fleet::check_window(&args.window)?,
     };
-    let started = std::time::Instant::now();
-    let mut answers = fleet.block_on(fleet.fleet.run(move |client| {
-        let request = request.clone();
-        async move { client.query_with(&request).await }
-    }));
-    for a in &mut answers {
-        if let Ok(q) = &a.result
-            && a.node.is_none()
-            && !q.node.is_empty()
-        {
-            a.node = Some(q.node.clone());
-        }
-    }
-    // The first answer fixes the columns; a node whose columns differ
-    // (another schema version) is reported, not mixed in.
-    let columns: Option<Vec<String>> = answers
-        .iter()
-        .find_map(|a| a.result.as_ref().ok().map(|q| q.columns.clone()));
-    for a in &mut answers {
-        if let Ok(q) = &a.result
-            && Some(&q.columns) != columns.as_ref()
-        {
-            a.result = Err(ingero_fleet::FleetError::Decode(format!(
-                "its columns {:?} differ from the other nodes' {:?}",
-                q.columns,
-                columns.clone().unwrap_or_default()
-            )));
-        }
-    }
-    fleet.warn(&answers, false);
-    let code = super::fleet::finish(&answers)?;
-    let mut combined = QueryResult {
-        columns: std::iter::once("node".to_owned())
-            .chain(columns.unwrap_or_default())
-            .collect(),
-        rows: Vec::new(),
-        truncated: false,
-        elapsed_ms: 0.0,
-    };
-    let mut cut = Vec::new();
-    for a in &answers {
-        if let Ok(QueryAnswer { rows, truncated, .. }) = &a.result {
-            let truncated = *truncated;
-            let node = Value::String(a.name().to_owned());
-            combined.rows.extend(
-                rows.iter()
-                    .map(|r| std::iter::once(node.clone()).chain(r.iter().cloned()).collect()),
-            );
-            if truncated {
-                combined.truncated = true;
-                cut.push(a.name().to_owned());
-                eprintln!(
-                    "ingero: warning: {}: only the first {} rows (raise --limit){}",
-                    a.name(),
-                    rows.len(),
-                    if args.merge.is_some() {
-                        "; --merge sees only those"
-                    } else {
-                        ""
-                    }
-                );
+    let rows = fleet.block_on(gather(&fleet.fleet, request));
+    fleet.warn(&rows.answers, false);
+    for (node, n) in &rows.cut {
+        eprintln!(
+            "ingero: warning: {node}: only the first {n} rows (raise --limit){}",
+            if args.merge.is_some() {
+                "; --merge sees only those"
+            } else {
+                ""
             }
-        }
+        );
     }
-    combined.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let code = super::fleet::finish(&rows.answers)?;
+    let FleetRows {
+        answers, combined, ..
+    } = rows;
     let answered = answers.iter().filter(|a| a.result.is_ok()).count();
     let nodes_json: Vec<Value> = answers
         .iter()
@@ -207,4 +158,76 @@ fn run_fleet(args: &QueryArgs, fleet: &super::fleet::FleetRun) -> Result<ExitCod
         }
     }
     Ok(code)
+}
+
+/// A fan-out query's answers and their rows, with a `node` column first.
+#[derive(Debug)]
+pub struct FleetRows {
+    pub answers: Vec<NodeAnswer<QueryAnswer>>,
+    pub combined: QueryResult,
+    /// Nodes whose answer was cut at the row limit, and how many rows came.
+    pub cut: Vec<(String, usize)>,
+}
+
+/// Sends `request` to every agent and puts the rows together. The first
+/// answer fixes the columns; a node whose columns differ (another schema
+/// version) becomes a failed node, not mixed in.
+pub async fn gather(fleet: &Fleet, request: QueryRequest) -> FleetRows {
+    let started = std::time::Instant::now();
+    let mut answers = fleet
+        .run(move |client| {
+            let request = request.clone();
+            async move { client.query_with(&request).await }
+        })
+        .await;
+    for a in &mut answers {
+        if let Ok(q) = &a.result
+            && a.node.is_none()
+            && !q.node.is_empty()
+        {
+            a.node = Some(q.node.clone());
+        }
+    }
+    let columns: Option<Vec<String>> = answers
+        .iter()
+        .find_map(|a| a.result.as_ref().ok().map(|q| q.columns.clone()));
+    for a in &mut answers {
+        if let Ok(q) = &a.result
+            && Some(&q.columns) != columns.as_ref()
+        {
+            a.result = Err(ingero_fleet::FleetError::Decode(format!(
+                "its columns {:?} differ from the other nodes' {:?}",
+                q.columns,
+                columns.clone().unwrap_or_default()
+            )));
+        }
+    }
+    let mut combined = QueryResult {
+        columns: std::iter::once("node".to_owned())
+            .chain(columns.unwrap_or_default())
+            .collect(),
+        rows: Vec::new(),
+        truncated: false,
+        elapsed_ms: 0.0,
+    };
+    let mut cut = Vec::new();
+    for a in &answers {
+        if let Ok(QueryAnswer { rows, truncated, .. }) = &a.result {
+            let node = Value::String(a.name().to_owned());
+            combined.rows.extend(
+                rows.iter()
+                    .map(|r| std::iter::once(node.clone()).chain(r.iter().cloned()).collect()),
+            );
+            if *truncated {
+                combined.truncated = true;
+                cut.push((a.name().to_owned(), rows.len()));
+            }
+        }
+    }
+    combined.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    FleetRows {
+        answers,
+        combined,
+        cut,
+    }
 }
