@@ -12,49 +12,8 @@ use std::{
 };
 
 use anyhow::Context;
-use common::{Daemon, Pki, Workload, ingero, root_or_skip, sample, serial};
+use common::{Daemon, Pki, SampleFleet, Workload, ingero, root_or_skip, sample, serial};
 use serde_json::Value;
-
-/// Three agents serving the three sample nodes (`gpu-node-01..03`).
-struct SampleFleet {
-    _dir: tempfile::TempDir,
-    pki: Pki,
-    agents: Vec<Daemon>,
-    addrs: Vec<String>,
-}
-
-impl SampleFleet {
-    /// `wrappers[i]` runs agent i (e.g. under faketime).
-    fn start(wrappers: &[&[&str]]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let pki = Pki::new(dir.path().join("pki"))?;
-        let mut agents = Vec::new();
-        let mut addrs = Vec::new();
-        for n in 1..=3 {
-            let db = sample(dir.path(), n)?;
-            let wrapper = wrappers.get(n as usize - 1).copied().unwrap_or(&[]);
-            let mut agent = pki.serve_as(&format!("gpu-node-{n:02}"), &db, &[], wrapper)?;
-            addrs.push(agent.api_addr()?);
-            agents.push(agent);
-        }
-        Ok(Self {
-            _dir: dir,
-            pki,
-            agents,
-            addrs,
-        })
-    }
-
-    /// `ingero ARGS --nodes ADDRS <client TLS flags>`.
-    fn ingero(&self, args: &[&str], addrs: &[String]) -> anyhow::Result<(i32, String, String)> {
-        let nodes = addrs.join(",");
-        let mut full: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        full.extend(["--nodes".to_owned(), nodes]);
-        full.extend(self.pki.client_flags());
-        let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        ingero(&full)
-    }
-}
 
 /// The same SQL on the merged sample database, locally.
 fn local(sql: &str) -> anyhow::Result<Vec<Vec<Value>>> {
@@ -160,8 +119,8 @@ fn merge_answers_over_all_rows_not_per_node_answers_glued_together() -> anyhow::
 fn failed_nodes_are_named_with_the_reason_and_the_exit_code_says_partial() -> anyhow::Result<()> {
     let mut f = SampleFleet::start(&[])?;
     // An agent whose certificate comes from another CA.
-    let other = Pki::new(f._dir.path().join("other-pki"))?;
-    let db = sample(&f._dir.path().join("pki"), 1)?;
+    let other = Pki::new(f.dir.path().join("other-pki"))?;
+    let db = sample(&f.dir.path().join("pki"), 1)?;
     let mut foreign = other.serve_as("gpu-node-01", &db, &[], &[])?;
     // A port that accepts connections and never answers.
     let silent = TcpListener::bind("127.0.0.1:0")?;

@@ -8,7 +8,7 @@ mod common;
 use std::{path::Path, process::Command};
 
 use anyhow::{Context, bail};
-use common::{Pki, sample};
+use common::SampleFleet;
 use serde_json::{Value, json};
 
 /// Runs the Python client with `args` for `ingero mcp` and `calls`.
@@ -38,27 +38,16 @@ fn call(v: &Value, i: usize) -> (&str, bool) {
     )
 }
 
-/// Three sample agents and the `ingero mcp` flags that reach them.
-struct Setup {
-    dir: tempfile::TempDir,
-    agents: Vec<common::Daemon>,
-    args: Vec<String>,
-}
-
-fn setup() -> anyhow::Result<Setup> {
-    let dir = tempfile::tempdir()?;
-    let pki = Pki::new(dir.path().join("pki"))?;
-    let mut agents = Vec::new();
-    let mut addrs = Vec::new();
-    for n in 1..=3 {
-        let db = sample(dir.path(), n)?;
-        let mut agent = pki.serve_as(&format!("gpu-node-{n:02}"), &db, &[], &[])?;
-        addrs.push(agent.api_addr()?);
-        agents.push(agent);
+/// Three sample agents, and the `ingero mcp` arguments that reach them
+/// (with the merged sample database for the local tools if `local`).
+fn setup(local: bool) -> anyhow::Result<(SampleFleet, Vec<String>)> {
+    let f = SampleFleet::start(&[])?;
+    let mut args = vec!["mcp".to_owned()];
+    args.extend(f.nodes_flags());
+    if local {
+        args.extend(["--db".to_owned(), cluster_db().display().to_string()]);
     }
-    let mut args = vec!["mcp".to_owned(), "--nodes".into(), addrs.join(",")];
-    args.extend(pki.client_flags());
-    Ok(Setup { dir, agents, args })
+    Ok((f, args))
 }
 
 fn cluster_db() -> std::path::PathBuf {
@@ -67,9 +56,7 @@ fn cluster_db() -> std::path::PathBuf {
 
 #[test]
 fn an_assistant_finds_the_straggler_and_drills_down_across_the_fleet() -> anyhow::Result<()> {
-    let s = setup()?;
-    let mut args = s.args.clone();
-    args.extend(["--db".to_owned(), cluster_db().display().to_string()]);
+    let (fleet, args) = setup(true)?;
     let v = session(
         &args,
         &json!([
@@ -165,15 +152,13 @@ fn an_assistant_finds_the_straggler_and_drills_down_across_the_fleet() -> anyhow
         !err && stacks.contains("1. cuLaunchKernel calls=") && stacks.contains("«main+0x"),
         "{stacks}"
     );
-    drop(s.agents);
+    drop(fleet);
     Ok(())
 }
 
 #[test]
 fn bad_arguments_and_refused_statements_are_tool_errors_not_crashes() -> anyhow::Result<()> {
-    let s = setup()?;
-    let mut args = s.args.clone();
-    args.extend(["--db".to_owned(), cluster_db().display().to_string()]);
+    let (fleet, args) = setup(true)?;
     let v = session(
         &args,
         &json!([
@@ -213,15 +198,15 @@ fn bad_arguments_and_refused_statements_are_tool_errors_not_crashes() -> anyhow:
         rusqlite::Connection::open(cluster_db())?
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
     assert!(!err && text.contains(&format!("\n{total}\n")), "{text}");
-    drop(s.agents);
+    drop(fleet);
     Ok(())
 }
 
 #[test]
 fn failed_nodes_are_listed_first_and_the_rest_still_answer() -> anyhow::Result<()> {
-    let mut s = setup()?;
-    drop(s.agents.remove(1));
-    let v = session(&s.args, &json!([["query_fleet", { "action": "chains" }]]))?;
+    let (mut fleet, args) = setup(false)?;
+    drop(fleet.agents.remove(1));
+    let v = session(&args, &json!([["query_fleet", { "action": "chains" }]]))?;
     let tools: Vec<&str> = v["tools"]
         .as_array()
         .context("tools")?
@@ -242,7 +227,6 @@ fn failed_nodes_are_listed_first_and_the_rest_still_answer() -> anyhow::Result<(
         "warnings come first:\n{text}"
     );
     assert!(text.contains("STRAGGLER gpu-node-03"), "{text}");
-    let _ = &s.dir;
     Ok(())
 }
 

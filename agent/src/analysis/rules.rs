@@ -1286,12 +1286,10 @@ mod tests {
         assert!(c[0].recommendations[0].contains("/dev/shm"));
     }
 
-    #[test]
-    fn a_preempting_thread_that_writes_makes_block_io_the_root_cause() {
-        let mut d = node(&slow_set(), 2 * MS);
-        preempt_slow_calls(&mut d, true, 8);
-        for i in 0..40 {
-            let start = i as i64 * 25 * MS;
+    /// `n` 1 MiB writes of 100 us by thread 8, one every `every` ns.
+    fn checkpoint_writes(d: &mut NodeData, n: i64, every: i64) {
+        for i in 0..n {
+            let start = i * every;
             d.io.push(Io {
                 pid: 1,
                 tid: 8,
@@ -1301,6 +1299,13 @@ mod tests {
                 write: true,
             });
         }
+    }
+
+    #[test]
+    fn a_preempting_thread_that_writes_makes_block_io_the_root_cause() {
+        let mut d = node(&slow_set(), 2 * MS);
+        preempt_slow_calls(&mut d, true, 8);
+        checkpoint_writes(&mut d, 40, 25 * MS);
         let c = run(&d);
         assert!(c[0].root_cause.starts_with("Block I/O"), "{}", c[0].root_cause);
         assert!(
@@ -1322,17 +1327,7 @@ mod tests {
             "no I/O on the node: {}",
             c[0].root_cause
         );
-        for i in 0..10 {
-            let start = i as i64 * 100 * MS;
-            d.io.push(Io {
-                pid: 1,
-                tid: 8,
-                start,
-                end: start + 100_000,
-                bytes: 1 << 20,
-                write: true,
-            });
-        }
+        checkpoint_writes(&mut d, 10, 100 * MS);
         let c = run(&d);
         assert!(
             c[0].root_cause.starts_with("Block I/O"),

@@ -48,11 +48,7 @@ pub fn connect(args: &FleetArgs, file: &FileConfig) -> Result<Option<FleetRun>, 
     else {
         return Ok(None);
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = crate::cmd::runtime()?;
     Ok(Some(FleetRun {
         fleet,
         skew_threshold,

@@ -25,6 +25,16 @@ use crate::{
     timewin::{self, Window},
 };
 
+/// The async runtime of a command: two workers (the agent is a guest on a
+/// training node; it must not take every core).
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+}
+
 /// The database a command reads: the flag, else the configured default.
 pub fn database(flag: Option<&Path>, file: &FileConfig) -> Result<PathBuf, CliError> {
     Ok(config::resolve_db(flag, file)?)

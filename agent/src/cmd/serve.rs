@@ -39,11 +39,7 @@ pub fn run(args: &ServeArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let (listen, settings) = super::api_options(&args.api, file, &node, &db, None)?.ok_or_else(|| {
         CliError::BadInput("ingero serve needs --listen ADDR (or agent.listen in ingero.yaml)".into())
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = crate::cmd::runtime()?;
     runtime.block_on(async {
         let state = ApiState::new(settings, None);
         let running = listen::start(&listen, state).await?;

@@ -59,11 +59,7 @@ fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, Cl
 
 pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let opts = trace_options(args, file)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = crate::cmd::runtime()?;
     let outcome = runtime.block_on(trace::run(opts))?;
     eprintln!(
         "ingero: {}: {} events stored in {} (node {}, session {}) over {:.1}s, {} dropped",

@@ -449,11 +449,7 @@ pub fn run(args: &McpArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
             "ingero mcp needs something to read: --db PATH (a database) and/or --nodes host:port,... (agents)".into(),
         ));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = crate::cmd::runtime()?;
     runtime.block_on(async {
         let server = IngeroMcp { fleet, db };
         let service = server

@@ -114,6 +114,15 @@ fn schema(v: serde_json::Value) -> Arc<JsonObject> {
     }
 }
 
+/// The schema of a tool whose only argument is `since`.
+fn since_only() -> Arc<JsonObject> {
+    schema(json!({
+        "type": "object",
+        "properties": { "since": { "type": "string", "description": SINCE } },
+        "additionalProperties": false
+    }))
+}
+
 const SINCE: &str = "Only the last DURATION of the recording, counted back from its newest event (e.g. 30s, 5m, 2h), or 'all'.";
 
 fn read_only(mut tool: Tool, open_world: bool) -> Tool {
@@ -166,11 +175,7 @@ pub fn available(fleet: bool, local: bool) -> Vec<Tool> {
                 "Causal chains of the local ingero database: slow CUDA operations (p99 far above p50) with the host cause \
                  (CPU preemption, block I/O, memory pressure) and fixes, most severe first; with several nodes (a merged \
                  database), also the straggler.",
-                schema(json!({
-                    "type": "object",
-                    "properties": { "since": { "type": "string", "description": SINCE } },
-                    "additionalProperties": false
-                })),
+                since_only(),
             ),
             false,
         ));
@@ -195,11 +200,7 @@ pub fn available(fleet: bool, local: bool) -> Vec<Tool> {
                 GET_OPS,
                 "Per-node latency of every CUDA runtime and driver operation in the local database (count, p50, p95, p99, \
                  max, total time), slowest total first.",
-                schema(json!({
-                    "type": "object",
-                    "properties": { "since": { "type": "string", "description": SINCE } },
-                    "additionalProperties": false
-                })),
+                since_only(),
             ),
             false,
         ));

@@ -386,3 +386,51 @@ impl Pki {
         Daemon::spawn_wrapped(wrapper, "serve", db, &args, "Ctrl-C to stop")
     }
 }
+
+/// Three agents serving the three sample nodes (`gpu-node-01..03`).
+pub struct SampleFleet {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub agents: Vec<Daemon>,
+    pub addrs: Vec<String>,
+}
+
+impl SampleFleet {
+    /// `wrappers[i]` runs agent i (e.g. under faketime).
+    pub fn start(wrappers: &[&[&str]]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let pki = Pki::new(dir.path().join("pki"))?;
+        let mut agents = Vec::new();
+        let mut addrs = Vec::new();
+        for n in 1..=3 {
+            let db = sample(dir.path(), n)?;
+            let wrapper = wrappers.get(n as usize - 1).copied().unwrap_or(&[]);
+            let mut agent = pki.serve_as(&format!("gpu-node-{n:02}"), &db, &[], wrapper)?;
+            addrs.push(agent.api_addr()?);
+            agents.push(agent);
+        }
+        Ok(Self {
+            dir,
+            pki,
+            agents,
+            addrs,
+        })
+    }
+
+    /// `--nodes ADDRS` and the client TLS flags, for all the agents.
+    pub fn nodes_flags(&self) -> Vec<String> {
+        let mut flags = vec!["--nodes".to_owned(), self.addrs.join(",")];
+        flags.extend(self.pki.client_flags());
+        flags
+    }
+
+    /// `ingero ARGS --nodes ADDRS <client TLS flags>`.
+    pub fn ingero(&self, args: &[&str], addrs: &[String]) -> anyhow::Result<(i32, String, String)> {
+        let nodes = addrs.join(",");
+        let mut full: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        full.extend(["--nodes".to_owned(), nodes]);
+        full.extend(self.pki.client_flags());
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        ingero(&full)
+    }
+}
