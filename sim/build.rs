@@ -62,6 +62,7 @@ fn main() {
         ],
     );
     println!("cargo:rerun-if-changed=native/common.h");
+    println!("cargo:rerun-if-changed=native/cuda_driver.h");
     compile(
         &out,
         "ingero-sim-workload",

@@ -37,25 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef int CUresult;
-typedef unsigned long long CUdeviceptr;
-typedef struct CUctx_st *CUcontext;
-typedef struct CUmod_st *CUmodule;
-typedef struct CUfunc_st *CUfunction;
-typedef struct CUstream_st *CUstream;
-
-extern CUresult cuInit(unsigned int flags);
-extern CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned int flags, int device);
-extern CUresult cuCtxSetCurrent(CUcontext ctx);
-extern CUresult cuModuleLoadData(CUmodule *module, const void *image);
-extern CUresult cuModuleGetFunction(CUfunction *fn, CUmodule module, const char *name);
-extern CUresult cuStreamCreate(CUstream *stream, unsigned int flags);
-extern CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
-                               unsigned int bx, unsigned int by, unsigned int bz,
-                               unsigned int shared, CUstream stream, void **params, void **extra);
-extern CUresult cuStreamSynchronize(CUstream stream);
-extern CUresult cuCtxSynchronize(void);
-extern CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytes);
+#include "cuda_driver.h"
 
 struct options {
     const char *mode;

@@ -1238,17 +1238,13 @@ mod tests {
     #[test]
     fn block_io_during_the_slow_calls_is_the_cause_and_writes_get_checkpoint_fixes() {
         let mut d = node(&slow_set(), 2 * MS);
-        for i in slow_set() {
-            let start = i as i64 * 5 * MS;
-            d.io.push(Io {
-                pid: 1,
-                tid: 8,
-                start,
-                end: start + 3 * MS,
-                bytes: 8 << 20,
-                write: true,
-            });
-        }
+        block_io(
+            &mut d,
+            slow_set().into_iter().map(|i| i as i64 * 5 * MS),
+            3 * MS,
+            8 << 20,
+            true,
+        );
         d.names.insert(8, "ckpt-writer".into());
         let c = run(&d);
         assert_eq!(c.len(), 1, "{c:#?}");
@@ -1266,17 +1262,13 @@ mod tests {
     #[test]
     fn reads_get_data_loading_fixes() {
         let mut d = node(&slow_set(), 2 * MS);
-        for i in slow_set() {
-            let start = i as i64 * 5 * MS;
-            d.io.push(Io {
-                pid: 1,
-                tid: 8,
-                start,
-                end: start + 3 * MS,
-                bytes: 8 << 20,
-                write: false,
-            });
-        }
+        block_io(
+            &mut d,
+            slow_set().into_iter().map(|i| i as i64 * 5 * MS),
+            3 * MS,
+            8 << 20,
+            false,
+        );
         let c = run(&d);
         assert!(
             c[0].root_cause.contains("read requests (data loading)"),
@@ -1286,19 +1278,23 @@ mod tests {
         assert!(c[0].recommendations[0].contains("/dev/shm"));
     }
 
-    /// `n` 1 MiB writes of 100 us by thread 8, one every `every` ns.
-    fn checkpoint_writes(d: &mut NodeData, n: i64, every: i64) {
-        for i in 0..n {
-            let start = i * every;
+    /// Block requests by thread 8, one starting at each of `starts`.
+    fn block_io(d: &mut NodeData, starts: impl IntoIterator<Item = i64>, len: i64, bytes: u64, write: bool) {
+        for start in starts {
             d.io.push(Io {
                 pid: 1,
                 tid: 8,
                 start,
-                end: start + 100_000,
-                bytes: 1 << 20,
-                write: true,
+                end: start + len,
+                bytes,
+                write,
             });
         }
+    }
+
+    /// `n` 1 MiB writes of 100 us by thread 8, one every `every` ns.
+    fn checkpoint_writes(d: &mut NodeData, n: i64, every: i64) {
+        block_io(d, (0..n).map(|i| i * every), 100_000, 1 << 20, true);
     }
 
     #[test]
