@@ -34,7 +34,9 @@ struct Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: signalling our own child's process group: faketime runs
+        // the agent as its child, and both must go.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -57,6 +59,7 @@ fn spawn(pki: &Path, db: &Path, name: &str, faketime: Option<&str>) -> anyhow::R
         None => Command::new(INGERO),
     };
     let p = |f: &str| pki.join(f);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .arg("serve")
         .arg("--db")

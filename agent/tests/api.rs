@@ -665,10 +665,11 @@ fn the_agent_keeps_serving_while_tracing_under_load() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("live.db");
     let pki = Pki::new(dir.path().join("pki"))?;
-    let calls = 400_000;
+    // 50k calls/s: a busy training process (the tracer alone sustains 600k/s).
+    let calls = 200_000;
     let mut w = Workload::start(
         &ingero_sim::dir().join("ingero-sim-workload"),
-        &["rate", "--calls", &calls.to_string(), "--per-sec", "100000"],
+        &["rate", "--calls", &calls.to_string(), "--per-sec", "50000"],
         &[],
     )?;
     let pid = w.pid.to_string();
@@ -735,6 +736,7 @@ fn the_agent_keeps_serving_while_tracing_under_load() -> anyhow::Result<()> {
         [sync],
         |r| r.get(0),
     )?;
+    eprintln!("while serving {answers} requests: {stored} of {calls} calls stored, {dropped} dropped");
     assert_eq!(
         stored + dropped,
         calls,

@@ -150,6 +150,9 @@ impl Daemon {
             }
             None => Command::new(INGERO),
         };
+        // Its own process group, so a wrapper's child (faketime runs the
+        // agent as its child) is stopped together with it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd
             .arg(command)
             .arg("--db")
@@ -218,8 +221,8 @@ impl Daemon {
 
     /// Stops with SIGINT, as Ctrl-C would; returns everything it printed.
     pub fn stop(mut self) -> anyhow::Result<String> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGINT) };
         let status = self.child.wait()?;
         self.log.extend(self.stderr.try_iter());
         let log = self.log.join("\n");
@@ -232,7 +235,8 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: signalling our own child's process group (wrapper included).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
