@@ -118,31 +118,21 @@ fn cpu_contention_on_one_node_makes_it_the_straggler() -> anyhow::Result<()> {
         );
     }
     // Time spent preempted while runnable, by the traced threads.
-    let preempted = |c: &rusqlite::Connection| {
-        scalar(
-            c,
-            &format!(
-                "SELECT ifnull(sum(duration), 0) FROM events WHERE source = 3 AND op = {} AND arg0 = 1",
-                host_op::SCHED_SWITCH
-            ),
-        )
-    };
-    let (p_healthy, p_faulty) = (preempted(&healthy)?, preempted(&faulty)?);
+    let preempted = format!(
+        "SELECT ifnull(sum(duration), 0) FROM events WHERE source = 3 AND op = {} AND arg0 = 1",
+        host_op::SCHED_SWITCH
+    );
+    let (p_healthy, p_faulty) = (scalar(&healthy, &preempted)?, scalar(&faulty, &preempted)?);
     assert!(
         p_faulty > 5 * p_healthy.max(1_000_000),
         "preempted: faulty {p_faulty} ns vs healthy {p_healthy} ns"
     );
     // The healthy peer waits for the straggler in the all-reduce.
-    let sync = |c: &rusqlite::Connection| {
-        scalar(
-            c,
-            &format!(
-                "SELECT sum(duration) FROM events WHERE source = 4 AND op = {}",
-                driver_op::STREAM_SYNCHRONIZE
-            ),
-        )
-    };
-    let (s_healthy, s_faulty) = (sync(&healthy)?, sync(&faulty)?);
+    let sync = format!(
+        "SELECT sum(duration) FROM events WHERE source = 4 AND op = {}",
+        driver_op::STREAM_SYNCHRONIZE
+    );
+    let (s_healthy, s_faulty) = (scalar(&healthy, &sync)?, scalar(&faulty, &sync)?);
     assert!(
         s_healthy * 10 > s_faulty * 12,
         "stream synchronize: healthy {s_healthy} ns vs straggler {s_faulty} ns"

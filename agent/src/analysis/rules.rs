@@ -52,7 +52,7 @@ use agent_common::catalog::source;
 
 use super::{
     chain::{Chain, Severity, TimelineEntry},
-    dataset::{Call, NodeData},
+    dataset::{Call, NodeData, OffCpu},
 };
 use crate::units::format_ns;
 
@@ -217,18 +217,31 @@ impl Coverage {
     }
 }
 
-/// Share of the slow calls' time during which threads of the calling
-/// process were preempted by a task `by` accepts.
-fn process_preempted_share(d: &NodeData, slow: &[Call], by: &dyn Fn(u32) -> bool) -> f64 {
-    let mut by_pid: HashMap<u32, Vec<(i64, i64)>> = HashMap::new();
+/// Off-CPU spans where the task was preempted by a task `by` accepts,
+/// grouped by `key` (the process or the thread).
+fn preempted_spans(
+    d: &NodeData,
+    by: &dyn Fn(u32) -> bool,
+    key: fn(&OffCpu) -> u32,
+) -> HashMap<u32, Vec<(i64, i64)>> {
+    let mut spans: HashMap<u32, Vec<(i64, i64)>> = HashMap::new();
     for o in d
         .off_cpu
         .iter()
         .filter(|o| o.preempted != Some(false) && by(o.preemptor))
     {
-        by_pid.entry(o.pid).or_default().push((o.start, o.end));
+        spans.entry(key(o)).or_default().push((o.start, o.end));
     }
-    let cover: HashMap<u32, Coverage> = by_pid.into_iter().map(|(p, v)| (p, Coverage::new(v))).collect();
+    spans
+}
+
+/// Share of the slow calls' time during which threads of the calling
+/// process were preempted by a task `by` accepts.
+fn process_preempted_share(d: &NodeData, slow: &[Call], by: &dyn Fn(u32) -> bool) -> f64 {
+    let cover: HashMap<u32, Coverage> = preempted_spans(d, by, |o| o.pid)
+        .into_iter()
+        .map(|(p, v)| (p, Coverage::new(v)))
+        .collect();
     let total: i64 = slow.iter().map(Call::duration).sum();
     let covered: i64 = slow
         .iter()
@@ -277,15 +290,7 @@ fn slow_call_preemptors(d: &NodeData, slow: &[Call]) -> Vec<(u32, usize)> {
 /// Share of `slow` calls during which their own thread was preempted by
 /// a task `by` accepts.
 fn cpu_hit_share(d: &NodeData, slow: &[Call], by: &dyn Fn(u32) -> bool) -> f64 {
-    let mut by_thread: HashMap<u32, Vec<(i64, i64)>> = HashMap::new();
-    for o in d
-        .off_cpu
-        .iter()
-        .filter(|o| o.preempted != Some(false) && by(o.preemptor))
-    {
-        by_thread.entry(o.tid).or_default().push((o.start, o.end));
-    }
-    let index: HashMap<u32, SpanIndex> = by_thread
+    let index: HashMap<u32, SpanIndex> = preempted_spans(d, by, |o| o.tid)
         .into_iter()
         .map(|(t, v)| (t, SpanIndex::new(v)))
         .collect();
