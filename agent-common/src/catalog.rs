@@ -423,6 +423,33 @@ pub fn arg0_is_bytes(src: u8, op: u8) -> bool {
     }
 }
 
+/// What a CUDA operation does, as far as comparing nodes is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// Waits for the GPU (stream, device, context or event synchronize):
+    /// where a rank blocks while its peers catch up.
+    Synchronize,
+    /// Launches a kernel.
+    Launch,
+    /// Anything else (copies, allocations, host events, I/O).
+    Other,
+}
+
+/// The [`OpKind`] of `(source, op)`.
+#[must_use]
+pub fn op_kind(src: u8, op: u8) -> OpKind {
+    match (src, op) {
+        (
+            source::CUDA,
+            cuda_op::STREAM_SYNCHRONIZE | cuda_op::DEVICE_SYNCHRONIZE | cuda_op::EVENT_SYNCHRONIZE,
+        )
+        | (source::DRIVER, driver_op::CTX_SYNCHRONIZE | driver_op::STREAM_SYNCHRONIZE) => OpKind::Synchronize,
+        (source::CUDA, cuda_op::LAUNCH_KERNEL)
+        | (source::DRIVER, driver_op::LAUNCH_KERNEL | driver_op::LAUNCH_KERNEL_EX) => OpKind::Launch,
+        _ => OpKind::Other,
+    }
+}
+
 /// The catalogue entry of `(source, op)`.
 #[must_use]
 pub fn op_info(source: u8, op: u8) -> Option<&'static OpInfo> {
@@ -432,6 +459,20 @@ pub fn op_info(source: u8, op: u8) -> Option<&'static OpInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn op_kinds_agree_with_op_names() {
+        for o in OPS {
+            let expected = if o.name.contains("Synchronize") {
+                OpKind::Synchronize
+            } else if o.name.contains("LaunchKernel") {
+                OpKind::Launch
+            } else {
+                OpKind::Other
+            };
+            assert_eq!(op_kind(o.source, o.op), expected, "{}", o.name);
+        }
+    }
 
     #[test]
     fn cookies_round_trip_for_every_probe() {

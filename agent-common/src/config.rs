@@ -37,6 +37,10 @@ pub struct BlockCompleteFields {
     pub dev: u32,
     pub sector: u32,
     pub error: u32,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit repr(C) padding, shared with the eBPF programs"
+    )]
     pub _pad: u32,
 }
 
@@ -69,6 +73,10 @@ pub struct OomFields {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageAllocFields {
     pub order: u32,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit repr(C) padding, shared with the eBPF programs"
+    )]
     pub _pad: u32,
 }
 
@@ -82,6 +90,10 @@ pub struct Config {
     pub auto_enrol: u8,
     /// 1: capture the user stack of each CUDA call (`--stack`).
     pub capture_stack: u8,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit repr(C) padding, shared with the eBPF programs"
+    )]
     pub _pad: [u8; 6],
     /// Wake the reader once this many bytes wait in the ring buffer; below
     /// it, records are submitted without a wake-up and the reader drains on

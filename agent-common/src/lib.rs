@@ -9,6 +9,7 @@
 //!
 //! With the `user` feature the types implement `aya::Pod`.
 
+#![warn(missing_docs)]
 #![no_std]
 
 pub mod catalog;

@@ -160,15 +160,15 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let reports = analysis::explain(&conn, None, 0)?;
     let explain_rate = rate(total, start);
-    let chains = analysis::all_chains(&reports);
+    let chains = analysis::compare_reports(&reports).chains;
     let start = Instant::now();
     let out = std::fs::File::create(dir.path().join("trace.json"))?;
-    let exported = ingero::export::export(&conn, out, None, &Default::default())?;
+    let exported = ingero::export::export(&conn, out, None, &std::collections::HashMap::default())?;
     let export_rate = rate(total, start);
-    let trace_mib = std::fs::metadata(dir.path().join("trace.json")).map(|m| m.len() as f64 / 1048576.0)?;
+    let trace_mib = std::fs::metadata(dir.path().join("trace.json")).map(|m| m.len() as f64 / 1_048_576.0)?;
 
     println!("analysis benchmark: {NODES} nodes x {EVENTS_PER_NODE} events = {total} events");
-    println!("  raw scan (baseline)   {:>10.0} events/s", scan_rate);
+    println!("  raw scan (baseline)   {scan_rate:>10.0} events/s");
     println!(
         "  explain               {:>10.0} events/s   {:.2}x the raw scan   ({} chains, top: {})",
         explain_rate,
@@ -186,7 +186,7 @@ fn main() -> anyhow::Result<()> {
         export_rate / scan_rate,
         exported.slices
     );
-    println!("  VACUUM INTO (baseline){:>10.0} events/s", copy_rate);
+    println!("  VACUUM INTO (baseline){copy_rate:>10.0} events/s");
     println!(
         "  merge                 {:>10.0} events/s   {:.2}x VACUUM INTO",
         merge_rate,

@@ -10,7 +10,6 @@
 //! injected offset, next to the error bound it claimed.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -59,6 +58,8 @@ fn spawn(pki: &Path, db: &Path, name: &str, faketime: Option<&str>) -> anyhow::R
         None => Command::new(INGERO),
     };
     let p = |f: &str| pki.join(f);
+    let ready = pki.join(format!("{name}.ready.json"));
+    let _ = std::fs::remove_file(&ready);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .arg("serve")
@@ -70,20 +71,24 @@ fn spawn(pki: &Path, db: &Path, name: &str, faketime: Option<&str>) -> anyhow::R
         .arg(p("bench-node-key.pem"))
         .arg("--ca-cert")
         .arg(p("ca.pem"))
-        .stderr(Stdio::piped())
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .context("starting ingero serve (faketime comes from `cargo xtask setup`)")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
+    // Ready when it has written its ready file (with the port it got).
+    let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
-        let line = lines.next().context("agent exited before listening")??;
-        if let Some(rest) = line.split("https://").nth(1) {
-            break rest.split_whitespace().next().unwrap_or_default().to_owned();
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            break v["listen"].as_str().context("no listen address")?.to_owned();
         }
+        if child.try_wait()?.is_some() || Instant::now() > deadline {
+            anyhow::bail!("agent {name} exited or was not ready within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     };
-    // Keep draining stderr so the agent never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
     Ok(Agent { child, addr })
 }
 
@@ -138,11 +143,11 @@ fn main() -> anyhow::Result<()> {
 
     // Baseline: one query to one agent, connection reused as in a fan-out.
     let one = AgentClient::new(&addrs[0], &tls, Duration::from_secs(10))?;
-    rt.block_on(one.query(SQL, None))?;
+    rt.block_on(one.sql(SQL))?;
     let mut base = Vec::with_capacity(BASELINE_RUNS);
     for _ in 0..BASELINE_RUNS {
         let t = Instant::now();
-        rt.block_on(one.query(SQL, None))?;
+        rt.block_on(one.sql(SQL))?;
         base.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let (b50, b99) = latencies(base);
@@ -156,13 +161,13 @@ fn main() -> anyhow::Result<()> {
                 &tls,
                 FleetOptions {
                     clock_samples: samples,
-                    ..FleetOptions::default()
+                    ..ingero::config::fleet::default_options()
                 },
             )?;
             let mut times = Vec::with_capacity(FAN_OUT_RUNS);
             for i in 0..=FAN_OUT_RUNS {
                 let t = Instant::now();
-                let answers = rt.block_on(fleet.run(|c| async move { c.query(SQL, None).await }));
+                let answers = rt.block_on(fleet.run(|c| async move { c.sql(SQL).await }));
                 let failed = answers.iter().filter(|a| a.result.is_err()).count();
                 if failed > 0 {
                     bail!("{failed} of {n} agents failed");
@@ -194,14 +199,14 @@ fn main() -> anyhow::Result<()> {
         .map(|(i, s)| spawn(&pki, &db, &format!("skewed-{i}"), Some(s)))
         .collect::<Result<_, _>>()?;
     let addrs: Vec<String> = shifted.iter().map(|a| a.addr.clone()).collect();
-    let fleet = Fleet::new(&addrs, &tls, FleetOptions::default())?;
+    let fleet = Fleet::new(&addrs, &tls, ingero::config::fleet::default_options())?;
     let mut worst_ratio: f64 = 0.0;
     let mut errors = Vec::new();
     let mut bounds = Vec::new();
     let mut within = 0;
     let runs = 10;
     for _ in 0..runs {
-        let answers = rt.block_on(fleet.run(|c| async move { c.query("SELECT 1", None).await }));
+        let answers = rt.block_on(fleet.run(|c| async move { c.sql("SELECT 1").await }));
         for (a, shift) in answers.iter().zip(SHIFTS) {
             let injected = (shift.parse::<f64>()? * 1e9).round() as i64;
             let c = a.clock.context("no clock estimate")?;

@@ -49,6 +49,15 @@ pub enum Command {
     Certs(CertsCommand),
     /// Serve the Model Context Protocol on stdio, for an AI assistant
     Mcp(McpArgs),
+    /// Print the effective configuration and where each value comes from
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print the settings as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +113,9 @@ pub struct TraceArgs {
     /// Do not print the per-second summary
     #[arg(short, long)]
     pub quiet: bool,
+    /// Once tracing (and the API listening), write {pid, node, db, session_id, listen} as JSON here
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -132,12 +144,12 @@ pub struct ApiArgs {
     /// Where the agent keeps its own files (self-signed certificate) [default: ~/.ingero]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Most SQL queries running at once; more get 429
-    #[arg(long, default_value_t = 4)]
-    pub max_queries: usize,
-    /// Deadline of an API query
-    #[arg(long, default_value = "10s")]
-    pub query_timeout: HumanDuration,
+    /// Most database-reading requests at once; more get 429 [default: agent.max_queries, else 4]
+    #[arg(long, value_name = "N")]
+    pub max_queries: Option<usize>,
+    /// Deadline of an API query [default: agent.query_timeout, else 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub query_timeout: Option<HumanDuration>,
 }
 
 /// Ask the agents of a fleet instead of a local database.
@@ -172,12 +184,12 @@ pub struct FleetArgs {
     /// Longest one agent may take to answer [default: fleet.timeout, else 15s]
     #[arg(long, value_name = "DURATION")]
     pub node_timeout: Option<HumanDuration>,
-    /// Longest the whole fan-out may take
-    #[arg(long, value_name = "DURATION", default_value = "60s")]
-    pub deadline: HumanDuration,
-    /// Agents asked at once
-    #[arg(long, value_name = "N", default_value_t = 32)]
-    pub concurrency: usize,
+    /// Longest the whole fan-out may take [default: fleet.deadline, else 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<HumanDuration>,
+    /// Agents asked at once [default: fleet.concurrency, else 32]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
     /// Warn when an agent's clock differs from ours by more than this [default: fleet.clock_skew_threshold, else 10ms]
     #[arg(long, value_name = "DURATION")]
     pub clock_skew_threshold: Option<HumanDuration>,
@@ -211,12 +223,12 @@ pub struct QueryArgs {
     pub db: Option<PathBuf>,
     #[command(flatten)]
     pub window: WindowArgs,
-    /// At most this many rows
-    #[arg(long, default_value_t = crate::readonly::DEFAULT_ROW_LIMIT)]
-    pub limit: usize,
-    /// Interrupt the query after this long
-    #[arg(long, default_value = "10s")]
-    pub timeout: HumanDuration,
+    /// At most this many rows [default: query.limit, else 10000]
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Interrupt the query after this long [default: query.timeout, else 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<HumanDuration>,
     /// Print {columns, rows, truncated} as JSON
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
@@ -305,6 +317,9 @@ pub struct ServeArgs {
     /// Node name in answers [default: the database's node]
     #[arg(long, env = "INGERO_NODE")]
     pub node: Option<String>,
+    /// Once listening, write {pid, node, db, listen} as JSON here
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub api: ApiArgs,
 }

@@ -44,7 +44,9 @@ impl CliError {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(ConfigError::NodeName(_)) => 2,
+            Self::Config(
+                ConfigError::NodeName(_) | ConfigError::Usage(_) | ConfigError::TokenFile { .. },
+            ) => 2,
             Self::Config(_) => 78,
             Self::Trace(TraceError::NotRoot) => 77,
             Self::Trace(
@@ -55,8 +57,6 @@ impl CliError {
             ) => 69,
             Self::Trace(TraceError::NoSuchPid(_) | TraceError::RingSize(_) | TraceError::Library(_)) => 2,
             Self::Trace(TraceError::Store(_)) | Self::Store(_) => 73,
-            Self::Trace(TraceError::Api(ListenError::Bind { .. })) => 1,
-            Self::Trace(TraceError::Api(_)) => 2,
             Self::Query(QueryError::Timeout(_)) => 1,
             Self::Query(_)
             | Self::BadInput(_)

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::{
     analysis::dataset::{conventions, op_name, op_names},
-    store::schema::has_column,
+    store::schema::{has_column, table_exists},
     timewin::Window,
 };
 
@@ -67,15 +67,6 @@ impl<W: Write> TraceWriter<W> {
         self.first = false;
         serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)
     }
-}
-
-fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
 }
 
 /// Exports `conn` to `out`. `offsets` shifts each node's clock (ns to
@@ -228,7 +219,7 @@ pub fn export(
                 let secs = (dur as f64 / 1e9).max(1e-3);
                 w.event(&json!({
                     "ph": "C", "name": "page allocations (MiB/s)", "pid": track.pid, "ts": us(ts, track),
-                    "args": {format!("pid {pid}"): (arg1 as f64 / 1048576.0 / secs).round()},
+                    "args": {format!("pid {pid}"): (arg1 as f64 / 1_048_576.0 / secs).round()},
                 }))?;
             }
             (source::HOST, _) => {

@@ -4,10 +4,13 @@
 //! [`run`] resolves configuration and dispatches, and [`error::CliError`]
 //! maps every failure to one sentence and an exit code.
 
+#![warn(missing_docs)]
+
 pub mod analysis;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod error;
@@ -17,6 +20,7 @@ pub mod logging;
 pub mod mcp;
 pub mod merge;
 pub mod readonly;
+pub mod ready;
 pub mod store;
 pub mod table;
 pub mod text;
@@ -30,17 +34,22 @@ use std::process::ExitCode;
 use cli::{Cli, Command};
 use config::FileConfig;
 use error::CliError;
-use units::ByteSize;
 
-/// Default size cap of the database.
-pub const DEFAULT_MAX_DB: ByteSize = ByteSize(10 << 30);
-/// Default ring buffer size.
-pub const DEFAULT_RINGBUF: ByteSize = ByteSize(8 << 20);
+/// The async runtime of a command: two workers (the agent is a guest on a
+/// training node; it must not take every core).
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+}
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     tls::install_provider();
     let file = FileConfig::load(cli.config.as_deref())?;
+    let config_path = cli.config.clone();
     match cli.command {
         Command::Trace(args) => cmd::trace::run(&args, &file),
         Command::Query(args) => cmd::query::run(&args, &file),
@@ -50,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => cmd::serve::run(&args, &file),
         Command::Certs(command) => cmd::certs::run(&command, &file),
         Command::Mcp(args) => mcp::run(&args, &file),
+        Command::Config(args) => cmd::config::run(&args, config_path.as_deref()),
         Command::Check(args) => {
             let report = check::run();
             if args.json {

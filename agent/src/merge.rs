@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use crate::store::{self, schema::has_column};
@@ -113,8 +113,7 @@ fn inspect(path: &Path, forced: &[ForcedNode], unnamed_inputs: usize) -> Result<
     if !path.is_file() {
         return Err(input_err(path, "no such file"));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| input_err(path, e))?;
+    let conn = crate::store::open_read(path).map_err(|e| input_err(path, e))?;
     if !has_column(&conn, "events", "id").map_err(|e| input_err(path, e))? {
         return Err(input_err(path, "not an ingero database (no events table)"));
     }
@@ -176,7 +175,7 @@ fn unnamed(paths: &[PathBuf]) -> usize {
     paths
         .iter()
         .filter(|p| {
-            Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            crate::store::open_read(p)
                 .ok()
                 .and_then(|c| has_column(&c, "events", "node").ok())
                 == Some(false)
@@ -300,22 +299,6 @@ impl From<rusqlite::Error> for CopyError {
         Self::Sql(e)
     }
 }
-
-/// Tables copied with dedicated rules; everything else is copied as-is.
-const KNOWN: &[&str] = &[
-    "events",
-    "sessions",
-    "stack_traces",
-    "causal_chains",
-    "process_names",
-    "drops",
-    "event_aggregates",
-    "system_snapshots",
-    "id_counters",
-    "ops",
-    "sources",
-    "schema_info",
-];
 
 fn copy_input(
     conn: &Connection,
@@ -540,7 +523,7 @@ fn copy_unknown(
     node_expr: &dyn Fn(&str) -> Result<String, CopyError>,
 ) -> Result<(), CopyError> {
     for table in src_tables {
-        if KNOWN.contains(&table.as_str()) || table.starts_with("sqlite_") {
+        if store::schema::TABLES.contains(&table.as_str()) || table.starts_with("sqlite_") {
             continue;
         }
         let create: String = conn.query_row(

@@ -25,7 +25,7 @@ use std::{
 };
 
 use rusqlite::{
-    Connection, OpenFlags,
+    Connection,
     hooks::{AuthAction, AuthContext, Authorization},
     types::ValueRef,
 };
@@ -50,10 +50,6 @@ const PRAGMAS_THAT_REPORT: &[&str] = &[
     "page_count",
     "page_size",
 ];
-
-/// Default limits of a query.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_ROW_LIMIT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -91,8 +87,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            timeout: DEFAULT_TIMEOUT,
-            max_rows: DEFAULT_ROW_LIMIT,
+            timeout: crate::config::defaults::QUERY_TIMEOUT,
+            max_rows: crate::config::defaults::QUERY_LIMIT,
         }
     }
 }
@@ -157,20 +153,8 @@ impl ReadOnlyDb {
                 source: rusqlite::Error::InvalidPath(path.to_path_buf()),
             });
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
-        let has_events: bool = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(open_err)?
-            > 0;
+        let conn = crate::store::open_read(path).map_err(open_err)?;
+        let has_events = crate::store::schema::table_exists(&conn, "events").map_err(open_err)?;
         if !has_events {
             return Err(QueryError::NotIngero { path: shown });
         }
@@ -272,7 +256,7 @@ impl ReadOnlyDb {
         if let Ok(mut d) = self.deadline.lock() {
             *d = None;
         }
-        result.map_err(|e| self.explain_error(e, limits.timeout))
+        result.map_err(|e| self.explain_error(&e, limits.timeout))
     }
 
     fn run(&self, sql: &str, limits: Limits, start: Instant) -> rusqlite::Result<QueryResult> {
@@ -301,7 +285,7 @@ impl ReadOnlyDb {
         })
     }
 
-    fn explain_error(&self, e: rusqlite::Error, timeout: Duration) -> QueryError {
+    fn explain_error(&self, e: &rusqlite::Error, timeout: Duration) -> QueryError {
         let denied = self.denied.lock().ok().and_then(|mut d| d.take());
         if let Some(why) = denied {
             return QueryError::Denied(why);

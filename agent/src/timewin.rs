@@ -10,19 +10,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-/// An inclusive range of Unix nanoseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Window {
-    pub from: i64,
-    pub to: i64,
-}
-
-impl Window {
-    #[must_use]
-    pub fn seconds(&self) -> f64 {
-        (self.to - self.from).max(0) as f64 / 1e9
-    }
-}
+pub use ingero_api::Window;
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -52,7 +40,7 @@ pub fn parse_instant(text: &str) -> Result<i64, String> {
         });
     }
     let (date, time) = t.split_once(['T', ' ']).ok_or_else(bad)?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let mut d = date.split('-').map(str::parse::<i64>);
     let (Some(Ok(year)), Some(Ok(month)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
     else {
         return Err(bad());

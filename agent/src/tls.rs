@@ -181,6 +181,7 @@ pub fn write_private(path: &Path, data: &[u8], force: bool) -> Result<(), TlsErr
     f.write_all(data).map_err(err)
 }
 
+#[expect(clippy::needless_pass_by_value, reason = "used as map_err(gen_err)")]
 fn gen_err(e: rcgen::Error) -> TlsError {
     TlsError::Generate(e.to_string())
 }

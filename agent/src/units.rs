@@ -70,30 +70,31 @@ impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
-        let scale = match unit.trim() {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => f64::NAN,
-        };
-        number
-            .parse::<f64>()
-            .ok()
-            .map(|n| n * scale)
-            .filter(|secs| secs.is_finite() && *secs >= 0.0 && *secs < 1e12)
-            .map(|secs| HumanDuration(Duration::from_secs_f64(secs)))
-            .ok_or_else(|| {
-                format!("'{text}' is not a duration: use a number with ms, s, m, h or d (e.g. 10s, 5m)")
-            })
+        ingero_api::parse_duration(text).map(HumanDuration)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    /// The largest unit that divides the duration exactly: `90s` as `90s`,
+    /// `300s` as `5m`, `1500ms` as `1500ms`; parses back to itself.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0.as_nanos();
+        if ns == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, size) in [
+            ("d", 86_400_000_000_000u128),
+            ("h", 3_600_000_000_000),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+        ] {
+            if ns.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ns / size);
+            }
+        }
+        write!(f, "{ns}ns")
     }
 }
 
@@ -141,6 +142,15 @@ pub fn format_count(n: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_they_parse() {
+        for text in ["10s", "5m", "1500ms", "2d", "250us", "7ns"] {
+            let d: HumanDuration = text.parse().expect("parses");
+            assert_eq!(d.to_string(), text);
+        }
+        assert_eq!(HumanDuration(Duration::from_secs(120)).to_string(), "2m");
+    }
 
     #[test]
     fn sizes_parse_and_print() {

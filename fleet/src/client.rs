@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use ingero_api::{Endpoint, ErrorAnswer, QueryAnswer, QueryEndpoint, QueryRequest, Since, TimeEndpoint};
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::tls::ClientTls;
 
@@ -108,28 +108,6 @@ fn classify(e: &reqwest::Error, timeout: Duration) -> FleetError {
     }
 }
 
-/// An agent's answer to an SQL query.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-pub struct QueryAnswer {
-    pub node: String,
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Value>>,
-    pub truncated: bool,
-}
-
-/// What `POST /api/v1/query` takes.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QueryRequest {
-    pub sql: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    /// Only the last DURATION of the agent's recorded data (`5m`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub since: Option<String>,
-}
-
 /// One clock exchange: local send/receive and the agent's receive/send,
 /// all Unix ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,70 +188,64 @@ impl AgentClient {
         }
     }
 
-    async fn send(&self, r: reqwest::RequestBuilder) -> Result<Value, FleetError> {
+    /// Sends a request and reads a typed answer; an error status becomes
+    /// [`FleetError::Http`] with the agent's own message.
+    async fn send<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, FleetError> {
         let response = r.send().await.map_err(|e| classify(&e, self.timeout))?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| classify(&e, self.timeout))?;
-        let value: Value = serde_json::from_slice(&body).map_err(|e| {
-            if status.is_success() {
-                FleetError::Decode(e.to_string())
-            } else {
-                FleetError::Http {
-                    status: status.as_u16(),
-                    message: String::from_utf8_lossy(&body).trim().to_owned(),
-                }
-            }
-        })?;
         if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorAnswer>(&body)
+                .map_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned(), |e| e.error);
             return Err(FleetError::Http {
                 status: status.as_u16(),
-                message: value["error"].as_str().unwrap_or("no message").to_owned(),
+                message,
             });
         }
-        Ok(value)
+        serde_json::from_slice(&body).map_err(|e| FleetError::Decode(e.to_string()))
     }
 
-    /// `GET path` as JSON.
-    pub async fn get(&self, path: &str) -> Result<Value, FleetError> {
-        self.send(self.request(reqwest::Method::GET, path)).await
+    /// A windowed endpoint's answer (`since`: the agent's default when `None`).
+    pub async fn get<E: Endpoint>(&self, since: Option<Since>) -> Result<E::Answer, FleetError> {
+        let path = match since {
+            Some(s) => format!("{}{}", E::PATH, s.query()),
+            None => E::PATH.to_owned(),
+        };
+        self.send(self.request(reqwest::Method::GET, &path)).await
     }
 
-    /// One SQL statement on the agent.
-    pub async fn query(&self, sql: &str, limit: Option<usize>) -> Result<QueryAnswer, FleetError> {
-        self.query_with(&QueryRequest {
+    /// One SQL statement on the agent with the agent's default limits.
+    pub async fn sql(&self, sql: &str) -> Result<QueryAnswer, FleetError> {
+        self.query(&QueryRequest {
             sql: sql.to_owned(),
-            limit,
             ..QueryRequest::default()
         })
         .await
     }
 
     /// One SQL statement on the agent, with every option.
-    pub async fn query_with(&self, request: &QueryRequest) -> Result<QueryAnswer, FleetError> {
-        let v = self
-            .send(self.request(reqwest::Method::POST, "/api/v1/query").json(request))
-            .await?;
-        serde_json::from_value(v).map_err(|e| FleetError::Decode(e.to_string()))
+    pub async fn query(&self, request: &QueryRequest) -> Result<QueryAnswer, FleetError> {
+        self.send(
+            self.request(reqwest::Method::POST, QueryEndpoint::PATH)
+                .json(request),
+        )
+        .await
     }
 
     /// One clock exchange with the agent: its node name and the times.
     pub async fn time(&self) -> Result<(String, TimeSample), FleetError> {
         let start = Instant::now();
         let t0 = unix_ns();
-        let v = self.get("/api/v1/time").await?;
+        let answer = self.get::<TimeEndpoint>(None).await?;
         // Local receive time from the monotonic clock, so a clock step
         // during the exchange cannot make the round trip negative.
         let t3 = t0 + start.elapsed().as_nanos() as i64;
-        let field = |k: &str| {
-            v[k].as_i64()
-                .ok_or_else(|| FleetError::Decode(format!("/api/v1/time without {k}")))
-        };
         let sample = TimeSample {
             t0,
-            t1: field("receive_ns")?,
-            t2: field("send_ns")?,
+            t1: answer.receive_ns,
+            t2: answer.send_ns,
             t3,
         };
-        Ok((v["node"].as_str().unwrap_or_default().to_owned(), sample))
+        Ok((answer.node, sample))
     }
 }

@@ -8,7 +8,7 @@
 //! that fails is an answer like any other, with its error: the caller
 //! shows what it has and says what is missing ([`Outcome`]).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
@@ -16,7 +16,7 @@ use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 use crate::{
     ClientTls,
     client::{AgentClient, FleetError, TimeSample},
-    skew::{self, ClockEstimate},
+    skew::{self, ClockEstimate, format_offset},
 };
 
 /// How a fan-out is bounded.
@@ -30,17 +30,6 @@ pub struct FleetOptions {
     pub deadline: Duration,
     /// Clock exchanges per agent (0: none).
     pub clock_samples: usize,
-}
-
-impl Default for FleetOptions {
-    fn default() -> Self {
-        Self {
-            concurrency: 32,
-            timeout: Duration::from_secs(15),
-            deadline: Duration::from_secs(60),
-            clock_samples: 5,
-        }
-    }
 }
 
 /// One agent's part of a fan-out.
@@ -83,6 +72,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How the fan-out that gave `answers` went.
     #[must_use]
     pub fn of<T>(answers: &[NodeAnswer<T>]) -> Self {
         let ok = answers.iter().filter(|a| a.result.is_ok()).count();
@@ -94,6 +84,61 @@ impl Outcome {
             Self::Partial
         }
     }
+}
+
+/// When no node answered: the message of a node that was reached but
+/// refused the request itself (bad SQL, a write, a bad window, its
+/// deadline), so the caller blames the request rather than the fleet.
+#[must_use]
+pub fn refusal<T>(answers: &[NodeAnswer<T>]) -> Option<String> {
+    if answers.iter().any(|a| a.result.is_ok()) {
+        return None;
+    }
+    answers.iter().find_map(|a| match &a.result {
+        Err(FleetError::Http {
+            status: 400 | 403 | 408,
+            message,
+        }) => Some(message.clone()),
+        _ => None,
+    })
+}
+
+/// One line per node that did not answer and per clock off by more than
+/// `threshold`. `corrected`: whether the caller's output moves the node's
+/// times onto our clock.
+#[must_use]
+pub fn warnings<T>(answers: &[NodeAnswer<T>], threshold: Duration, corrected: bool) -> Vec<String> {
+    let mut lines: Vec<String> = answers
+        .iter()
+        .filter_map(|a| Some(format!("{}: no answer: {}", a.label(), a.result.as_ref().err()?)))
+        .collect();
+    let threshold = i64::try_from(threshold.as_nanos()).unwrap_or(i64::MAX);
+    for a in answers.iter().filter(|a| a.result.is_ok()) {
+        if let Some(c) = a.clock.filter(|c| c.offset_ns.abs() > threshold) {
+            lines.push(format!(
+                "{}'s clock is {} {} ours (±{}); {}",
+                a.name(),
+                format_offset(c.offset_ns).trim_start_matches(['+', '-']),
+                if c.offset_ns > 0 { "ahead of" } else { "behind" },
+                format_offset(c.error_ns).trim_start_matches('+'),
+                if corrected {
+                    "its times are corrected by it"
+                } else {
+                    "its timestamps are on its own clock"
+                }
+            ));
+        }
+    }
+    lines
+}
+
+/// Each answering node's clock offset (ns to subtract to get our clock).
+#[must_use]
+pub fn offsets<T>(answers: &[NodeAnswer<T>]) -> HashMap<String, i64> {
+    answers
+        .iter()
+        .filter_map(|a| Some((a.node.clone()?, a.clock?.offset_ns)))
+        .collect()
 }
 
 /// The agents of a fleet.

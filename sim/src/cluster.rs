@@ -451,7 +451,7 @@ pub fn run(
     }
     let mut reports: Vec<Option<RankReport>> = vec![None; cfg.nodes];
     // Per interval of steps and rank: summed (total, compute, wait) and steps seen.
-    let mut reported: std::collections::BTreeMap<u64, Vec<StepSums>> = Default::default();
+    let mut reported: std::collections::BTreeMap<u64, Vec<StepSums>> = std::collections::BTreeMap::default();
     while reports.iter().any(Option::is_none) {
         if stop.load(Ordering::Relaxed) {
             return Err(SimError::Interrupted);

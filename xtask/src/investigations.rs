@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::fmt::Write as _;
+
 use anyhow::{Context as _, bail};
 use ingero_sim::cluster::{ClusterConfig, Fault};
 
@@ -110,16 +112,14 @@ pub fn run() -> anyhow::Result<()> {
             size as f64 / 1000.0
         ));
     }
-    let ranks: String = report
-        .ranks
-        .iter()
-        .map(|r| {
-            format!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} |\n",
-                r.node, r.rank, r.median_ms, r.compute_mean_ms, r.wait_mean_ms
-            )
-        })
-        .collect();
+    let ranks = report.ranks.iter().fold(String::new(), |mut out, r| {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.1} | {:.1} |",
+            r.node, r.rank, r.median_ms, r.compute_mean_ms, r.wait_mean_ms
+        );
+        out
+    });
     let readme = README
         .replace("{SCENARIO}", SCENARIO)
         .replace("{STEPS}", &STEPS.to_string())

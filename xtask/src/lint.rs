@@ -1,6 +1,8 @@
-//! `cargo xtask lint`: formatting and clippy with warnings as errors, in
-//! two passes: the host crates, then the eBPF crate on nightly for its
-//! target (it cannot build for the host).
+//! `cargo xtask lint`: formatting, clippy with warnings as errors (the
+//! workspace lints: pedantic on the host crates, with the allow-list in
+//! the root `Cargo.toml`), and the documentation with warnings as errors.
+//! Clippy runs in two passes: the host crates, then the eBPF crate on
+//! nightly for its target (it cannot build for the host).
 
 use crate::exec::{cargo, exec, root};
 
@@ -16,6 +18,12 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    exec(
+        cargo()
+            .current_dir(root())
+            .args(["doc", "--workspace", "--exclude", "agent-ebpf", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
     exec(
         std::process::Command::new("rustup")
             .current_dir(root().join("agent-ebpf"))

@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask <command>`.
 //!
 //! Every command first runs [`setup`] (idempotent, quick when nothing is
-//! missing), so each works on a fresh machine of the project's kind.
+//! missing), so each works on a fresh machine of the project's kind; `lint`
+//! only checks the toolchain it compiles with and installs nothing else.
 
 mod bench;
 mod demo;
@@ -27,7 +28,7 @@ enum Command {
     Setup,
     /// Build everything and run the whole test suite (privileged tests need root)
     Test(test::Options),
-    /// rustfmt check and clippy (-D warnings), including the eBPF crate
+    /// rustfmt check, clippy (-D warnings, pedantic on the host crates) and rustdoc (-D warnings), including the eBPF crate
     Lint,
     /// Build ingero (release) and run it: cargo xtask run -- trace --duration 10s
     Run(run::Options),
@@ -41,7 +42,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    setup::ensure()?;
+    match cli.command {
+        Command::Lint => setup::toolchain()?,
+        _ => setup::ensure()?,
+    }
     match cli.command {
         Command::Setup => Ok(()),
         Command::Test(opts) => test::run(&opts),

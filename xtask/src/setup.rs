@@ -19,14 +19,23 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// official MCP SDK that drives `ingero mcp` as an independent client.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("nvidia-cuda-runtime-cu12", "12.9.79"), ("mcp", "2.3.0")];
 
+/// Everything: what building needs ([`toolchain`]) and what the tests,
+/// the demo and the benchmarks run against.
 pub fn ensure() -> anyhow::Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    toolchain()?;
     c_compiler()?;
     tracefs()?;
     test_tools()?;
     python_packages()?;
     Ok(())
+}
+
+/// What compiling the workspace needs (the eBPF programs are built by the
+/// agent's build script): nightly's `rust-src` and `bpf-linker`. Installs
+/// no system or Python package.
+pub fn toolchain() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 fn rust_src() -> anyhow::Result<()> {

@@ -1,74 +1,11 @@
-//! Causal chains: what the rules conclude, how they print, and how they are
+//! Causal chains (the wire type [`Chain`]): how they print, and how they are
 //! stored in `causal_chains` (one row per chain id; ids carry the node and
 //! the window start, so history accumulates instead of being overwritten).
 
+pub use ingero_api::{Chain, Severity, TimelineEntry};
 use rusqlite::{Connection, params};
-use serde::{Deserialize, Serialize};
 
 use crate::timewin::Window;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-}
-
-impl Severity {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "LOW",
-            Self::Medium => "MEDIUM",
-            Self::High => "HIGH",
-        }
-    }
-
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "LOW" => Some(Self::Low),
-            "MEDIUM" => Some(Self::Medium),
-            "HIGH" => Some(Self::High),
-            _ => None,
-        }
-    }
-}
-
-/// One layer of evidence in a chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    pub layer: String,
-    pub op: String,
-    pub detail: String,
-    pub dur_us: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Chain {
-    /// `{node}:{descriptor}`, e.g. `gpu-node-02:tail-cuLaunchKernel@1795262400`.
-    pub id: String,
-    pub node: String,
-    pub severity: Severity,
-    /// Orders chains of equal severity (bigger first).
-    pub score: f64,
-    pub summary: String,
-    pub root_cause: String,
-    pub explanation: String,
-    pub recommendations: Vec<String>,
-    pub cuda_op: String,
-    pub p99_us: f64,
-    pub p50_us: f64,
-    pub tail_ratio: f64,
-    pub timeline: Vec<TimelineEntry>,
-    /// Unix ns when the chain was detected.
-    pub detected_at: i64,
-    pub window: Window,
-    /// Unix ns when the effect was worst (the slowest call's end, a drop's
-    /// start, the first OOM kill).
-    pub peak_at: i64,
-}
 
 /// `[HIGH] [node] summary`, the timeline, `Root cause:` and `Fix:`.
 #[must_use]

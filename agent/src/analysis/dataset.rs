@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use agent_common::catalog::{arg0_is_bytes, host_op, op_info, source};
 use rusqlite::Connection;
 
-use crate::{store::schema::has_column, timewin::Window};
+use crate::{
+    store::schema::{has_column, table_exists},
+    timewin::Window,
+};
 
 /// A CUDA runtime or driver call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,15 +128,6 @@ pub struct Conventions {
     pub io_bytes: bool,
     /// `sched_switch` `arg0` says whether the thread was preempted.
     pub preempt_flag: bool,
-}
-
-fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')",
-        [name],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
 }
 
 pub fn conventions(conn: &Connection) -> rusqlite::Result<Conventions> {

@@ -7,21 +7,26 @@
 //! kills) and returns per-node reports whose chains ([`chain`]) are sorted
 //! by severity. Without an explicit window each node is analysed over its
 //! own first to last event, so a merged database gives the same chains as
-//! its parts. With several nodes, the nodes are also compared
-//! ([`straggler`]) the way the fleet compares agents, and the straggler's
-//! chains come first within a severity.
+//! its parts.
+//!
+//! Nodes are compared by [`compare`], on typed figures ([`NodeOps`]): a
+//! multi-node database's reports and the fleet's answers go through the
+//! same function, which names the straggler ([`straggler`]) and orders
+//! every chain (severity, then the straggler's, then score).
 
 pub mod chain;
 pub mod dataset;
 pub mod rules;
+pub mod straggler;
 
+use ingero_api::{NodeOps, OpSummary};
 use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::timewin::Window;
 use chain::Chain;
-use ingero_fleet::straggler::{NodeFigures, Verdict};
 use rules::{Evidence, OpStats};
+use straggler::{NodeFigures, Verdict};
 
 /// What the engine found on one node.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +41,40 @@ pub struct NodeReport {
     pub ops: Vec<OpStats>,
     /// Node-wide evidence over the window (for comparing nodes).
     pub evidence: Evidence,
+}
+
+impl NodeReport {
+    /// The node's figures as the API carries them (`/api/v1/ops`).
+    #[must_use]
+    pub fn node_ops(&self) -> NodeOps {
+        NodeOps {
+            node: self.node.clone(),
+            rank: self.rank,
+            world_size: self.world_size,
+            events: self.events,
+            window: self.window,
+            ops: self.ops.iter().map(OpStats::summary).collect(),
+            evidence: self.evidence.clone(),
+        }
+    }
+}
+
+impl OpStats {
+    /// The statistics in the API's units (µs, ms).
+    #[must_use]
+    pub fn summary(&self) -> OpSummary {
+        OpSummary {
+            name: self.name.clone(),
+            source: self.source,
+            op: self.op,
+            count: self.count,
+            p50_us: self.p50_ns as f64 / 1e3,
+            p95_us: self.p95_ns as f64 / 1e3,
+            p99_us: self.p99_ns as f64 / 1e3,
+            max_us: self.max_ns as f64 / 1e3,
+            total_ms: self.total_ns as f64 / 1e6,
+        }
+    }
 }
 
 /// Runs the rules on every node of the database.
@@ -63,40 +102,46 @@ pub fn explain(
         .collect())
 }
 
-/// A node's operations, window and evidence as JSON: the `nodes[]` entries
-/// of `/api/v1/ops`, which the straggler comparison reads.
-#[must_use]
-pub fn ops_json(r: &NodeReport) -> serde_json::Value {
-    serde_json::json!({
-        "node": r.node,
-        "rank": r.rank,
-        "world_size": r.world_size,
-        "events": r.events,
-        "window": r.window,
-        "ops": r.ops.iter().map(|o| serde_json::json!({
-            "name": o.name, "source": o.source, "op": o.op, "count": o.count,
-            "p50_us": o.p50_ns as f64 / 1e3, "p95_us": o.p95_ns as f64 / 1e3,
-            "p99_us": o.p99_ns as f64 / 1e3, "max_us": o.max_ns as f64 / 1e3,
-            "total_ms": o.total_ns as f64 / 1e6,
-        })).collect::<Vec<_>>(),
-        "evidence": r.evidence,
-    })
+/// Nodes side by side: their figures, the straggler if one stands out,
+/// and every chain in report order.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// One entry per node, in the order given.
+    pub figures: Vec<NodeFigures>,
+    /// The node that holds the others back, and why.
+    pub verdict: Option<Verdict>,
+    /// Most severe first; within a severity the straggler's first, then
+    /// by score, then by id.
+    pub chains: Vec<Chain>,
 }
 
-/// The straggler among the nodes of a multi-node database (see
-/// [`ingero_fleet::straggler`]; the fleet compares agents the same way).
+/// Compares `nodes` and orders `chains` (from any of them): the one
+/// cross-node analysis behind local, merged and fleet explain.
 #[must_use]
-pub fn straggler(reports: &[NodeReport]) -> Option<Verdict> {
-    let figures: Vec<NodeFigures> = reports
-        .iter()
-        .flat_map(|r| NodeFigures::from_ops(&serde_json::json!({ "nodes": [ops_json(r)] })))
-        .collect();
-    ingero_fleet::straggler::find(&figures)
+pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>) -> Comparison {
+    let figures: Vec<NodeFigures> = nodes.iter().map(NodeFigures::from_node).collect();
+    let verdict = straggler::find(&figures);
+    sort_chains(&mut chains, verdict.as_ref().map(|v| v.node.as_str()));
+    Comparison {
+        figures,
+        verdict,
+        chains,
+    }
+}
+
+/// [`compare`] over the reports of one database.
+#[must_use]
+pub fn compare_reports(reports: &[NodeReport]) -> Comparison {
+    let nodes: Vec<NodeOps> = reports.iter().map(NodeReport::node_ops).collect();
+    compare(
+        &nodes,
+        reports.iter().flat_map(|r| r.chains.iter().cloned()).collect(),
+    )
 }
 
 /// Orders chains: most severe first; within a severity, the straggler's
 /// chains first (they are what holds the job back), then by score.
-pub fn sort_chains(chains: &mut [Chain], straggler: Option<&str>) {
+fn sort_chains(chains: &mut [Chain], straggler: Option<&str>) {
     let on = |c: &Chain| straggler == Some(c.node.as_str());
     chains.sort_by(|a, b| {
         b.severity
@@ -105,13 +150,4 @@ pub fn sort_chains(chains: &mut [Chain], straggler: Option<&str>) {
             .then(b.score.total_cmp(&a.score))
             .then(a.id.cmp(&b.id))
     });
-}
-
-/// Every chain of every node, in [`sort_chains`] order.
-#[must_use]
-pub fn all_chains(reports: &[NodeReport]) -> Vec<Chain> {
-    let mut chains: Vec<Chain> = reports.iter().flat_map(|r| r.chains.iter().cloned()).collect();
-    let verdict = straggler(reports);
-    sort_chains(&mut chains, verdict.as_ref().map(|v| v.node.as_str()));
-    chains
 }

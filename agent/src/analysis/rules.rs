@@ -314,39 +314,7 @@ fn share(hits: usize, of: usize) -> f64 {
     if of == 0 { 0.0 } else { hits as f64 / of as f64 }
 }
 
-/// Evidence of CPU contention on the node.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct CpuEvidence {
-    pub preemptions: usize,
-    pub preempted_ns: i64,
-    /// (task id, times it preempted a traced thread), most first.
-    pub top_preemptors: Vec<(u32, usize)>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct IoEvidence {
-    pub requests: usize,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub busy_ns: i64,
-    pub peak_ns: i64,
-    pub top_issuers: Vec<(u32, u64)>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct MemEvidence {
-    pub alloc_bytes: u64,
-    pub swap_pages: i64,
-    pub oom_kills: usize,
-}
-
-/// Node-wide evidence within `[from, to]`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Evidence {
-    pub cpu: CpuEvidence,
-    pub io: IoEvidence,
-    pub mem: MemEvidence,
-}
+pub use ingero_api::{CpuEvidence, Evidence, IoEvidence, MemEvidence};
 
 fn top<K: Copy + Eq + std::hash::Hash + Ord, V: Copy + Ord + std::ops::AddAssign + Default>(
     items: impl Iterator<Item = (K, V)>,

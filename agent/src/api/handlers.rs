@@ -5,43 +5,45 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json,
-    extract::{Query, State, rejection::JsonRejection},
+    extract::{
+        Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::header,
     response::IntoResponse,
 };
+use ingero_api::{
+    ChainsAnswer, LiveInfo, OpsAnswer, OverviewAnswer, QueryAnswer, QueryRequest, SessionInfo, Since, Span,
+    TimeAnswer,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, Arrival};
 use crate::{
     analysis::{self, NodeReport},
+    clock::unix_ns,
     readonly::{Limits, QueryError, ReadOnlyDb},
-    trace::clock::unix_ns,
-    units::HumanDuration,
 };
 
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-pub async fn time(State(state): State<Arc<ApiState>>, Extension(arrival): Extension<Arrival>) -> Json<Value> {
-    Json(json!({ "node": state.node, "receive_ns": arrival.0, "send_ns": unix_ns() }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueryRequest {
-    pub sql: String,
-    pub limit: Option<usize>,
-    pub timeout_ms: Option<u64>,
-    /// Only the last DURATION of recorded data (`events` is filtered).
-    pub since: Option<String>,
+pub async fn time(
+    State(state): State<Arc<ApiState>>,
+    Extension(arrival): Extension<Arrival>,
+) -> Json<TimeAnswer> {
+    Json(TimeAnswer {
+        node: state.node.clone(),
+        receive_ns: arrival.0,
+        send_ns: unix_ns(),
+    })
 }
 
 pub async fn query(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<QueryRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueryAnswer>, ApiError> {
     let Json(request) = body.map_err(|e| match e {
         JsonRejection::BytesRejection(_) => ApiError::PayloadTooLarge,
         other => ApiError::BadRequest(format!(
@@ -58,10 +60,7 @@ pub async fn query(
         }),
         max_rows: request.limit.unwrap_or(state.max_rows).min(state.max_rows),
     };
-    let since = match request.since.as_deref() {
-        None | Some("all") => None,
-        Some(s) => Some(s.parse::<HumanDuration>().map_err(ApiError::BadRequest)?.0),
-    };
+    let since = request.since.and_then(Since::duration);
     let db = state.db.clone();
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
@@ -83,90 +82,78 @@ pub async fn query(
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     state.metrics.record_query(&result, started.elapsed());
     let r = result?;
-    Ok(Json(json!({
-        "node": state.node,
-        "columns": r.columns,
-        "rows": r.rows,
-        "truncated": r.truncated,
-        "elapsed_ms": r.elapsed_ms,
-    })))
+    Ok(Json(QueryAnswer {
+        node: state.node.clone(),
+        columns: r.columns,
+        rows: r.rows,
+        truncated: r.truncated,
+        elapsed_ms: r.elapsed_ms,
+    }))
 }
 
+/// `?since=5m` (or `all`); without it, the agent's default window.
 #[derive(Debug, Deserialize)]
 pub struct SinceParam {
-    pub since: Option<String>,
+    pub since: Option<Since>,
 }
 
 impl SinceParam {
-    fn window(&self, state: &ApiState) -> Result<Option<Duration>, ApiError> {
-        match self.since.as_deref() {
-            None => Ok(state.default_since),
-            Some("all") => Ok(None),
-            Some(s) => s
-                .parse::<HumanDuration>()
-                .map(|d| Some(d.0))
-                .map_err(ApiError::BadRequest),
-        }
+    /// The window asked for, or the agent's default; a bad `since` is a
+    /// 400 with the parser's sentence.
+    fn window(
+        param: Result<Query<Self>, QueryRejection>,
+        state: &ApiState,
+    ) -> Result<Option<Duration>, ApiError> {
+        let Query(p) = param.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        Ok(p.since.map_or(state.default_since, Since::duration))
     }
 }
 
-fn window_json(reports: &[NodeReport]) -> Value {
-    json!({
-        "from": reports.iter().map(|r| r.window.from).min(),
-        "to": reports.iter().map(|r| r.window.to).max(),
-    })
+fn span(reports: &[NodeReport]) -> Span {
+    Span::covering(reports.iter().map(|r| r.window))
 }
 
 pub async fn chains(
     State(state): State<Arc<ApiState>>,
-    Query(p): Query<SinceParam>,
-) -> Result<Json<Value>, ApiError> {
-    let reports = state.explain(p.window(&state)?).await?;
-    Ok(Json(json!({
-        "node": state.node,
-        "window": window_json(&reports),
-        "events": reports.iter().map(|r| r.events).sum::<u64>(),
-        "chains": analysis::all_chains(&reports),
-    })))
+    param: Result<Query<SinceParam>, QueryRejection>,
+) -> Result<Json<ChainsAnswer>, ApiError> {
+    let reports = state.explain(SinceParam::window(param, &state)?).await?;
+    Ok(Json(ChainsAnswer {
+        node: state.node.clone(),
+        window: span(&reports),
+        events: reports.iter().map(|r| r.events).sum::<u64>(),
+        chains: analysis::compare_reports(&reports).chains,
+    }))
 }
 
 pub async fn ops(
     State(state): State<Arc<ApiState>>,
-    Query(p): Query<SinceParam>,
-) -> Result<Json<Value>, ApiError> {
-    let reports = state.explain(p.window(&state)?).await?;
-    let nodes: Vec<Value> = reports.iter().map(analysis::ops_json).collect();
-    Ok(Json(
-        json!({ "node": state.node, "window": window_json(&reports), "nodes": nodes }),
-    ))
+    param: Result<Query<SinceParam>, QueryRejection>,
+) -> Result<Json<OpsAnswer>, ApiError> {
+    let reports = state.explain(SinceParam::window(param, &state)?).await?;
+    Ok(Json(OpsAnswer {
+        node: state.node.clone(),
+        window: span(&reports),
+        nodes: reports.iter().map(NodeReport::node_ops).collect(),
+    }))
 }
 
-pub async fn overview(State(state): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+pub async fn overview(State(state): State<Arc<ApiState>>) -> Result<Json<OverviewAnswer>, ApiError> {
     let s = Arc::clone(&state);
     let mut out = tokio::task::spawn_blocking(move || overview_from_db(&s))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     if let Some(live) = &state.live {
-        let drops = live
-            .drops
-            .lock()
-            .map(|d| d.iter().map(|x| x.count).sum::<u64>())
-            .unwrap_or(0);
-        out["live"] = json!({
-            "tracing": true,
-            "session_id": live.session_id.load(std::sync::atomic::Ordering::Relaxed),
-            "events_committed": live.committed.load(std::sync::atomic::Ordering::Relaxed),
-            "events_dropped": drops,
-        });
+        out.live = live.info();
     }
     Ok(Json(out))
 }
 
-fn overview_from_db(state: &ApiState) -> Result<Value, ApiError> {
-    let conn = rusqlite::Connection::open_with_flags(&state.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+fn overview_from_db(state: &ApiState) -> Result<OverviewAnswer, ApiError> {
+    let conn = crate::store::open_read(&state.db)
         .map_err(|e| ApiError::Internal(format!("cannot open the database: {e}")))?;
     let err = |e: rusqlite::Error| ApiError::Internal(e.to_string());
-    let mut by_source = serde_json::Map::new();
+    let mut by_source = std::collections::BTreeMap::new();
     let mut total = 0i64;
     {
         let mut stmt = conn
@@ -176,12 +163,13 @@ fn overview_from_db(state: &ApiState) -> Result<Value, ApiError> {
         while let Some(r) = rows.next().map_err(err)? {
             let n: i64 = r.get(1).map_err(err)?;
             total += n;
-            by_source.insert(
-                r.get::<_, Option<String>>(0)
-                    .map_err(err)?
-                    .unwrap_or_else(|| "unknown".into()),
-                n.into(),
-            );
+            *by_source
+                .entry(
+                    r.get::<_, Option<String>>(0)
+                        .map_err(err)?
+                        .unwrap_or_else(|| "unknown".into()),
+                )
+                .or_insert(0) += n;
         }
     }
     let scalar = |sql: &str| {
@@ -195,36 +183,41 @@ fn overview_from_db(state: &ApiState) -> Result<Value, ApiError> {
              FROM sessions ORDER BY id DESC LIMIT 1",
             [],
             |r| {
-                Ok(json!({
-                    "id": r.get::<_, i64>(0)?, "node": r.get::<_, String>(1)?, "started_at": r.get::<_, i64>(2)?,
-                    "stopped_at": r.get::<_, i64>(3)?, "events_stored": r.get::<_, i64>(4)?,
-                    "events_dropped": r.get::<_, i64>(5)?, "rank": r.get::<_, Option<i64>>(6)?,
-                    "local_rank": r.get::<_, Option<i64>>(7)?, "world_size": r.get::<_, Option<i64>>(8)?,
-                    "hostname": r.get::<_, String>(9)?,
-                }))
+                Ok(SessionInfo {
+                    id: r.get(0)?,
+                    node: r.get(1)?,
+                    started_at: r.get(2)?,
+                    stopped_at: r.get(3)?,
+                    events_stored: r.get(4)?,
+                    events_dropped: r.get(5)?,
+                    rank: r.get(6)?,
+                    local_rank: r.get(7)?,
+                    world_size: r.get(8)?,
+                    hostname: r.get(9)?,
+                })
             },
         )
         .ok();
-    Ok(json!({
-        "node": state.node,
-        "rank": session.as_ref().and_then(|s| s["rank"].as_i64()),
-        "world_size": session.as_ref().and_then(|s| s["world_size"].as_i64()),
-        "events": total,
-        "events_by_source": by_source,
-        "first_event": scalar("SELECT min(timestamp) FROM events"),
-        "last_event": scalar("SELECT max(timestamp) FROM events"),
-        "chains_stored": scalar("SELECT count(*) FROM causal_chains").unwrap_or(0),
-        "sessions": scalar("SELECT count(*) FROM sessions").unwrap_or(0),
-        "dropped": scalar("SELECT sum(events_dropped) FROM sessions").unwrap_or(0),
-        "session": session,
-        "live": { "tracing": false },
-    }))
+    Ok(OverviewAnswer {
+        node: state.node.clone(),
+        rank: session.as_ref().and_then(|s| s.rank),
+        world_size: session.as_ref().and_then(|s| s.world_size),
+        events: total,
+        events_by_source: by_source,
+        first_event: scalar("SELECT min(timestamp) FROM events"),
+        last_event: scalar("SELECT max(timestamp) FROM events"),
+        chains_stored: scalar("SELECT count(*) FROM causal_chains").unwrap_or(0),
+        sessions: scalar("SELECT count(*) FROM sessions").unwrap_or(0),
+        dropped: scalar("SELECT sum(events_dropped) FROM sessions").unwrap_or(0),
+        session,
+        live: LiveInfo::default(),
+    })
 }
 
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
     let s = Arc::clone(&state);
     let counts = match &state.live {
-        Some(live) => super::metrics::EventCounts::live(live),
+        Some(live) => live.counts(),
         None => tokio::task::spawn_blocking(move || super::metrics::EventCounts::from_db(&s.db))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?

@@ -29,8 +29,6 @@ pub enum ListenError {
         "plain HTTP on {0} would expose the agent to the network without protection: add --token-file, or use TLS (drop --no-tls)"
     )]
     TokenRequired(SocketAddr),
-    #[error("cannot read the token file {path}: {message}")]
-    TokenFile { path: PathBuf, message: String },
     #[error("--tls-cert and --tls-key go together")]
     HalfIdentity,
 }
@@ -87,22 +85,6 @@ impl RunningApi {
         }
         let _ = self.task.await;
     }
-}
-
-/// Reads a bearer token (whitespace trimmed).
-pub fn read_token(path: &Path) -> Result<Vec<u8>, ListenError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ListenError::TokenFile {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let token = text.trim();
-    if token.len() < 16 {
-        return Err(ListenError::TokenFile {
-            path: path.to_path_buf(),
-            message: "the token must be at least 16 characters".into(),
-        });
-    }
-    Ok(token.as_bytes().to_vec())
 }
 
 /// Checks the options without side effects (before tracing starts).

@@ -15,7 +15,6 @@ use std::{
 
 use agent_common::catalog::op_info;
 
-use super::LiveStats;
 use crate::readonly::{QueryError, QueryResult};
 
 /// Upper bounds (seconds) of the query latency histogram.
@@ -62,24 +61,8 @@ pub struct EventCounts {
 }
 
 impl EventCounts {
-    #[must_use]
-    pub fn live(live: &LiveStats) -> Self {
-        Self {
-            by_source: std::array::from_fn(|i| live.events[i].load(Ordering::Relaxed)),
-            drops: live
-                .drops
-                .lock()
-                .map(|d| {
-                    d.iter()
-                        .map(|x| (x.source, x.op, x.reason.to_owned(), x.count))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
-
     pub fn from_db(db: &Path) -> rusqlite::Result<Self> {
-        let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let conn = crate::store::open_read(db)?;
         let mut counts = Self::default();
         let mut stmt = conn.prepare("SELECT source, count(*) FROM events GROUP BY source")?;
         let mut rows = stmt.query([])?;

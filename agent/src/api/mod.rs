@@ -24,10 +24,7 @@ pub mod server;
 
 use std::{
     path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicI64, AtomicU64},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -41,10 +38,11 @@ use axum::{
 };
 use tokio::sync::Semaphore;
 
-use crate::{analysis::NodeReport, readonly::QueryError, store::writer::DropCount};
+use ingero_api::{ErrorAnswer, LiveInfo};
 
-/// Most rows one query answer carries (a fleet client pages past it).
-pub const MAX_ROWS: usize = 50_000;
+use crate::{analysis::NodeReport, readonly::QueryError};
+
+pub use ingero_api::MAX_ROWS;
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Deadline of any request.
@@ -99,7 +97,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status(),
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(ErrorAnswer {
+                error: self.to_string(),
+            }),
         )
             .into_response();
         if matches!(self, Self::TooManyQueries(_)) {
@@ -122,14 +122,13 @@ impl From<QueryError> for ApiError {
     }
 }
 
-/// Counters the tracer updates while it runs (`ingero trace --listen`).
-#[derive(Debug, Default)]
-pub struct LiveStats {
-    /// Events read per source: cuda, driver, host, io.
-    pub events: [AtomicU64; 4],
-    pub committed: AtomicU64,
-    pub session_id: AtomicI64,
-    pub drops: Mutex<Vec<DropCount>>,
+/// What a tracing agent shows of its live counters; the command that runs
+/// both the tracer and the API provides it, so neither knows the other.
+pub trait LiveView: Send + Sync + std::fmt::Debug {
+    /// Session, committed and dropped counts for `/api/v1/overview`.
+    fn info(&self) -> LiveInfo;
+    /// Events per source and drops per probe for `/metrics`.
+    fn counts(&self) -> metrics::EventCounts;
 }
 
 /// One engine run: its window, when it ran, its reports.
@@ -141,7 +140,7 @@ pub struct ApiState {
     pub node: String,
     pub db: PathBuf,
     /// `Some` while tracing; `None` for `ingero serve`.
-    pub live: Option<Arc<LiveStats>>,
+    pub live: Option<Arc<dyn LiveView>>,
     pub query_slots: Arc<Semaphore>,
     pub max_queries: usize,
     pub query_timeout: Duration,
@@ -167,7 +166,7 @@ pub struct ApiSettings {
 
 impl ApiState {
     #[must_use]
-    pub fn new(settings: ApiSettings, live: Option<Arc<LiveStats>>) -> Arc<Self> {
+    pub fn new(settings: ApiSettings, live: Option<Arc<dyn LiveView>>) -> Arc<Self> {
         Arc::new(Self {
             node: settings.node,
             db: settings.db,
@@ -199,12 +198,11 @@ impl ApiState {
         }
         let state = Arc::clone(self);
         let reports = tokio::task::spawn_blocking(move || -> Result<Vec<NodeReport>, ApiError> {
-            let conn =
-                rusqlite::Connection::open_with_flags(&state.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                    .map_err(|e| ApiError::Internal(format!("cannot open the database: {e}")))?;
+            let conn = crate::store::open_read(&state.db)
+                .map_err(|e| ApiError::Internal(format!("cannot open the database: {e}")))?;
             let range = crate::timewin::event_range(&conn).map_err(|e| ApiError::Internal(e.to_string()))?;
             let window = crate::timewin::resolve(range, since, None, None).map_err(ApiError::BadRequest)?;
-            crate::analysis::explain(&conn, window, crate::trace::clock::unix_ns())
+            crate::analysis::explain(&conn, window, crate::clock::unix_ns())
                 .map_err(|e| ApiError::Internal(format!("analysis failed: {e}")))
         })
         .await
@@ -237,9 +235,7 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// Token check, request deadline, arrival time and request metrics.
 async fn guard(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Response {
-    request
-        .extensions_mut()
-        .insert(Arrival(crate::trace::clock::unix_ns()));
+    request.extensions_mut().insert(Arrival(crate::clock::unix_ns()));
     let path = metrics::path_label(request.uri().path());
     let response = if path != "/healthz"
         && state

@@ -9,12 +9,13 @@ use std::process::ExitCode;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::{
-    analysis::{self, NodeReport, chain},
+    analysis::{self, Comparison, NodeReport, chain},
     cli::ExplainArgs,
+    clock,
     config::FileConfig,
     error::CliError,
     timewin::format_instant,
-    trace::{clock, live::group_digits},
+    trace::live::group_digits,
     units::format_ns,
 };
 
@@ -28,17 +29,14 @@ fn open(path: &std::path::Path) -> Result<(Connection, bool), CliError> {
     let err = |e: rusqlite::Error| CliError::BadInput(format!("cannot open {}: {e}", path.display()));
     match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(conn) => Ok((conn, true)),
-        Err(_) => Ok((
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?,
-            false,
-        )),
+        Err(_) => Ok((crate::store::open_read(path).map_err(err)?, false)),
     }
 }
 
 /// The chains as text: a header line, then one block per chain.
 #[must_use]
-pub fn render(reports: &[NodeReport]) -> String {
-    let chains = analysis::all_chains(reports);
+fn render(reports: &[NodeReport], comparison: &Comparison) -> String {
+    let chains = &comparison.chains;
     let events: u64 = reports.iter().map(|r| r.events).sum();
     let nodes = reports.len();
     let from = reports.iter().map(|r| r.window.from).min().unwrap_or(0);
@@ -51,7 +49,10 @@ pub fn render(reports: &[NodeReport]) -> String {
         format_instant(from),
         format_instant(to)
     );
-    let straggler = analysis::straggler(reports).map_or(String::new(), |v| format!("{}\n", v.headline()));
+    let straggler = comparison
+        .verdict
+        .as_ref()
+        .map_or(String::new(), |v| format!("{}\n", v.headline()));
     if chains.is_empty() {
         return format!(
             "No causal chains: {span}.\n{straggler}No CUDA operation had a tail (p99 >= {}x p50) or a throughput drop with a concurrent cause.\n",
@@ -68,7 +69,7 @@ pub fn render(reports: &[NodeReport]) -> String {
         count(chain::Severity::Low),
     );
     out.push_str(&straggler);
-    for c in &chains {
+    for c in chains {
         out.push('\n');
         out.push_str(&chain::render(c));
     }
@@ -92,11 +93,12 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     let window = super::window(&conn, &args.window)?;
     let reports = analysis::explain(&conn, window, clock::unix_ns())
         .map_err(|e| CliError::Failed(format!("cannot analyse {}: {e}", path.display())))?;
-    let chains = analysis::all_chains(&reports);
+    let comparison = analysis::compare_reports(&reports);
+    let chains = &comparison.chains;
     if !args.no_save && !chains.is_empty() {
         let saved = writable
             && crate::store::schema::ensure_chains_table(&conn).is_ok()
-            && chain::store(&conn, &chains).is_ok();
+            && chain::store(&conn, chains).is_ok();
         if !saved {
             eprintln!(
                 "ingero: note: {} is read-only; the chains were not recorded in it",
@@ -107,7 +109,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     if args.json {
         let out = serde_json::json!({
             "chains": chains,
-            "straggler": analysis::straggler(&reports),
+            "straggler": comparison.verdict,
             "nodes": reports,
         });
         println!(
@@ -115,7 +117,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
             serde_json::to_string(&out).map_err(|e| CliError::Failed(e.to_string()))?
         );
     } else {
-        print!("{}", render(&reports));
+        print!("{}", render(&reports, &comparison));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use rusqlite::{Connection, OpenFlags};
-
 use crate::{cli::ExportArgs, config::FileConfig, error::CliError, export::export};
 
 pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
@@ -18,7 +16,7 @@ pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
             path.display()
         )));
     }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let conn = crate::store::open_read(&path)
         .map_err(|e| CliError::BadInput(format!("cannot open {}: {e}", path.display())))?;
     if !crate::store::schema::has_column(&conn, "events", "id").unwrap_or(false) {
         return Err(CliError::BadInput(format!(

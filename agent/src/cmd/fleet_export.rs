@@ -2,10 +2,8 @@
 //! fleet, one process per node, each node's timestamps moved onto this
 //! machine's clock by its estimated offset.
 //!
-//! Each agent's rows are fetched in pages through `/api/v1/query` (the
-//! same read-only path as any query, [`PAGE`] rows at a time, ordered by
-//! rowid so a page boundary never skips or repeats a row) into a scratch
-//! database beside the output, which the ordinary exporter then streams
+//! Each agent's rows are fetched in pages ([`ingero_fleet::pages`]) into a
+//! scratch database beside the output, which the ordinary exporter then streams
 //! out; the scratch file is removed afterwards, whatever happens.
 
 use std::{
@@ -15,24 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ingero_fleet::{AgentClient, FleetError, QueryRequest};
+use ingero_fleet::pages::{self, Page};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::fleet::{FleetRun, check_window, finish};
 use crate::{cli::ExportArgs, error::CliError, export::export, trace::live::group_digits};
-
-/// Rows per request (the agent's cap is `api::MAX_ROWS`).
-const PAGE: usize = 20_000;
-/// Tables a trace is made from, besides `events`.
-const SIDE_TABLES: [&str; 3] = ["process_names", "system_snapshots", "causal_chains"];
-
-/// One page of rows for the writer.
-struct Page {
-    table: &'static str,
-    columns: Vec<String>,
-    rows: Vec<Vec<Value>>,
-}
 
 /// Removes the scratch database (and its WAL files) when dropped.
 struct Scratch(PathBuf);
@@ -45,66 +31,6 @@ impl Drop for Scratch {
             let _ = std::fs::remove_file(PathBuf::from(p));
         }
     }
-}
-
-/// SQL for the page after `last_rowid`.
-fn page_sql(table: &str, last_rowid: i64, since_ns: Option<u128>) -> String {
-    let window = match (table, since_ns) {
-        ("events", Some(ns)) => format!(" AND timestamp >= (SELECT max(timestamp) FROM events) - {ns}"),
-        _ => String::new(),
-    };
-    format!(
-        "SELECT rowid AS ingero_rowid, * FROM {table} WHERE rowid > {last_rowid}{window} ORDER BY rowid LIMIT {PAGE}"
-    )
-}
-
-/// Every page of one agent, sent to the writer; the number of events.
-async fn fetch_node(
-    client: AgentClient,
-    since_ns: Option<u128>,
-    tx: mpsc::SyncSender<Page>,
-) -> Result<u64, FleetError> {
-    let tables = client
-        .query("SELECT name FROM sqlite_master WHERE type = 'table'", None)
-        .await?;
-    let present: Vec<&str> = tables.rows.iter().filter_map(|r| r.first()?.as_str()).collect();
-    let mut events = 0;
-    for table in std::iter::once("events").chain(SIDE_TABLES) {
-        if !present.contains(&table) {
-            continue;
-        }
-        let mut last = 0i64;
-        loop {
-            let answer = client
-                .query_with(&QueryRequest {
-                    sql: page_sql(table, last, since_ns),
-                    limit: Some(PAGE),
-                    ..QueryRequest::default()
-                })
-                .await?;
-            let n = answer.rows.len();
-            last = answer
-                .rows
-                .last()
-                .and_then(|r| r.first()?.as_i64())
-                .unwrap_or(last);
-            if table == "events" {
-                events += n as u64;
-            }
-            let page = Page {
-                table,
-                columns: answer.columns,
-                rows: answer.rows,
-            };
-            if n > 0 && tx.send(page).is_err() {
-                return Err(FleetError::Other("the local writer stopped".into()));
-            }
-            if n < PAGE {
-                break;
-            }
-        }
-    }
-    Ok(events)
 }
 
 /// Inserts pages as they come; prints progress about once a second.
@@ -172,19 +98,22 @@ fn scratch_path(output: &Path) -> PathBuf {
 }
 
 pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
-    let since_ns = check_window(&args.window)?.and(args.window.since.map(|d| d.0.as_nanos()));
+    let since_ns = check_window(&args.window)?
+        .and_then(ingero_api::Since::duration)
+        .map(|d| d.as_nanos());
     let scratch = Scratch(scratch_path(&args.output));
     let conn = crate::store::open_for_writing(&scratch.0)?;
     let (tx, rx) = mpsc::sync_channel::<Page>(4);
-    let nodes = fleet.fleet.len();
+    let nodes = fleet.setup.fleet.len();
     let writer = std::thread::spawn(move || {
         let written = write_pages(&conn, &rx, nodes);
         (conn, written)
     });
     let answers = fleet.block_on(
         fleet
+            .setup
             .fleet
-            .run(move |client| fetch_node(client, since_ns, tx.clone())),
+            .run(move |client| pages::fetch_tables(client, since_ns, tx.clone())),
     );
     let (conn, written) = writer
         .join()
@@ -197,7 +126,7 @@ pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
     })?;
     fleet.warn(&answers, true);
     let code = finish(&answers)?;
-    let offsets = super::fleet::offsets(&answers);
+    let offsets = ingero_fleet::offsets(&answers);
     let out = std::fs::File::create(&args.output)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;
     let report = export(&conn, out, None, &offsets)
@@ -224,20 +153,4 @@ pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
         );
     }
     Ok(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pages_follow_the_rowid_and_the_window_applies_to_events_only() {
-        assert_eq!(
-            page_sql("events", 40, Some(5_000_000_000)),
-            format!(
-                "SELECT rowid AS ingero_rowid, * FROM events WHERE rowid > 40 AND timestamp >= (SELECT max(timestamp) FROM events) - 5000000000 ORDER BY rowid LIMIT {PAGE}"
-            )
-        );
-        assert!(!page_sql("process_names", 0, Some(1)).contains("timestamp"));
-    }
 }

@@ -2,6 +2,7 @@
 //! configuration layers) into output and an exit code.
 
 pub mod certs;
+pub mod config;
 pub mod explain;
 pub mod export;
 pub mod fleet;
@@ -17,27 +18,17 @@ use std::path::{Path, PathBuf};
 use crate::{
     api::{
         ApiSettings,
-        listen::{ListenOptions, TlsSettings, read_token},
+        listen::{ListenOptions, TlsSettings},
     },
     cli::{ApiArgs, WindowArgs},
-    config::{self, FileConfig},
+    config::{FileConfig, defaults, expand_home, read_token, resolve_db, resolve_state_dir},
     error::CliError,
     timewin::{self, Window},
 };
 
-/// The async runtime of a command: two workers (the agent is a guest on a
-/// training node; it must not take every core).
-pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
-}
-
 /// The database a command reads: the flag, else the configured default.
 pub fn database(flag: Option<&Path>, file: &FileConfig) -> Result<PathBuf, CliError> {
-    Ok(config::resolve_db(flag, file)?)
+    Ok(resolve_db(flag, file)?)
 }
 
 /// The window the flags describe, anchored on the database's events.
@@ -65,12 +56,12 @@ pub fn api_options(
     let Some(addr) = args.listen.or(file.agent.listen) else {
         return Ok(None);
     };
-    let expand = |p: &Option<PathBuf>| p.as_deref().map(config::expand_home);
+    let expand = |p: &Option<PathBuf>| p.as_deref().map(expand_home);
     let token_file = expand(&args.token_file).or_else(|| expand(&file.agent.token_file));
     let tls = if args.no_tls {
         None
     } else {
-        let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), file)?;
+        let state_dir = resolve_state_dir(args.state_dir.as_deref(), file)?;
         Some(TlsSettings::new(
             expand(&args.tls_cert).or_else(|| expand(&file.agent.tls_cert)),
             expand(&args.tls_key).or_else(|| expand(&file.agent.tls_key)),
@@ -80,7 +71,11 @@ pub fn api_options(
         )?)
     };
     let token = token_file.as_deref().map(read_token).transpose()?;
-    if args.max_queries == 0 {
+    let max_queries = args
+        .max_queries
+        .or(file.agent.max_queries)
+        .unwrap_or(defaults::MAX_QUERIES);
+    if max_queries == 0 {
         return Err(CliError::BadInput("--max-queries must be at least 1".into()));
     }
     let listen = ListenOptions {
@@ -94,8 +89,11 @@ pub fn api_options(
         ApiSettings {
             node: node.to_owned(),
             db: db.to_path_buf(),
-            max_queries: args.max_queries,
-            query_timeout: args.query_timeout.0,
+            max_queries,
+            query_timeout: args
+                .query_timeout
+                .or(file.agent.query_timeout)
+                .map_or(defaults::API_QUERY_TIMEOUT, |d| d.0),
             max_rows: crate::api::MAX_ROWS,
             token,
             default_since,

@@ -10,20 +10,33 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use ingero_fleet::{Fleet, NodeAnswer, QueryAnswer, QueryRequest};
+use ingero_api::QueryRequest;
+use ingero_fleet::FleetRows;
 use serde_json::{Value, json};
 
 use crate::{
     cli::QueryArgs,
-    config::FileConfig,
+    config::{FileConfig, defaults},
     error::CliError,
     readonly::{Limits, QueryResult, ReadOnlyDb},
     table,
 };
 
+/// `--limit` and `--timeout`: flag, then `query:` in the file, then default.
+fn limits(args: &QueryArgs, file: &FileConfig) -> Limits {
+    Limits {
+        timeout: args
+            .timeout
+            .or(file.query.timeout)
+            .map_or(defaults::QUERY_TIMEOUT, |d| d.0),
+        max_rows: args.limit.or(file.query.limit).unwrap_or(defaults::QUERY_LIMIT),
+    }
+}
+
 pub fn run(args: &QueryArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
+    let limits = limits(args, file);
     if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
-        return run_fleet(args, &fleet);
+        return run_fleet(args, limits, &fleet);
     }
     if args.merge.is_some() {
         return Err(CliError::BadInput(
@@ -35,12 +48,8 @@ pub fn run(args: &QueryArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let window = super::window(probe.connection(), &args.window)?;
     drop(probe);
     let db = ReadOnlyDb::open(&path, window.map(|w| (w.from, w.to)))?;
-    let limits = Limits {
-        timeout: args.timeout.0,
-        max_rows: args.limit,
-    };
     let result = db.query(&args.sql, limits)?;
-    print_result(args, &result, &table::footer(&result, args.limit), None)?;
+    print_result(args, &result, &table::footer(&result, limits.max_rows), None)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -65,14 +74,14 @@ fn print_result(
     Ok(())
 }
 
-fn run_fleet(args: &QueryArgs, fleet: &super::fleet::FleetRun) -> Result<ExitCode, CliError> {
+fn run_fleet(args: &QueryArgs, limits: Limits, fleet: &super::fleet::FleetRun) -> Result<ExitCode, CliError> {
     // The agent's deadline ends before ours, so its answer (or its "ran
     // past the deadline" message) arrives rather than a bare timeout.
-    let agent_deadline = args
+    let agent_deadline = limits
         .timeout
-        .0
         .min(
             fleet
+                .setup
                 .fleet
                 .options()
                 .timeout
@@ -81,11 +90,11 @@ fn run_fleet(args: &QueryArgs, fleet: &super::fleet::FleetRun) -> Result<ExitCod
         .max(Duration::from_millis(100));
     let request = QueryRequest {
         sql: args.sql.clone(),
-        limit: Some(args.limit),
+        limit: Some(limits.max_rows),
         timeout_ms: Some(u64::try_from(agent_deadline.as_millis()).unwrap_or(u64::MAX)),
         since: super::fleet::check_window(&args.window)?,
     };
-    let rows = fleet.block_on(gather(&fleet.fleet, request));
+    let rows = fleet.block_on(fleet.setup.fleet.query(request));
     fleet.warn(&rows.answers, false);
     for (node, n) in &rows.cut {
         eprintln!(
@@ -99,8 +108,19 @@ fn run_fleet(args: &QueryArgs, fleet: &super::fleet::FleetRun) -> Result<ExitCod
     }
     let code = super::fleet::finish(&rows.answers)?;
     let FleetRows {
-        answers, combined, ..
+        answers,
+        columns,
+        rows,
+        truncated,
+        elapsed_ms,
+        ..
     } = rows;
+    let combined = QueryResult {
+        columns,
+        rows,
+        truncated,
+        elapsed_ms,
+    };
     let answered = answers.iter().filter(|a| a.result.is_ok()).count();
     let nodes_json: Vec<Value> = answers
         .iter()
@@ -133,13 +153,7 @@ fn run_fleet(args: &QueryArgs, fleet: &super::fleet::FleetRun) -> Result<ExitCod
         }
         Some(merge_sql) => {
             let db = ReadOnlyDb::from_rows("fleet", &combined.columns, &combined.rows)?;
-            let merged = db.query(
-                merge_sql,
-                Limits {
-                    timeout: args.timeout.0,
-                    max_rows: args.limit,
-                },
-            )?;
+            let merged = db.query(merge_sql, limits)?;
             let n = merged.rows.len();
             let footer = format!(
                 "{n} row{} merged over {} row{} {of_nodes}",
@@ -158,76 +172,4 @@ fn run_fleet(args: &QueryArgs, fleet: &super::fleet::FleetRun) -> Result<ExitCod
         }
     }
     Ok(code)
-}
-
-/// A fan-out query's answers and their rows, with a `node` column first.
-#[derive(Debug)]
-pub struct FleetRows {
-    pub answers: Vec<NodeAnswer<QueryAnswer>>,
-    pub combined: QueryResult,
-    /// Nodes whose answer was cut at the row limit, and how many rows came.
-    pub cut: Vec<(String, usize)>,
-}
-
-/// Sends `request` to every agent and puts the rows together. The first
-/// answer fixes the columns; a node whose columns differ (another schema
-/// version) becomes a failed node, not mixed in.
-pub async fn gather(fleet: &Fleet, request: QueryRequest) -> FleetRows {
-    let started = std::time::Instant::now();
-    let mut answers = fleet
-        .run(move |client| {
-            let request = request.clone();
-            async move { client.query_with(&request).await }
-        })
-        .await;
-    for a in &mut answers {
-        if let Ok(q) = &a.result
-            && a.node.is_none()
-            && !q.node.is_empty()
-        {
-            a.node = Some(q.node.clone());
-        }
-    }
-    let columns: Option<Vec<String>> = answers
-        .iter()
-        .find_map(|a| a.result.as_ref().ok().map(|q| q.columns.clone()));
-    for a in &mut answers {
-        if let Ok(q) = &a.result
-            && Some(&q.columns) != columns.as_ref()
-        {
-            a.result = Err(ingero_fleet::FleetError::Decode(format!(
-                "its columns {:?} differ from the other nodes' {:?}",
-                q.columns,
-                columns.clone().unwrap_or_default()
-            )));
-        }
-    }
-    let mut combined = QueryResult {
-        columns: std::iter::once("node".to_owned())
-            .chain(columns.unwrap_or_default())
-            .collect(),
-        rows: Vec::new(),
-        truncated: false,
-        elapsed_ms: 0.0,
-    };
-    let mut cut = Vec::new();
-    for a in &answers {
-        if let Ok(QueryAnswer { rows, truncated, .. }) = &a.result {
-            let node = Value::String(a.name().to_owned());
-            combined.rows.extend(
-                rows.iter()
-                    .map(|r| std::iter::once(node.clone()).chain(r.iter().cloned()).collect()),
-            );
-            if *truncated {
-                combined.truncated = true;
-                cut.push((a.name().to_owned(), rows.len()));
-            }
-        }
-    }
-    combined.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-    FleetRows {
-        answers,
-        combined,
-        cut,
-    }
 }

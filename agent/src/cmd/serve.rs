@@ -14,7 +14,7 @@ use crate::{
 
 /// The node a database records (its only node), if it has exactly one.
 fn node_of(db: &std::path::Path) -> Option<String> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let conn = crate::store::open_read(db).ok()?;
     let mut stmt = conn.prepare("SELECT DISTINCT node FROM events LIMIT 2").ok()?;
     let nodes: Vec<String> = stmt
         .query_map([], |r| r.get(0))
@@ -39,11 +39,16 @@ pub fn run(args: &ServeArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let (listen, settings) = super::api_options(&args.api, file, &node, &db, None)?.ok_or_else(|| {
         CliError::BadInput("ingero serve needs --listen ADDR (or agent.listen in ingero.yaml)".into())
     })?;
-    let runtime = crate::cmd::runtime()?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async {
+        let settings_copy = settings.clone();
         let state = ApiState::new(settings, None);
         let running = listen::start(&listen, state).await?;
         eprintln!("ingero: serving {} as node {node}; Ctrl-C to stop", db.display());
+        if let Some(path) = &args.ready_file {
+            let api = (listen.clone(), settings_copy);
+            super::trace::announce(path, &node, &db, None, Some(&running), Some(&api))?;
+        }
         let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::Failed(e.to_string()))?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -1,14 +1,17 @@
 //! `ingero trace`: configuration layering for the tracer, the async
-//! runtime it runs on, and the closing summary.
+//! runtime it runs on, the API beside it (`--listen`), readiness, and the
+//! closing summary. The tracer and the API do not know each other: this
+//! command starts both and hands the tracer's live counters to the API.
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode, sync::Arc};
 
 use crate::{
-    DEFAULT_MAX_DB, DEFAULT_RINGBUF,
+    api::{self, ApiSettings, ApiState, LiveView, listen::ListenOptions, metrics::EventCounts},
     cli::TraceArgs,
-    config::{self, FileConfig},
+    config::{self, FileConfig, defaults},
     error::CliError,
-    trace::{self, TraceOptions, live::group_digits, probes::Families},
+    ready::{self, Ready},
+    trace::{LiveStats, TraceOptions, Tracer, live::group_digits, probes::Families},
 };
 
 fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, CliError> {
@@ -18,20 +21,18 @@ fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, Cl
     });
     let node = config::resolve_node(args.node.as_deref(), file)?;
     let db = config::resolve_db(args.db.as_deref(), file)?;
-    let api = super::api_options(
-        &args.api,
-        file,
-        &node,
-        &db,
-        Some(std::time::Duration::from_secs(300)),
-    )?;
     Ok(TraceOptions {
         node,
         pids: args.pids.clone(),
         duration: args.duration.map(|d| d.0),
         db,
-        max_db_size: Some(args.max_db.or(file.agent.max_db_size).unwrap_or(DEFAULT_MAX_DB).0),
-        stack: args.stack || t.stack.unwrap_or(false),
+        max_db_size: Some(
+            args.max_db
+                .or(file.agent.max_db_size)
+                .unwrap_or(defaults::MAX_DB)
+                .0,
+        ),
+        stack: args.stack || t.stack.unwrap_or(defaults::STACK),
         cuda_libs: args
             .cuda_lib
             .iter()
@@ -45,22 +46,86 @@ fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, Cl
             .map(|p| config::expand_home(p))
             .collect(),
         json: args.json,
-        ringbuf_bytes: args.ringbuf_size.or(t.ringbuf_size).unwrap_or(DEFAULT_RINGBUF).0,
+        ringbuf_bytes: args
+            .ringbuf_size
+            .or(t.ringbuf_size)
+            .unwrap_or(defaults::RINGBUF)
+            .0,
         families: Families {
-            sched: !args.no_sched && t.sched.unwrap_or(true),
-            io: !args.no_io && t.io.unwrap_or(true),
-            memory: !args.no_memory && t.memory.unwrap_or(true),
+            sched: !args.no_sched && t.sched.unwrap_or(defaults::FAMILY_ENABLED),
+            io: !args.no_io && t.io.unwrap_or(defaults::FAMILY_ENABLED),
+            memory: !args.no_memory && t.memory.unwrap_or(defaults::FAMILY_ENABLED),
         },
         flags_json: flags.to_string(),
         live: !args.quiet,
-        api,
     })
+}
+
+/// The tracer's counters as the API shows them.
+impl LiveView for LiveStats {
+    fn info(&self) -> ingero_api::LiveInfo {
+        use std::sync::atomic::Ordering::Relaxed;
+        ingero_api::LiveInfo {
+            tracing: true,
+            session_id: Some(self.session_id.load(Relaxed)),
+            events_committed: Some(self.committed.load(Relaxed)),
+            events_dropped: Some(
+                self.drops
+                    .lock()
+                    .map_or(0, |d| d.iter().map(|x| x.count).sum::<u64>()),
+            ),
+        }
+    }
+
+    fn counts(&self) -> EventCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        EventCounts {
+            by_source: std::array::from_fn(|i| self.events[i].load(Relaxed)),
+            drops: self
+                .drops
+                .lock()
+                .map(|d| {
+                    d.iter()
+                        .map(|x| (x.source, x.op, x.reason.to_owned(), x.count))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let opts = trace_options(args, file)?;
-    let runtime = crate::cmd::runtime()?;
-    let outcome = runtime.block_on(trace::run(opts))?;
+    let api: Option<(ListenOptions, ApiSettings)> =
+        super::api_options(&args.api, file, &opts.node, &opts.db, Some(defaults::LIVE_WINDOW))?;
+    let runtime = crate::runtime()?;
+    let outcome = runtime.block_on(async {
+        let mut tracer = Tracer::start(opts.clone())?;
+        let running = match &api {
+            Some((listen, settings)) => {
+                let live: Arc<dyn LiveView> = tracer.live();
+                let state = ApiState::new(settings.clone(), Some(live));
+                Some(api::listen::start(listen, state).await?)
+            }
+            None => None,
+        };
+        if let Some(path) = &args.ready_file {
+            announce(
+                path,
+                &opts.node,
+                &opts.db,
+                Some(tracer.session_id()),
+                running.as_ref(),
+                api.as_ref(),
+            )?;
+        }
+        let stop = tracer.run().await;
+        let outcome = tracer.shutdown(stop).await;
+        if let Some(running) = running {
+            running.stop().await;
+        }
+        Ok::<_, CliError>(outcome?)
+    })?;
     eprintln!(
         "ingero: {}: {} events stored in {} (node {}, session {}) over {:.1}s, {} dropped",
         outcome.stop_reason,
@@ -79,4 +144,27 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the ready file (see [`crate::ready`]).
+pub(super) fn announce(
+    path: &Path,
+    node: &str,
+    db: &Path,
+    session_id: Option<i64>,
+    running: Option<&api::listen::RunningApi>,
+    api: Option<&(ListenOptions, ApiSettings)>,
+) -> Result<(), CliError> {
+    ready::announce(
+        path,
+        &Ready {
+            pid: std::process::id(),
+            node,
+            db,
+            session_id,
+            listen: running.map(|r| r.addr),
+            scheme: api.map(|(l, _)| if l.tls.is_some() { "https" } else { "http" }),
+        },
+    )
+    .map_err(|e| CliError::Failed(format!("cannot write the ready file {}: {e}", path.display())))
 }

@@ -3,7 +3,7 @@
 //!
 //! Tools ([`tools`]): `query_fleet` over the agents of `--nodes` /
 //! `fleet.nodes` (chains with the straggler verdict, fan-out SQL, per-node
-//! operations, overview), reusing the fleet commands' code; and, with a
+//! operations, overview), through the fleet client and the analysis engine; and, with a
 //! local database, `get_chains`, `run_sql` (the same read-only guard as
 //! `ingero query`), `get_ops` and `get_stacks`. Answers are compact text
 //! ([`answer`]); a failure of the tool itself (bad arguments, a refused
@@ -15,7 +15,20 @@ pub mod tools;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use ingero_fleet::{NodeAnswer, QueryRequest, straggler::NodeFigures};
+use crate::{
+    analysis::{self, NodeReport, straggler::NodeFigures},
+    cli::McpArgs,
+    config::{
+        FileConfig, defaults,
+        fleet::{FleetSetup, resolve},
+    },
+    error::CliError,
+    readonly::{Limits, ReadOnlyDb},
+    units::format_ns,
+};
+use answer::{DATA_NOTICE, clean, data};
+use ingero_api::{OpsEndpoint, OverviewEndpoint, QueryRequest, Since as SinceWindow};
+use ingero_fleet::{NodeAnswer, explain as fleet_explain, refusal, warnings};
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler, ServiceExt,
     model::{
@@ -25,21 +38,8 @@ use rmcp::{
     service::RequestContext,
 };
 use serde_json::Value;
-
-use crate::{
-    analysis,
-    cli::McpArgs,
-    cmd::fleet::{FleetSetup, setup, warnings},
-    config::FileConfig,
-    error::CliError,
-    readonly::{Limits, ReadOnlyDb},
-    units::{HumanDuration, format_ns},
-};
-use answer::{DATA_NOTICE, clean, data};
 use tools::{FleetAction, QueryFleet, Since, Sql, Stacks};
 
-/// Deadline of one SQL statement asked by the assistant.
-const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Chains listed in one answer.
 const MAX_CHAINS: usize = 12;
 
@@ -54,20 +54,21 @@ const INSTRUCTIONS: &str = "ingero traces CUDA calls and host events (CPU schedu
 processes. When training is slow, call query_fleet with action=chains (or get_chains for a local database): it names the \
 straggler node its peers wait for, the cause, and fixes. Then drill down with SQL (the tool descriptions hold the schema).";
 
-/// `since` as the API and the analysis take it: `None` for everything.
-fn window_of(since: Option<&str>) -> Result<Option<Duration>, String> {
-    match since {
-        None | Some("all") => Ok(None),
-        Some(s) => s.parse::<HumanDuration>().map(|d| Some(d.0)),
-    }
+/// `since` as the tools take it (`5m`, `all`); `None` when not given.
+fn window_of(since: Option<&str>) -> Result<Option<SinceWindow>, String> {
+    since.map(str::parse).transpose()
 }
 
 /// Warnings (nodes that did not answer, clocks off) as answer lines.
 fn warning_lines<T>(answers: &[NodeAnswer<T>], fleet: &FleetSetup, corrected: bool) -> String {
     warnings(answers, fleet.skew_threshold, corrected)
         .iter()
-        .map(|w| format!("Warning: {}\n", clean(w, 400)))
-        .collect()
+        .fold(String::new(), |mut out, w| {
+            out.push_str("Warning: ");
+            out.push_str(&clean(w, 400));
+            out.push('\n');
+            out
+        })
 }
 
 fn answered<T>(answers: &[NodeAnswer<T>]) -> Result<usize, String> {
@@ -112,22 +113,24 @@ impl IngeroMcp {
 
     async fn query_fleet(&self, q: QueryFleet) -> Result<String, String> {
         let fleet = self.fleet()?;
-        window_of(q.since.as_deref())?;
-        let since = q.since.clone();
+        let since = window_of(q.since.as_deref())?;
         match q.action {
             FleetAction::Chains => {
-                let x = crate::cmd::fleet_explain::collect(&fleet.fleet, fleet.skew_threshold, since).await;
-                let n = answered(&x.answers)?;
-                let chains: Vec<_> = x.chains.iter().map(|(c, _)| c.clone()).collect();
+                let answers = fleet.fleet.explain(since).await;
+                let n = answered(&answers)?;
+                let x = analysis::compare(
+                    &fleet_explain::node_ops(&answers),
+                    fleet_explain::chains(&answers),
+                );
                 Ok(format!(
                     "{DATA_NOTICE}\n{}Fleet: {n} of {} agents answered; {} on {} node(s).\n{}{}{}",
-                    warning_lines(&x.answers, fleet, true),
-                    x.answers.len(),
-                    answer::chain_counts(&chains),
+                    warning_lines(&answers, fleet, true),
+                    answers.len(),
+                    answer::chain_counts(&x.chains),
                     x.figures.len(),
                     answer::verdict(x.verdict.as_ref(), &x.figures),
                     answer::figures(&x.figures),
-                    answer::chains(&chains, MAX_CHAINS),
+                    answer::chains(&x.chains, MAX_CHAINS),
                 ))
             }
             FleetAction::Sql => {
@@ -136,63 +139,59 @@ impl IngeroMcp {
                 let request = QueryRequest {
                     sql,
                     limit: Some(limit),
-                    timeout_ms: Some(SQL_TIMEOUT.as_millis() as u64),
+                    timeout_ms: Some(defaults::MCP_SQL_TIMEOUT.as_millis() as u64),
                     since,
                 };
-                let rows = crate::cmd::query::gather(&fleet.fleet, request).await;
+                let rows = fleet.fleet.query(request).await;
                 if let Err(e) = answered(&rows.answers) {
                     // Every node refusing the statement is the statement's fault: say why once.
-                    let refusal = rows.answers.iter().find_map(|a| match &a.result {
-                        Err(ingero_fleet::FleetError::Http {
-                            status: 400 | 403 | 408,
-                            message,
-                        }) => Some(message.clone()),
-                        _ => None,
-                    });
-                    return Err(refusal.map_or(e, |m| format!("the nodes refused the statement: {m}")));
+                    return Err(
+                        refusal(&rows.answers).map_or(e, |m| format!("the nodes refused the statement: {m}"))
+                    );
                 }
                 let n = rows.answers.iter().filter(|a| a.result.is_ok()).count();
+                let total = rows.answers.len();
+                let combined = crate::readonly::QueryResult {
+                    columns: rows.columns,
+                    rows: rows.rows,
+                    truncated: rows.truncated,
+                    elapsed_ms: rows.elapsed_ms,
+                };
                 Ok(format!(
-                    "{DATA_NOTICE}\n{}{}rows from {n} of {} node(s)\n",
+                    "{DATA_NOTICE}\n{}{}rows from {n} of {total} node(s)\n",
                     warning_lines(&rows.answers, fleet, false),
-                    answer::table(&rows.combined, limit * rows.answers.len()),
-                    rows.answers.len()
+                    answer::table(&combined, limit * total),
                 ))
             }
             FleetAction::Ops => {
-                let path = since.map_or("/api/v1/ops".to_owned(), |s| format!("/api/v1/ops?since={s}"));
                 let answers = fleet
                     .fleet
-                    .run(move |c| {
-                        let path = path.clone();
-                        async move { c.get(&path).await }
-                    })
+                    .run(move |c| async move { c.get::<OpsEndpoint>(since).await })
                     .await;
                 answered(&answers)?;
                 let mut out = format!("{DATA_NOTICE}\n{}", warning_lines(&answers, fleet, false));
-                let figures: Vec<NodeFigures> = answers
+                let nodes: Vec<&ingero_api::NodeOps> = answers
                     .iter()
                     .filter_map(|a| a.result.as_ref().ok())
-                    .flat_map(NodeFigures::from_ops)
+                    .flat_map(|v| v.nodes.iter())
                     .collect();
+                let figures: Vec<NodeFigures> = nodes.iter().map(|n| NodeFigures::from_node(n)).collect();
                 out.push_str(&answer::figures(&figures));
-                for v in answers.iter().filter_map(|a| a.result.as_ref().ok()) {
-                    for node in v["nodes"].as_array().into_iter().flatten() {
-                        out.push_str(&answer::ops(node, 8));
-                    }
+                for node in nodes {
+                    out.push_str(&answer::ops(node, 8));
                 }
                 Ok(out)
             }
             FleetAction::Overview => {
                 let answers = fleet
                     .fleet
-                    .run(|c| async move { c.get("/api/v1/overview").await })
+                    .run(|c| async move { c.get::<OverviewEndpoint>(None).await })
                     .await;
                 answered(&answers)?;
                 let mut out = format!("{DATA_NOTICE}\n{}", warning_lines(&answers, fleet, false));
                 for a in &answers {
                     match &a.result {
-                        Ok(v) => out.push_str(&overview_line(v)),
+                        Ok(v) => out.push_str(&answer::overview(v)),
                         Err(e) => out.push_str(&format!(
                             "{}: no answer ({})\n",
                             clean(&a.label(), 100),
@@ -216,15 +215,15 @@ impl IngeroMcp {
     }
 
     async fn get_chains(&self, a: Since) -> Result<String, String> {
-        let since = window_of(a.since.as_deref())?;
+        let since = window_of(a.since.as_deref())?.and_then(SinceWindow::duration);
         self.blocking(move |db| {
             let reports = explain(&db, since)?;
-            let chains = analysis::all_chains(&reports);
-            let figures: Vec<NodeFigures> = reports
-                .iter()
-                .flat_map(|r| NodeFigures::from_ops(&serde_json::json!({ "nodes": [analysis::ops_json(r)] })))
-                .collect();
-            let verdict = (figures.len() > 1).then(|| answer::verdict(analysis::straggler(&reports).as_ref(), &figures));
+            let analysis::Comparison {
+                figures,
+                verdict,
+                chains,
+            } = analysis::compare_reports(&reports);
+            let verdict = (figures.len() > 1).then(|| answer::verdict(verdict.as_ref(), &figures));
             let events: u64 = reports.iter().map(|r| r.events).sum();
             Ok(format!(
                 "{DATA_NOTICE}\n{} events from {} node(s); {}.\n{}{}",
@@ -253,7 +252,7 @@ impl IngeroMcp {
                     d.query(
                         &a.sql,
                         Limits {
-                            timeout: SQL_TIMEOUT,
+                            timeout: defaults::MCP_SQL_TIMEOUT,
                             max_rows: limit,
                         },
                     )
@@ -265,12 +264,12 @@ impl IngeroMcp {
     }
 
     async fn get_ops(&self, a: Since) -> Result<String, String> {
-        let since = window_of(a.since.as_deref())?;
+        let since = window_of(a.since.as_deref())?.and_then(SinceWindow::duration);
         self.blocking(move |db| {
             let reports = explain(&db, since)?;
             let mut out = String::new();
             for r in &reports {
-                out.push_str(&answer::ops(&analysis::ops_json(r), 12));
+                out.push_str(&answer::ops(&r.node_ops(), 12));
             }
             if out.is_empty() {
                 out.push_str("No events in the database.\n");
@@ -292,16 +291,14 @@ impl IngeroMcp {
 
 fn open(db: &std::path::Path) -> Result<rusqlite::Connection, String> {
     ReadOnlyDb::open(db, None).map_err(|e| e.to_string())?;
-    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("cannot open {}: {e}", db.display()))
+    crate::store::open_read(db).map_err(|e| format!("cannot open {}: {e}", db.display()))
 }
 
-fn explain(db: &std::path::Path, since: Option<Duration>) -> Result<Vec<analysis::NodeReport>, String> {
+fn explain(db: &std::path::Path, since: Option<Duration>) -> Result<Vec<NodeReport>, String> {
     let conn = open(db)?;
     let range = crate::timewin::event_range(&conn).map_err(|e| e.to_string())?;
     let window = crate::timewin::resolve(range, since, None, None)?;
-    analysis::explain(&conn, window, crate::trace::clock::unix_ns())
-        .map_err(|e| format!("analysis failed: {e}"))
+    analysis::explain(&conn, window, crate::clock::unix_ns()).map_err(|e| format!("analysis failed: {e}"))
 }
 
 fn stacks(db: &std::path::Path, op: Option<&str>, limit: usize) -> Result<String, String> {
@@ -361,34 +358,6 @@ fn stacks(db: &std::path::Path, op: Option<&str>, limit: usize) -> Result<String
     Ok(out)
 }
 
-fn overview_line(v: &Value) -> String {
-    let by_source: Vec<String> = v["events_by_source"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, n)| format!("{} {}", clean(k, 16), n)).collect())
-        .unwrap_or_default();
-    let span = match (v["first_event"].as_i64(), v["last_event"].as_i64()) {
-        (Some(a), Some(b)) => format!(" over {}", format_ns((b - a) as f64)),
-        _ => String::new(),
-    };
-    format!(
-        "{}{}: {} events{span} ({}); chains stored {}; sessions {}; dropped {}; {}\n",
-        clean(v["node"].as_str().unwrap_or("?"), 64),
-        v["rank"]
-            .as_i64()
-            .map_or(String::new(), |r| format!(" (rank {r})")),
-        v["events"].as_i64().unwrap_or(0),
-        by_source.join(", "),
-        v["chains_stored"].as_i64().unwrap_or(0),
-        v["sessions"].as_i64().unwrap_or(0),
-        v["dropped"].as_i64().unwrap_or(0),
-        if v["live"]["tracing"] == true {
-            "tracing now"
-        } else {
-            "not tracing (stored database)"
-        }
-    )
-}
-
 impl ServerHandler for IngeroMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
@@ -432,7 +401,7 @@ impl ServerHandler for IngeroMcp {
 
 /// `ingero mcp`: serves until the client closes stdin.
 pub fn run(args: &McpArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
-    let fleet = setup(&args.fleet, file)?;
+    let fleet = resolve(&args.fleet, file)?;
     let db = match &args.db {
         Some(p) => {
             let p = crate::config::expand_home(p);
@@ -449,7 +418,7 @@ pub fn run(args: &McpArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
             "ingero mcp needs something to read: --db PATH (a database) and/or --nodes host:port,... (agents)".into(),
         ));
     }
-    let runtime = crate::cmd::runtime()?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async {
         let server = IngeroMcp { fleet, db };
         let service = server

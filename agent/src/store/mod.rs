@@ -1,7 +1,7 @@
 //! The node's SQLite store.
 //!
 //! One writer thread per database ([`writer`]), WAL journaling, batched
-//! transactions; readers never block it. The schema ([`schema`]) is a public
+//! transactions; readers open with [`open_read`] and never block it. The schema ([`schema`]) is a public
 //! contract. A database created under `sudo` is handed to the invoking user,
 //! so they can query it without root.
 
@@ -91,6 +91,19 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
             give_to_invoking_user(Path::new(&p));
         }
     }
+    Ok(conn)
+}
+
+/// Opens a database for reading, the one way every reader does: read-only
+/// (SQLite refuses any write), no mutex (one thread per connection), and a
+/// busy timeout so a reader waits out the writer's checkpoint instead of
+/// failing. In WAL mode readers never block the writer.
+pub fn open_read(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
 

@@ -266,6 +266,34 @@ pub fn ensure_chains_table(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Every table the schema defines (the contract's tables; anything else
+/// in a database is another tool's).
+pub const TABLES: &[&str] = &[
+    "schema_info",
+    "sources",
+    "ops",
+    "events",
+    "stack_traces",
+    "sessions",
+    "drops",
+    "process_names",
+    "event_aggregates",
+    "system_snapshots",
+    "id_counters",
+    "causal_chains",
+];
+
+/// Whether a table or view named `name` exists (temporary ones included).
+pub fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM (SELECT name, type FROM sqlite_master UNION ALL SELECT name, type FROM sqlite_temp_master)
+         WHERE name = ?1 AND type IN ('table', 'view')",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
 /// Whether `table` has `column`.
 pub fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
@@ -275,6 +303,22 @@ pub fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_list_is_the_schema() -> rusqlite::Result<()> {
+        let conn = Connection::open_in_memory()?;
+        init(&conn).expect("init");
+        let mut stmt = conn.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?;
+        let mut created: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut listed: Vec<String> = TABLES.iter().map(|t| (*t).to_owned()).collect();
+        created.sort();
+        listed.sort();
+        assert_eq!(created, listed);
+        assert!(table_exists(&conn, "events")? && !table_exists(&conn, "nope")?);
+        Ok(())
+    }
 
     #[test]
     fn init_is_idempotent_and_self_describing() -> rusqlite::Result<()> {

@@ -12,6 +12,7 @@
 //! When the channel closes, everything received is committed before the
 //! thread ends: nothing read from the kernel is lost on a clean stop.
 
+use std::fmt::Write as _;
 use std::{
     collections::HashMap,
     sync::{
@@ -256,7 +257,7 @@ impl Writer {
             let due = first_pending.is_some_and(|t| t.elapsed() >= MAX_BATCH_DELAY);
             if closed || due || pending.events.len() >= MAX_BATCH_ROWS {
                 if !pending.is_empty() {
-                    self.commit(std::mem::take(&mut pending))?;
+                    self.commit(&std::mem::take(&mut pending))?;
                 }
                 first_pending = None;
                 self.maybe_prune()?;
@@ -267,7 +268,7 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let sql = |context: &'static str| move |source| StoreError::Sql { context, source };
         let tx = self
             .conn
@@ -414,7 +415,6 @@ fn insert_events(tx: &Transaction<'_>, config: &WriterConfig, events: &[EventRow
     let mut id = String::with_capacity(config.node.len() + 21);
     for (i, e) in events.iter().enumerate() {
         id.clear();
-        use std::fmt::Write as _;
         let _ = write!(id, "{}:{}", config.node, first + i as i64);
         stmt.execute(params![
             id,

@@ -70,3 +70,31 @@ mod tests {
         assert_eq!(group_digits(999), "999");
     }
 }
+
+/// Counters the tracer updates once a second, for whoever shows them
+/// (the API's overview and metrics while tracing).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Events read per source: cuda, driver, host, io.
+    pub events: [std::sync::atomic::AtomicU64; 4],
+    /// Events committed to the database.
+    pub committed: std::sync::atomic::AtomicU64,
+    /// The session being recorded.
+    pub session_id: std::sync::atomic::AtomicI64,
+    /// Drop counters per probe, as the kernel counts them.
+    pub drops: std::sync::Mutex<Vec<crate::store::writer::DropCount>>,
+}
+
+impl LiveStats {
+    /// Adds the last second's events and sets the committed count.
+    pub fn publish(&self, counts: SourceCounts, committed: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (i, n) in [counts.cuda, counts.driver, counts.host, counts.io]
+            .into_iter()
+            .enumerate()
+        {
+            self.events[i].fetch_add(n, Relaxed);
+        }
+        self.committed.store(committed, Relaxed);
+    }
+}

@@ -18,8 +18,9 @@ use agent_common::{
     event::{Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM},
 };
 
+use crate::clock::WallClock;
+
 use super::{
-    clock::WallClock,
     decode::Record,
     procs::{self, RankInfo},
     symbolize::{Symbolizer, stack_hash},
@@ -353,6 +354,10 @@ mod tests {
     use agent_common::catalog::driver_op;
     use std::sync::{Arc, Mutex};
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "has the signature of the rank lookup it stands in for"
+    )]
     fn fake_rank(pid: u32) -> Option<RankInfo> {
         Some(RankInfo {
             rank: Some(i64::from(pid % 10)),

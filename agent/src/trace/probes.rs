@@ -73,7 +73,7 @@ impl std::fmt::Debug for Probes {
         f.debug_struct("Probes")
             .field("loaded", &self.ebpf.is_some())
             .field("libraries", &self.attached.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -273,8 +273,7 @@ impl Probes {
             for o in OPS {
                 let count: u64 = array
                     .get(&slot(reason, o.source, o.op), 0)
-                    .map(|values| values.iter().sum())
-                    .unwrap_or(0);
+                    .map_or(0, |values| values.iter().sum());
                 if count > 0 {
                     out.push(Drop {
                         source: o.source,

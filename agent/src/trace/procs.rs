@@ -181,7 +181,7 @@ mod tests {
         let libs = parse_maps_libraries(MAPS);
         let kinds: Vec<_> = libs
             .iter()
-            .map(|(k, p)| (*k, p.file_name().map(|f| f.to_owned())))
+            .map(|(k, p)| (*k, p.file_name().map(std::borrow::ToOwned::to_owned)))
             .collect();
         assert_eq!(libs.len(), 2, "{kinds:?}");
         assert!(
@@ -198,8 +198,8 @@ mod tests {
     fn parses_executable_mappings() {
         let m = parse_executable_mappings(MAPS);
         assert_eq!(m.len(), 5);
-        assert_eq!(m[1].start, 0x7f10a0100000);
-        assert_eq!(m[1].file_offset, 0x100000);
+        assert_eq!(m[1].start, 0x7f10_a010_0000);
+        assert_eq!(m[1].file_offset, 0x0010_0000);
     }
 
     #[test]

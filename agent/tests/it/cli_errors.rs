@@ -1,9 +1,7 @@
 //! Mistakes a user makes end with one sentence, the documented exit code,
 //! and no panic or backtrace.
 
-mod common;
-
-use common::{INGERO, ingero, root_or_skip};
+use crate::common::{INGERO, ingero, root_or_skip};
 
 /// Asserts a clean failure: `code`, a message mentioning `needle`, one line.
 fn assert_clean_failure((code, _out, err): (i32, String, String), expected: i32, needle: &str) {

@@ -21,8 +21,9 @@
 //! of the nodes; identical nodes have no straggler; scaling every node's
 //! window by the same factor changes nothing.
 
+use agent_common::catalog::{OpKind, op_kind, source};
+use ingero_api::{NodeOps, OpSummary};
 use serde::Serialize;
-use serde_json::Value;
 
 /// A robust score at or above this is an outlier.
 pub const OUTLIER_SCORE: f64 = 3.5;
@@ -33,7 +34,8 @@ pub const MIN_WAIT_RATIO: f64 = 1.25;
 /// A stress signal names a cause only at this multiple of the peers' median.
 pub const MIN_STRESS_RATIO: f64 = 2.0;
 
-/// The figures of one node over its window, read from `/api/v1/ops`.
+/// The figures of one node over its window (from `/api/v1/ops` or the
+/// local engine's report: the same [`NodeOps`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeFigures {
     pub node: String,
@@ -55,29 +57,17 @@ pub struct NodeFigures {
     pub launch: Option<(String, i64, i64, u64)>,
 }
 
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(0.0)
-}
-
 impl NodeFigures {
-    /// The nodes of one `/api/v1/ops` answer (an agent serving a merged
-    /// database reports several).
+    /// The figures of one node, from its operations and evidence.
     #[must_use]
-    pub fn from_ops(answer: &Value) -> Vec<Self> {
-        answer["nodes"]
-            .as_array()
-            .map(|nodes| nodes.iter().map(Self::from_node).collect())
-            .unwrap_or_default()
-    }
-
-    fn from_node(n: &Value) -> Self {
-        let ops = n["ops"].as_array().cloned().unwrap_or_default();
-        let is_runtime = |o: &Value| o["name"].as_str().is_some_and(|s| s.starts_with("cuda"));
-        let total_ns = |o: &Value| (num(&o["total_ms"]) * 1e6) as i64;
+    pub fn from_node(n: &NodeOps) -> Self {
+        let total_ns = |o: &OpSummary| (o.total_ms * 1e6) as i64;
+        let is_runtime = |o: &OpSummary| o.source == source::CUDA;
         // Runtime calls enter the driver: count one layer, the bigger.
-        let syncs: Vec<&Value> = ops
+        let syncs: Vec<&OpSummary> = n
+            .ops
             .iter()
-            .filter(|o| o["name"].as_str().is_some_and(|s| s.contains("Synchronize")))
+            .filter(|o| op_kind(o.source, o.op) == OpKind::Synchronize)
             .collect();
         let layer = |runtime: bool| {
             syncs
@@ -92,33 +82,33 @@ impl NodeFigures {
             .iter()
             .filter(|o| is_runtime(o) == use_runtime)
             .max_by_key(|o| total_ns(o))
-            .and_then(|o| o["name"].as_str().map(str::to_owned));
-        let launch = ops
+            .map(|o| o.name.clone());
+        let launch = n
+            .ops
             .iter()
-            .filter(|o| o["name"].as_str().is_some_and(|s| s.contains("LaunchKernel")))
-            .max_by_key(|o| (o["count"].as_u64().unwrap_or(0), !is_runtime(o)))
+            .filter(|o| op_kind(o.source, o.op) == OpKind::Launch)
+            .max_by_key(|o| (o.count, !is_runtime(o)))
             .map(|o| {
                 (
-                    o["name"].as_str().unwrap_or_default().to_owned(),
-                    (num(&o["p50_us"]) * 1e3) as i64,
-                    (num(&o["p99_us"]) * 1e3) as i64,
-                    o["count"].as_u64().unwrap_or(0),
+                    o.name.clone(),
+                    (o.p50_us * 1e3) as i64,
+                    (o.p99_us * 1e3) as i64,
+                    o.count as u64,
                 )
             });
-        let ev = &n["evidence"];
+        let ev = &n.evidence;
         Self {
-            node: n["node"].as_str().unwrap_or_default().to_owned(),
-            rank: n["rank"].as_i64(),
-            events: n["events"].as_u64().unwrap_or(0),
-            window_ns: (n["window"]["to"].as_i64().unwrap_or(0) - n["window"]["from"].as_i64().unwrap_or(0))
-                .max(0),
+            node: n.node.clone(),
+            rank: n.rank,
+            events: n.events,
+            window_ns: (n.window.to - n.window.from).max(0),
             sync_ns,
             sync_op,
-            preempted_ns: ev["cpu"]["preempted_ns"].as_i64().unwrap_or(0),
-            io_busy_ns: ev["io"]["busy_ns"].as_i64().unwrap_or(0),
-            io_write_bytes: ev["io"]["write_bytes"].as_u64().unwrap_or(0),
-            alloc_bytes: ev["mem"]["alloc_bytes"].as_u64().unwrap_or(0),
-            oom_kills: ev["mem"]["oom_kills"].as_u64().unwrap_or(0),
+            preempted_ns: ev.cpu.preempted_ns,
+            io_busy_ns: ev.io.busy_ns,
+            io_write_bytes: ev.io.write_bytes,
+            alloc_bytes: ev.mem.alloc_bytes,
+            oom_kills: ev.mem.oom_kills as u64,
             launch,
         }
     }
@@ -234,7 +224,7 @@ pub fn median(v: &[f64]) -> f64 {
     if s.len() % 2 == 1 {
         s[m]
     } else {
-        (s[m - 1] + s[m]) / 2.0
+        f64::midpoint(s[m - 1], s[m])
     }
 }
 
@@ -341,6 +331,7 @@ pub fn find(nodes: &[NodeFigures]) -> Option<Verdict> {
         let stands_out =
             score >= OUTLIER_SCORE && peers >= MIN_PEER_WAIT && peers >= MIN_WAIT_RATIO * waits[i];
         // Ties break on the node name, so the order of the input is irrelevant.
+        #[expect(clippy::float_cmp, reason = "an exact tie of scores computed the same way")]
         let better = best.is_none_or(|(b, s, _)| score > s || (score == s && nodes[i].node < nodes[b].node));
         if stands_out && better {
             best = Some((i, score, peers));
@@ -479,6 +470,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::float_cmp, reason = "medians of small exact values are exact")]
     fn robust_statistics_ignore_one_wild_value() {
         assert_eq!(median(&[1.0, 2.0, 100.0]), 2.0);
         assert_eq!(median(&[1.0, 2.0, 3.0, 100.0]), 2.5);

@@ -16,7 +16,7 @@ fn now(clock: libc::clockid_t) -> i64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec; the clocks used always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 

@@ -3,12 +3,11 @@
 //! A [`Workload`] is one of the simulator's programs started with `--wait`:
 //! it loads its libraries, reports its pid, and waits for a go line, so the
 //! tracer can be attached to it first. A [`Daemon`] is the `ingero` binary
-//! running `trace` or `serve`; it is ready when it prints "Ctrl-C to stop"
-//! and is stopped with SIGINT like a user would. Tests that need root skip with a
+//! running `trace` or `serve`; it is ready when it writes its
+//! `--ready-file` (a JSON object with its API address), waited on with a
+//! deadline, and is stopped with SIGINT like a user would. Tests that need root skip with a
 //! printed reason otherwise; tracer tests run one at a time ([`serial`]) so
 //! their timings do not disturb each other on a small machine.
-
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -116,32 +115,36 @@ pub struct Daemon {
     child: Child,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
+    /// The database it writes or serves.
     pub db: PathBuf,
+    /// What it wrote to its ready file.
+    pub ready: serde_json::Value,
+}
+
+/// A fresh ready-file path beside `db` (several daemons may share a directory).
+fn ready_path(db: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = db.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".ready-{}-{n}.json", std::process::id()));
+    db.with_file_name(name)
 }
 
 impl Daemon {
     /// Starts `ingero trace --db DB ARGS` and waits until it is tracing.
     pub fn trace(db: &Path, args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn("trace", db, args, "Ctrl-C to stop")
+        Self::spawn_wrapped(&[], "trace", db, args)
     }
 
     /// Starts `ingero serve --db DB ARGS` and waits until it is serving.
     pub fn serve(db: &Path, args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn("serve", db, args, "Ctrl-C to stop")
+        Self::spawn_wrapped(&[], "serve", db, args)
     }
 
-    fn spawn(command: &str, db: &Path, args: &[&str], ready: &str) -> anyhow::Result<Self> {
-        Self::spawn_wrapped(&[], command, db, args, ready)
-    }
-
-    /// As `spawn`, run through `wrapper` (a program and its arguments).
-    pub fn spawn_wrapped(
-        wrapper: &[&str],
-        command: &str,
-        db: &Path,
-        args: &[&str],
-        ready: &str,
-    ) -> anyhow::Result<Self> {
+    /// As [`Daemon::trace`] or [`Daemon::serve`], run through `wrapper`
+    /// (a program and its arguments).
+    pub fn spawn_wrapped(wrapper: &[&str], command: &str, db: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let ready = ready_path(db);
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -157,6 +160,8 @@ impl Daemon {
             .arg(command)
             .arg("--db")
             .arg(db)
+            .arg("--ready-file")
+            .arg(&ready)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -176,9 +181,34 @@ impl Daemon {
             stderr: rx,
             log: Vec::new(),
             db: db.to_path_buf(),
+            ready: serde_json::Value::Null,
         };
-        daemon.wait_for(ready, Duration::from_secs(30))?;
+        daemon.ready = daemon.wait_ready(&ready, Duration::from_secs(30))?;
         Ok(daemon)
+    }
+
+    /// Waits for the ready file (or the daemon's exit, which is a failure).
+    fn wait_ready(&mut self, path: &Path, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let _ = std::fs::remove_file(path);
+                return Ok(serde_json::from_str(&text)?);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                self.log.extend(self.stderr.try_iter());
+                bail!(
+                    "ingero exited with {status} before it was ready; its output:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.log.extend(self.stderr.try_iter());
+        bail!(
+            "ingero was not ready within {timeout:?}; its output:\n{}",
+            self.log.join("\n")
+        )
     }
 
     /// The first line printed so far that contains `text`.
@@ -187,16 +217,21 @@ impl Daemon {
         self.log.iter().find(|l| l.contains(text)).cloned()
     }
 
-    /// Where the API listens (`host:port`), from its start-up line.
+    /// Where the API listens (`host:port`), from its ready file.
     pub fn api_addr(&mut self) -> anyhow::Result<String> {
-        let line = self.logged("API on ").context("no 'API on' line")?;
-        let rest = &line[line.find("://").context("no scheme")? + 3..];
-        Ok(rest.split_whitespace().next().unwrap_or_default().to_owned())
+        Ok(self.ready["listen"]
+            .as_str()
+            .context("the daemon's ready file has no API address (no --listen?)")?
+            .to_owned())
     }
 
-    /// Waits until a stderr line contains `text`.
-    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> anyhow::Result<String> {
+    /// Waits until a stderr line contains `text` (behaviour a user sees,
+    /// such as a library being announced), within `timeout`.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
+        if let Some(line) = self.logged(text) {
+            return Ok(line);
+        }
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.stderr.recv_timeout(left) {
                 Ok(line) => {
@@ -209,7 +244,7 @@ impl Daemon {
             }
         }
         bail!(
-            "tracer never printed '{text}'; its output:\n{}",
+            "ingero did not print '{text}' within {timeout:?}; its output:\n{}",
             self.log.join("\n")
         )
     }
@@ -387,7 +422,7 @@ impl Pki {
         let mut args: Vec<String> = self.agent_flags(node);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::spawn_wrapped(wrapper, "serve", db, &args, "Ctrl-C to stop")
+        Daemon::spawn_wrapped(wrapper, "serve", db, &args)
     }
 }
 

@@ -3,16 +3,14 @@
 //! investigation samples and over simulator runs, agents whose clocks are
 //! shifted with libfaketime, and live `ingero trace --listen` agents.
 
-mod common;
-
 use std::{
     net::TcpListener,
     path::Path,
     time::{Duration, Instant},
 };
 
+use crate::common::{Daemon, Pki, SampleFleet, Workload, ingero, root_or_skip, sample, serial};
 use anyhow::Context;
-use common::{Daemon, Pki, SampleFleet, Workload, ingero, root_or_skip, sample, serial};
 use serde_json::Value;
 
 /// The same SQL on the merged sample database, locally.
@@ -366,7 +364,15 @@ fn live_agents_answer_while_they_trace() -> anyhow::Result<()> {
         workloads.push(w);
         tracers.push(t);
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // Wait until each agent has committed some of its node's driver calls.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for t in &tracers {
+        let conn = crate::common::open(&t.db)?;
+        while crate::common::scalar(&conn, "SELECT count(*) FROM events WHERE source = 4")? <= 100 {
+            anyhow::ensure!(Instant::now() < deadline, "no driver calls committed in 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let mut full = vec![
         "query".to_owned(),
         "--json".into(),
@@ -405,7 +411,7 @@ fn straggler_of(fault: ingero_sim::cluster::Fault, faulty: usize, cause: &[&str]
     let _guard = serial();
     let dir = tempfile::tempdir()?;
     let cfg = ClusterConfig {
-        ingero: common::INGERO.into(),
+        ingero: crate::common::INGERO.into(),
         nodes: 3,
         steps: 40,
         faults: vec![fault],

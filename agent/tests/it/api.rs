@@ -6,8 +6,6 @@
 //! stock Debian tools no one here wrote (`curl`, `openssl s_client`,
 //! `promtool`). The last test serves while tracing a busy process (root).
 
-mod common;
-
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -15,8 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::{Daemon, Pki, Workload, ingero, root_or_skip, runtime, sample_db, serial, sha256};
 use anyhow::{Context, bail};
-use common::{Daemon, Pki, Workload, ingero, root_or_skip, runtime, sample_db, serial, sha256};
+use ingero_api::{ChainsEndpoint, OpsEndpoint, OverviewEndpoint, Since};
 use ingero_fleet::{AgentClient, ClientTls, FleetError};
 use serde_json::{Value, json};
 
@@ -118,7 +117,7 @@ fn mutual_tls_rejects_missing_foreign_and_old_clients_for_both_clients() -> anyh
 
     // The project's client: the right certificate works...
     let good = client(&addr, &pki.client())?;
-    let answer = rt.block_on(good.query("SELECT count(*) FROM events", None))?;
+    let answer = rt.block_on(good.sql("SELECT count(*) FROM events"))?;
     assert!(answer.rows[0][0].as_i64().unwrap_or(0) > 1000, "{answer:?}");
     // ...no certificate, one from another CA, and TLS 1.2 do not.
     let no_cert = ClientTls {
@@ -140,7 +139,7 @@ fn mutual_tls_rejects_missing_foreign_and_old_clients_for_both_clients() -> anyh
         ),
     ] {
         let c = AgentClient::with_tls_config(&addr, tls, Duration::from_secs(10), Some(config))?;
-        match rt.block_on(c.query("SELECT 1", None)) {
+        match rt.block_on(c.sql("SELECT 1")) {
             Err(FleetError::Tls(_)) => {}
             other => bail!("{what}: expected a TLS failure, got {other:?}"),
         }
@@ -279,7 +278,7 @@ fn writes_through_the_query_endpoint_fail_and_leave_the_database_unchanged() -> 
     ];
     for sql in attempts {
         let started = Instant::now();
-        match rt.block_on(c.query(sql, None)) {
+        match rt.block_on(c.sql(sql)) {
             Err(FleetError::Http { status, message }) => {
                 assert!(
                     [400, 403, 408].contains(&status),
@@ -303,7 +302,7 @@ fn writes_through_the_query_endpoint_fail_and_leave_the_database_unchanged() -> 
         "ATTACH created a file"
     );
     // Still serving, and the file is byte for byte what it was.
-    let ok = rt.block_on(c.query("SELECT count(*) FROM events", None))?;
+    let ok = rt.block_on(c.sql("SELECT count(*) FROM events"))?;
     assert!(ok.rows[0][0].as_i64().unwrap_or(0) > 0);
     drop(agent);
     assert_eq!(sha256(&db)?, digest, "the database changed");
@@ -355,8 +354,15 @@ fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyh
                     .await
             }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let second = http.post(&url).json(&json!({ "sql": "SELECT 1" })).send().await?;
+        // Once the long query holds the slot, the next one is told to retry.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let second = loop {
+            let r = http.post(&url).json(&json!({ "sql": "SELECT 1" })).send().await?;
+            if r.status().as_u16() == 429 || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let retry = second.headers().get("retry-after").cloned();
         let status = second.status().as_u16();
         let health = http
@@ -373,7 +379,7 @@ fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyh
     assert!(second.1.is_some(), "429 carries Retry-After");
     assert_eq!(health, 200);
     // The slot is free again.
-    let ok = rt.block_on(client(&addr, &pki.client())?.query("SELECT 42", None))?;
+    let ok = rt.block_on(client(&addr, &pki.client())?.sql("SELECT 42"))?;
     assert_eq!(ok.rows, vec![vec![json!(42)]]);
     Ok(())
 }
@@ -422,9 +428,7 @@ fn bad_requests_get_json_errors_and_do_not_disturb_good_ones() -> anyhow::Result
         let good_task = tokio::spawn(async move {
             let mut answered = 0;
             for _ in 0..20 {
-                let a = g
-                    .query("SELECT count(*) FROM events WHERE source = 4", None)
-                    .await?;
+                let a = g.sql("SELECT count(*) FROM events WHERE source = 4").await?;
                 assert!(a.rows[0][0].as_i64().unwrap_or(0) > 0);
                 answered += 1;
             }
@@ -465,44 +469,33 @@ fn endpoints_answer_what_the_readme_documents() -> anyhow::Result<()> {
         "{sample:?}"
     );
 
-    let overview = rt.block_on(c.get("/api/v1/overview"))?;
-    assert_eq!(overview["node"], "gpu-node-03");
-    assert_eq!(overview["events"], total);
-    let by_source: i64 = overview["events_by_source"]
-        .as_object()
-        .context("by source")?
-        .values()
-        .filter_map(Value::as_i64)
-        .sum();
+    let overview = rt.block_on(c.get::<OverviewEndpoint>(None))?;
+    assert_eq!(overview.node, "gpu-node-03");
+    assert_eq!(overview.events, total);
+    let by_source: i64 = overview.events_by_source.values().sum();
     assert_eq!(by_source, total);
-    assert_eq!(overview["rank"], 2);
+    assert_eq!(overview.rank, Some(2));
 
-    let ops = rt.block_on(c.get("/api/v1/ops?since=all"))?;
-    let node = &ops["nodes"][0];
-    let launch = node["ops"]
-        .as_array()
-        .context("ops")?
+    let ops = rt.block_on(c.get::<OpsEndpoint>(Some(Since::All)))?;
+    let node = ops.nodes.first().context("a node")?;
+    let launch = node
+        .ops
         .iter()
-        .find(|o| o["name"] == "cuLaunchKernel")
+        .find(|o| o.name == "cuLaunchKernel")
         .context("cuLaunchKernel")?;
-    let (p50, p95, p99) = (
-        launch["p50_us"].as_f64().unwrap_or(-1.0),
-        launch["p95_us"].as_f64().unwrap_or(-1.0),
-        launch["p99_us"].as_f64().unwrap_or(-1.0),
-    );
-    assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{launch}");
+    let (p50, p95, p99) = (launch.p50_us, launch.p95_us, launch.p99_us);
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{launch:?}");
     let launches: i64 = conn.query_row(
         "SELECT count(*) FROM events WHERE source = 4 AND op = ?1",
         [agent_common::catalog::driver_op::LAUNCH_KERNEL],
         |r| r.get(0),
     )?;
-    assert_eq!(launch["count"], launches);
+    assert_eq!(launch.count as i64, launches);
 
     // The sample node was slowed by CPU contention and checkpoint writes.
-    let chains = rt.block_on(c.get("/api/v1/chains?since=all"))?;
-    let list = chains["chains"].as_array().context("chains")?;
-    assert!(!list.is_empty(), "{chains}");
-    assert!(list.iter().all(|ch| ch["node"] == "gpu-node-03"));
+    let chains = rt.block_on(c.get::<ChainsEndpoint>(Some(Since::All)))?;
+    assert!(!chains.chains.is_empty(), "{chains:?}");
+    assert!(chains.chains.iter().all(|ch| ch.node == "gpu-node-03"));
     Ok(())
 }
 
@@ -516,9 +509,9 @@ fn metrics_pass_promtool() -> anyhow::Result<()> {
     let c = client(&addr, &pki.client())?;
     let rt = runtime()?;
     rt.block_on(async {
-        c.query("SELECT 1", None).await?;
-        let _ = c.query("DELETE FROM events", None).await;
-        c.get("/api/v1/overview").await?;
+        c.sql("SELECT 1").await?;
+        let _ = c.sql("DELETE FROM events").await;
+        c.get::<OverviewEndpoint>(None).await?;
         anyhow::Ok(())
     })?;
     let text = rt.block_on(async {
@@ -622,7 +615,7 @@ fn plain_http_needs_no_tls_and_a_token_off_loopback() -> anyhow::Result<()> {
             ..ClientTls::default()
         },
     )?;
-    match rt.block_on(anonymous.query("SELECT 1", None)) {
+    match rt.block_on(anonymous.sql("SELECT 1")) {
         Err(FleetError::Http { status: 401, .. }) => {}
         other => bail!("no token: expected 401, got {other:?}"),
     }
@@ -635,7 +628,7 @@ fn plain_http_needs_no_tls_and_a_token_off_loopback() -> anyhow::Result<()> {
         },
     )?;
     assert!(matches!(
-        rt.block_on(wrong.query("SELECT 1", None)),
+        rt.block_on(wrong.sql("SELECT 1")),
         Err(FleetError::Http { status: 401, .. })
     ));
     let right = client(
@@ -646,10 +639,7 @@ fn plain_http_needs_no_tls_and_a_token_off_loopback() -> anyhow::Result<()> {
             ..ClientTls::default()
         },
     )?;
-    assert_eq!(
-        rt.block_on(right.query("SELECT 7", None))?.rows,
-        vec![vec![json!(7)]]
-    );
+    assert_eq!(rt.block_on(right.sql("SELECT 7"))?.rows, vec![vec![json!(7)]]);
     // Health checks need no token.
     let (code, body) = curl(&[&format!("http://{addr}/healthz")])?;
     assert_eq!((code, body.as_str()), (0, "ok\n"));
@@ -704,20 +694,18 @@ fn the_agent_keeps_serving_while_tracing_under_load() -> anyhow::Result<()> {
         let mut committed = Vec::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(4) {
-            let q = c
-                .query("SELECT count(*) FROM events WHERE source = 4", None)
-                .await?;
+            let q = c.sql("SELECT count(*) FROM events WHERE source = 4").await?;
             assert!(q.rows[0][0].as_i64().is_some());
-            let overview = c.get("/api/v1/overview").await?;
-            assert_eq!(overview["live"]["tracing"], true, "{overview}");
-            committed.push(overview["live"]["events_committed"].as_i64().unwrap_or(-1));
-            c.get("/api/v1/ops?since=1m").await?;
+            let overview = c.get::<OverviewEndpoint>(None).await?;
+            assert!(overview.live.tracing, "{overview:?}");
+            committed.push(overview.live.events_committed.map_or(-1, |n| n as i64));
+            c.get::<OpsEndpoint>(Some("1m".parse().map_err(anyhow::Error::msg)?))
+                .await?;
             answers += 3;
         }
         anyhow::Ok((answers, committed))
     })?;
     w.finish()?;
-    std::thread::sleep(Duration::from_millis(500));
     let log = tracer.stop()?;
     assert!(answers >= 6, "answered {answers} requests");
     assert!(

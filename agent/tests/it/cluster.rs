@@ -8,17 +8,15 @@
 //! and the cause class, merging must not change the chains, and the
 //! Perfetto export must have one track per node and thread.
 
-mod common;
-
 use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Mutex, OnceLock, atomic::AtomicBool},
 };
 
+use crate::common::{ingero, open, root_or_skip, scalar, serial};
 use agent_common::catalog::{driver_op, host_op, source};
 use anyhow::Context;
-use common::{ingero, open, root_or_skip, scalar, serial};
 use ingero_sim::cluster::{ClusterConfig, ClusterReport, Fault, run};
 
 struct Scenario {
@@ -42,7 +40,7 @@ fn scenario(fault: Fault) -> anyhow::Result<&'static Scenario> {
     }
     let dir = tempfile::tempdir()?;
     let cfg = ClusterConfig {
-        ingero: common::INGERO.into(),
+        ingero: crate::common::INGERO.into(),
         nodes: 2,
         steps: 60,
         faults: vec![fault],

@@ -12,6 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod defaults;
+pub mod effective;
+pub mod fleet;
+
 use serde::Deserialize;
 
 use crate::units::{ByteSize, HumanDuration};
@@ -30,6 +34,12 @@ pub enum ConfigError {
     NodeName(String),
     #[error("cannot find the home directory of the invoking user; pass --db PATH")]
     NoHome,
+    /// Settings that do not go together, or a value out of range: the
+    /// user's input, not the file's syntax.
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read the token file {path}: {message}")]
+    TokenFile { path: PathBuf, message: String },
 }
 
 /// The `ingero.yaml` file. Every key is optional.
@@ -38,6 +48,7 @@ pub enum ConfigError {
 pub struct FileConfig {
     pub agent: AgentSection,
     pub trace: TraceSection,
+    pub query: QuerySection,
     pub fleet: FleetSection,
 }
 
@@ -59,6 +70,20 @@ pub struct AgentSection {
     pub token_file: Option<PathBuf>,
     /// The agent's own files (default ~/.ingero).
     pub state_dir: Option<PathBuf>,
+    /// API: database-reading requests at once; more get 429.
+    pub max_queries: Option<usize>,
+    /// API: deadline of one query.
+    pub query_timeout: Option<HumanDuration>,
+}
+
+/// `ingero query` settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySection {
+    /// Rows printed at most.
+    pub limit: Option<usize>,
+    /// Deadline of the statement.
+    pub timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +104,10 @@ pub struct FleetSection {
     pub nodes: Vec<String>,
     pub token_file: Option<PathBuf>,
     pub timeout: Option<HumanDuration>,
+    /// Longest the whole fan-out may take.
+    pub deadline: Option<HumanDuration>,
+    /// Agents asked at once.
+    pub concurrency: Option<usize>,
     pub clock_skew_threshold: Option<HumanDuration>,
     pub tls: FleetTls,
 }
@@ -95,24 +124,32 @@ impl FileConfig {
     /// Loads `explicit` (from `--config` / `INGERO_CONFIG`; it must exist),
     /// else the first existing default location, else an empty file layer.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = match explicit {
-            Some(p) => p.to_path_buf(),
-            None => {
-                let mut candidates = vec![PathBuf::from(SYSTEM_CONFIG)];
-                if let Some(home) = invoking_home() {
-                    candidates.push(home.join(".ingero/ingero.yaml"));
-                }
-                match candidates.into_iter().find(|p| p.is_file()) {
-                    Some(p) => p,
-                    None => return Ok(Self::default()),
-                }
+        Ok(Self::load_with_path(explicit)?.0)
+    }
+
+    /// As [`FileConfig::load`], with the file it came from (`None`: no file).
+    pub fn load_with_path(explicit: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let path = if let Some(p) = explicit {
+            p.to_path_buf()
+        } else {
+            let mut candidates = vec![PathBuf::from(SYSTEM_CONFIG)];
+            if let Some(home) = invoking_home() {
+                candidates.push(home.join(".ingero/ingero.yaml"));
+            }
+            match candidates.into_iter().find(|p| p.is_file()) {
+                Some(p) => p,
+                None => return Ok((Self::default(), None)),
             }
         };
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
             path: path.clone(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse { path, message })
+        let file = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.clone(),
+            message,
+        })?;
+        Ok((file, Some(path)))
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -163,6 +200,22 @@ pub fn resolve_state_dir(flag: Option<&Path>, file: &FileConfig) -> Result<PathB
         return Ok(expand_home(p));
     }
     Ok(invoking_home().ok_or(ConfigError::NoHome)?.join(".ingero"))
+}
+
+/// Reads a bearer token (whitespace trimmed; at least 16 characters).
+pub fn read_token(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(ConfigError::TokenFile {
+            path: path.to_path_buf(),
+            message: "the token must be at least 16 characters".into(),
+        });
+    }
+    Ok(token.as_bytes().to_vec())
 }
 
 /// `~/x` relative to the invoking user's home.
@@ -218,7 +271,7 @@ fn home_of(uid: u32) -> Option<PathBuf> {
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: all pointers are valid for the sizes given.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe { libc::getpwuid_r(uid, &raw mut pwd, buf.as_mut_ptr(), buf.len(), &raw mut result) };
     if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
         return None;
     }
@@ -233,7 +286,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../../configs/ingero.yaml");
+        let text = include_str!("../../../configs/ingero.yaml");
         let cfg = FileConfig::parse(text).expect("configs/ingero.yaml parses");
         assert_eq!(cfg.agent.node.as_deref(), Some("gpu-node-01"));
         assert_eq!(cfg.trace.ringbuf_size, Some(ByteSize(8 << 20)));

@@ -3,17 +3,15 @@
 //! checks the answers), against three `ingero serve` agents over mutual
 //! TLS and a local database.
 
-mod common;
-
 use std::{path::Path, process::Command};
 
+use crate::common::SampleFleet;
 use anyhow::{Context, bail};
-use common::SampleFleet;
 use serde_json::{Value, json};
 
 /// Runs the Python client with `args` for `ingero mcp` and `calls`.
 fn session(args: &[String], calls: &Value) -> anyhow::Result<Value> {
-    let spec = json!({ "command": common::INGERO, "args": args, "calls": calls });
+    let spec = json!({ "command": crate::common::INGERO, "args": args, "calls": calls });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -277,7 +275,7 @@ fn recorded_names_cannot_pass_for_instructions() -> anyhow::Result<()> {
 
 #[test]
 fn mcp_without_anything_to_read_says_what_to_give() -> anyhow::Result<()> {
-    let (code, _, err) = common::ingero(&["mcp", "--db", "/nonexistent/ingero.db"])?;
+    let (code, _, err) = crate::common::ingero(&["mcp", "--db", "/nonexistent/ingero.db"])?;
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("/nonexistent/ingero.db") && !err.contains("panicked"),

@@ -1,0 +1,47 @@
+//! Every built-in default, in one place: the bottom layer of the one
+//! configuration path (defaults, `ingero.yaml`, `INGERO_*` variables,
+//! flags). Commands, `--help` texts and `ingero config` read them here;
+//! nothing else spells a default value.
+
+use std::time::Duration;
+
+use crate::units::ByteSize;
+
+/// Size cap of the database (`agent.max_db_size`, `--max-db`).
+pub const MAX_DB: ByteSize = ByteSize(10 << 30);
+/// Kernel-to-user ring buffer (`trace.ringbuf_size`, `--ringbuf-size`).
+pub const RINGBUF: ByteSize = ByteSize(8 << 20);
+/// Record block I/O, off-CPU time and page allocations (`trace.io`, `trace.sched`, `trace.memory`).
+pub const FAMILY_ENABLED: bool = true;
+/// Capture user stacks (`trace.stack`, `--stack`).
+pub const STACK: bool = false;
+
+/// API: SQL queries (and other database-reading requests) at once
+/// (`agent.max_queries`, `--max-queries`).
+pub const MAX_QUERIES: usize = 4;
+/// API: deadline of one query (`agent.query_timeout`, `--query-timeout`).
+pub const API_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// API: the window `/chains` and `/ops` analyse without `since`, while
+/// tracing (a stored database is analysed whole).
+pub const LIVE_WINDOW: Duration = Duration::from_secs(300);
+
+/// `ingero query`: rows printed at most (`query.limit`, `--limit`).
+pub const QUERY_LIMIT: usize = 10_000;
+/// `ingero query`: deadline of the statement (`query.timeout`, `--timeout`).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fleet: longest one agent may take (`fleet.timeout`, `--node-timeout`).
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Fleet: longest the whole fan-out may take (`fleet.deadline`, `--deadline`).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+/// Fleet: agents asked at once (`fleet.concurrency`, `--concurrency`).
+pub const CONCURRENCY: usize = 32;
+/// Fleet: warn when an agent's clock is off by more than this
+/// (`fleet.clock_skew_threshold`, `--clock-skew-threshold`).
+pub const CLOCK_SKEW_THRESHOLD: Duration = Duration::from_millis(10);
+/// Fleet: clock exchanges per agent and request (not configurable: five
+/// keep the error bound near half the best round trip at no extra wait).
+pub const CLOCK_SAMPLES: usize = 5;
+
+/// MCP: deadline of one SQL statement asked by the assistant.
+pub const MCP_SQL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,14 @@
+//! ingero's integration tests: one test binary, one module per topic, so
+//! the shared helpers ([`common`]) compile once. Each test works in its own
+//! temporary directory. Tests that load eBPF or start daemons need root and
+//! say why when they skip; tests that share the machine's probes run one at
+//! a time ([`common::serial`]).
+
+mod api;
+mod cli_errors;
+mod cluster;
+mod common;
+mod fleet;
+mod mcp;
+mod properties;
+mod trace;

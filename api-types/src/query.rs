@@ -1,0 +1,43 @@
+//! SQL over the agent's database (`POST /api/v1/query`): the request and
+//! its answer. The agent runs the statement read-only, under a deadline
+//! and a row cap; a client pages past the cap with `LIMIT/OFFSET`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Since;
+
+/// Most rows one query answer carries.
+pub const MAX_ROWS: usize = 50_000;
+
+/// What `POST /api/v1/query` takes. Unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One read-only SQL statement.
+    pub sql: String,
+    /// Rows at most (capped by the agent's own limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Deadline in ms (capped by the agent's own deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Only the last stretch of recorded data (`events` is filtered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
+}
+
+/// The rows of one statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryAnswer {
+    /// The answering agent's node name.
+    pub node: String,
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// Rows of JSON scalars (null, integer, real, text; blobs as hex text).
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// More rows existed than the limit allowed.
+    pub truncated: bool,
+    /// Time the statement took on the agent.
+    #[serde(default)]
+    pub elapsed_ms: f64,
+}

@@ -1,0 +1,78 @@
+//! Every agent's chains and figures, fetched together for a fleet explain.
+//!
+//! Each agent runs the causal-chain engine on its own data
+//! (`/api/v1/chains`, `/api/v1/ops`). The client's part is only to fetch
+//! both, learn the node's name, and move every instant of the chains onto
+//! this machine's clock by the agent's estimated offset, so chains from
+//! different nodes line up. Comparing the nodes (the straggler verdict) is
+//! the engine's work, not the client's.
+
+use ingero_api::{Chain, ChainsAnswer, ChainsEndpoint, NodeOps, OpsAnswer, OpsEndpoint, Since};
+
+use crate::{Fleet, NodeAnswer};
+
+/// What one agent said to a fleet explain.
+#[derive(Debug, Clone)]
+pub struct NodeExplain {
+    /// Its chains, on this machine's clock.
+    pub chains: ChainsAnswer,
+    /// Its figures (one entry per node its database holds).
+    pub ops: OpsAnswer,
+}
+
+impl Fleet {
+    /// Asks every agent for its chains and figures over `since` (the
+    /// agents' default when `None`).
+    pub async fn explain(&self, since: Option<Since>) -> Vec<NodeAnswer<NodeExplain>> {
+        let answers = self
+            .run(move |client| async move {
+                tokio::try_join!(
+                    client.get::<ChainsEndpoint>(since),
+                    client.get::<OpsEndpoint>(since)
+                )
+            })
+            .await;
+        answers
+            .into_iter()
+            .map(|a| {
+                let offset = a.clock.map_or(0, |c| c.offset_ns);
+                let result = a.result.map(|(mut chains, ops)| {
+                    for c in &mut chains.chains {
+                        c.shift_clock(offset);
+                    }
+                    NodeExplain { chains, ops }
+                });
+                let node = a
+                    .node
+                    .or_else(|| result.as_ref().ok()?.ops.nodes.first().map(|n| n.node.clone()));
+                NodeAnswer {
+                    address: a.address,
+                    node,
+                    result,
+                    clock: a.clock,
+                    elapsed_ms: a.elapsed_ms,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every answering agent's node figures.
+#[must_use]
+pub fn node_ops(answers: &[NodeAnswer<NodeExplain>]) -> Vec<NodeOps> {
+    answers
+        .iter()
+        .filter_map(|a| a.result.as_ref().ok())
+        .flat_map(|v| v.ops.nodes.iter().cloned())
+        .collect()
+}
+
+/// Every answering agent's chains.
+#[must_use]
+pub fn chains(answers: &[NodeAnswer<NodeExplain>]) -> Vec<Chain> {
+    answers
+        .iter()
+        .filter_map(|a| a.result.as_ref().ok())
+        .flat_map(|v| v.chains.chains.iter().cloned())
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! One SQL statement on every agent, the rows put together.
+//!
+//! Every answering node's rows come back behind a `node` column (the
+//! agent's own node name). The first answer fixes the columns; a node whose
+//! columns differ (another schema version) becomes a failed node with a
+//! sentence, never mixed in. A node whose answer was cut at the row limit
+//! is listed in [`FleetRows::cut`], so the caller can say so.
+
+use ingero_api::{QueryAnswer, QueryRequest};
+use serde_json::Value;
+
+use crate::{Fleet, FleetError, NodeAnswer};
+
+/// A fan-out query's answers and their rows, with a `node` column first.
+#[derive(Debug)]
+pub struct FleetRows {
+    /// Every node's answer, in the order of the addresses.
+    pub answers: Vec<NodeAnswer<QueryAnswer>>,
+    /// `node` and then the statement's columns.
+    pub columns: Vec<String>,
+    /// Every answering node's rows, each behind its node name.
+    pub rows: Vec<Vec<Value>>,
+    /// Some node's answer was cut at the row limit.
+    pub truncated: bool,
+    /// Nodes whose answer was cut at the row limit, and how many rows came.
+    pub cut: Vec<(String, usize)>,
+    /// Time the whole fan-out took.
+    pub elapsed_ms: f64,
+}
+
+impl Fleet {
+    /// Sends `request` to every agent and puts the rows together.
+    pub async fn query(&self, request: QueryRequest) -> FleetRows {
+        let started = std::time::Instant::now();
+        let mut answers = self
+            .run(move |client| {
+                let request = request.clone();
+                async move { client.query(&request).await }
+            })
+            .await;
+        for a in &mut answers {
+            if let Ok(q) = &a.result
+                && a.node.is_none()
+                && !q.node.is_empty()
+            {
+                a.node = Some(q.node.clone());
+            }
+        }
+        combine(answers, started)
+    }
+}
+
+fn combine(mut answers: Vec<NodeAnswer<QueryAnswer>>, started: std::time::Instant) -> FleetRows {
+    let columns: Option<Vec<String>> = answers
+        .iter()
+        .find_map(|a| a.result.as_ref().ok().map(|q| q.columns.clone()));
+    for a in &mut answers {
+        if let Ok(q) = &a.result
+            && Some(&q.columns) != columns.as_ref()
+        {
+            a.result = Err(FleetError::Decode(format!(
+                "its columns {:?} differ from the other nodes' {:?}",
+                q.columns,
+                columns.clone().unwrap_or_default()
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    let mut cut = Vec::new();
+    for a in &answers {
+        if let Ok(q) = &a.result {
+            let node = Value::String(a.name().to_owned());
+            rows.extend(
+                q.rows
+                    .iter()
+                    .map(|r| std::iter::once(node.clone()).chain(r.iter().cloned()).collect()),
+            );
+            if q.truncated {
+                truncated = true;
+                cut.push((a.name().to_owned(), q.rows.len()));
+            }
+        }
+    }
+    FleetRows {
+        answers,
+        columns: std::iter::once("node".to_owned())
+            .chain(columns.unwrap_or_default())
+            .collect(),
+        rows,
+        truncated,
+        cut,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(node: &str, columns: &[&str], rows: usize, truncated: bool) -> NodeAnswer<QueryAnswer> {
+        NodeAnswer {
+            address: format!("{node}:8080"),
+            node: Some(node.into()),
+            result: Ok(QueryAnswer {
+                node: node.into(),
+                columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+                rows: (0..rows).map(|i| vec![Value::from(i)]).collect(),
+                truncated,
+                elapsed_ms: 0.0,
+            }),
+            clock: None,
+            elapsed_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn rows_come_behind_their_node_and_odd_columns_fail_their_node() {
+        let rows = combine(
+            vec![
+                answer("a", &["n"], 2, false),
+                answer("b", &["x"], 5, false),
+                answer("c", &["n"], 1, true),
+            ],
+            std::time::Instant::now(),
+        );
+        assert_eq!(rows.columns, ["node", "n"]);
+        assert_eq!(rows.rows.len(), 3);
+        assert_eq!(rows.rows[2], vec![Value::from("c"), Value::from(0)]);
+        assert!(rows.answers[1].result.is_err(), "b's columns differ");
+        assert_eq!(rows.cut, vec![("c".to_owned(), 1)]);
+        assert!(rows.truncated);
+    }
+}
