@@ -23,40 +23,69 @@ pub mod source {
 
 /// Operations of [`source::CUDA`].
 pub mod cuda_op {
+    /// cudaMalloc
     pub const MALLOC: u8 = 1;
+    /// cudaFree
     pub const FREE: u8 = 2;
+    /// cudaLaunchKernel (and cudaLaunchKernel_ptsz)
     pub const LAUNCH_KERNEL: u8 = 3;
+    /// cudaMemcpy (and cudaMemcpy_ptds)
     pub const MEMCPY: u8 = 4;
+    /// cudaStreamSynchronize (and cudaStreamSynchronize_ptsz)
     pub const STREAM_SYNCHRONIZE: u8 = 5;
+    /// cudaDeviceSynchronize
     pub const DEVICE_SYNCHRONIZE: u8 = 6;
+    /// cudaMemcpyAsync (and cudaMemcpyAsync_ptsz)
     pub const MEMCPY_ASYNC: u8 = 7;
+    /// cudaMallocManaged
     pub const MALLOC_MANAGED: u8 = 8;
+    /// cudaMallocAsync (and cudaMallocAsync_ptsz)
     pub const MALLOC_ASYNC: u8 = 9;
+    /// cudaEventSynchronize
     pub const EVENT_SYNCHRONIZE: u8 = 10;
+    /// cudaSetDevice
     pub const SET_DEVICE: u8 = 11;
 }
 
 /// Operations of [`source::DRIVER`].
 pub mod driver_op {
+    /// cuLaunchKernel
     pub const LAUNCH_KERNEL: u8 = 1;
+    /// cuMemcpy
     pub const MEMCPY: u8 = 2;
+    /// cuMemcpyAsync
     pub const MEMCPY_ASYNC: u8 = 3;
+    /// cuCtxSynchronize
     pub const CTX_SYNCHRONIZE: u8 = 4;
+    /// cuMemAlloc_v2
     pub const MEM_ALLOC: u8 = 5;
+    /// cuMemAllocManaged
     pub const MEM_ALLOC_MANAGED: u8 = 6;
+    /// cuLaunchKernelEx
     pub const LAUNCH_KERNEL_EX: u8 = 7;
+    /// cuMemcpyHtoD_v2
     pub const MEMCPY_HTOD: u8 = 8;
+    /// cuMemcpyDtoH_v2
     pub const MEMCPY_DTOH: u8 = 9;
+    /// cuStreamSynchronize
     pub const STREAM_SYNCHRONIZE: u8 = 10;
+    /// cuMemAllocAsync
     pub const MEM_ALLOC_ASYNC: u8 = 11;
 }
 
 /// Operations of [`source::HOST`].
 pub mod host_op {
+    /// `sched/sched_switch`: a traced thread back on a CPU; `duration_ns` is
+    /// the time it spent off-CPU.
     pub const SCHED_SWITCH: u8 = 1;
+    /// `oom/mark_victim`: the OOM killer chose a victim (any process on the node).
     pub const OOM_KILL: u8 = 4;
+    /// `sched/sched_process_exec`: a traced process executed a new program.
     pub const PROCESS_EXEC: u8 = 5;
+    /// `sched/sched_process_exit`: the last thread of a traced process exited.
     pub const PROCESS_EXIT: u8 = 6;
+    /// `task/task_newtask`: a traced process created a child process (not a
+    /// thread); the child is traced from birth.
     pub const PROCESS_FORK: u8 = 7;
     /// One-second summary of page allocations by a traced process.
     pub const MM_PAGE_ALLOC_SUMMARY: u8 = 20;
@@ -64,17 +93,25 @@ pub mod host_op {
 
 /// Operations of [`source::IO`].
 pub mod io_op {
+    /// Block read request (`rwbs` contains R).
     pub const READ: u8 = 1;
+    /// Block write request (`rwbs` contains W).
     pub const WRITE: u8 = 2;
+    /// Block discard request (`rwbs` contains D).
     pub const DISCARD: u8 = 3;
+    /// Cache flush request with no data direction (`rwbs` such as F), e.g. from fsync.
     pub const FLUSH: u8 = 4;
 }
 
 /// `arg1` of copies: the `cudaMemcpyKind` enum.
 pub mod memcpy_kind {
+    /// `cudaMemcpyHostToHost`
     pub const HOST_TO_HOST: u64 = 0;
+    /// `cudaMemcpyHostToDevice` (H2D)
     pub const HOST_TO_DEVICE: u64 = 1;
+    /// `cudaMemcpyDeviceToHost` (D2H)
     pub const DEVICE_TO_HOST: u64 = 2;
+    /// `cudaMemcpyDeviceToDevice` (D2D)
     pub const DEVICE_TO_DEVICE: u64 = 3;
     /// Direction inferred from unified addressing.
     pub const DEFAULT: u64 = 4;
@@ -95,11 +132,15 @@ pub const fn split_cookie(cookie: u64) -> (u8, u8) {
 /// A row of the `sources` table.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceInfo {
+    /// Source number, as stored in `events.source` (one of the [`source`] constants).
     pub id: u8,
+    /// Short lowercase name shown in output and stored in `sources.name` ("cuda", "host", ...).
     pub name: &'static str,
+    /// One sentence on what the source records and what `duration_ns` measures.
     pub description: &'static str,
 }
 
+/// Every event source, as written into the `sources` table of each database.
 pub const SOURCES: &[SourceInfo] = &[
     SourceInfo {
         id: source::CUDA,
@@ -126,8 +167,11 @@ pub const SOURCES: &[SourceInfo] = &[
 /// A row of the `ops` table.
 #[derive(Debug, Clone, Copy)]
 pub struct OpInfo {
+    /// Source the operation belongs to (`events.source`, one of the [`source`] constants).
     pub source: u8,
+    /// Operation number within its source (`events.op`).
     pub op: u8,
+    /// Name shown in output: the CUDA function ("cudaMalloc") or the event ("sched_switch").
     pub name: &'static str,
     /// What the call does and what `arg0`, `arg1` and `arg2` hold; "stream"
     /// at the end means the `stream` column holds the call's CUDA stream.
@@ -143,6 +187,8 @@ const fn op(source: u8, op: u8, name: &'static str, description: &'static str) -
     }
 }
 
+/// Every operation of every source, as written into the `ops` table of each
+/// database; look one up with [`op_info`].
 pub const OPS: &[OpInfo] = &[
     op(
         source::CUDA,
@@ -341,8 +387,11 @@ pub const OPS: &[OpInfo] = &[
 /// A function to probe in a CUDA library, and the operation it records.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeSymbol {
+    /// Exported symbol name to attach the uprobe to (e.g. "cudaMalloc").
     pub symbol: &'static str,
+    /// Source recorded for calls of the symbol ([`source::CUDA`] or [`source::DRIVER`]).
     pub source: u8,
+    /// Operation recorded for calls of the symbol (a [`cuda_op`] or [`driver_op`] constant).
     pub op: u8,
 }
 

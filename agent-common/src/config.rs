@@ -14,9 +14,14 @@ pub const ABSENT: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedSwitchFields {
+    /// Offset of `prev_pid`, the thread leaving the CPU (4 bytes).
     pub prev_pid: u32,
+    /// Offset of `prev_state`, its task state (8 bytes); 0 in the low bits means
+    /// it was preempted while runnable.
     pub prev_state: u32,
+    /// Offset of `next_pid`, the thread taking the CPU (4 bytes).
     pub next_pid: u32,
+    /// Offset of `next_comm`, the name of the thread taking the CPU (16 bytes).
     pub next_comm: u32,
 }
 
@@ -24,9 +29,13 @@ pub struct SchedSwitchFields {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockIssueFields {
+    /// Offset of `dev`, the device number (4 bytes).
     pub dev: u32,
+    /// Offset of `sector`, the first sector of the request (8 bytes).
     pub sector: u32,
+    /// Offset of `bytes`, the request size in bytes (4 bytes).
     pub bytes: u32,
+    /// Offset of `rwbs`, the operation flags string ("R", "WS", "D", "F", ...).
     pub rwbs: u32,
 }
 
@@ -34,9 +43,13 @@ pub struct BlockIssueFields {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockCompleteFields {
+    /// Offset of `dev`, the device number (4 bytes).
     pub dev: u32,
+    /// Offset of `sector`, the first sector; with `dev` it matches the request to its issue.
     pub sector: u32,
+    /// Offset of `error`, the completion status as a negative errno (4 bytes).
     pub error: u32,
+    /// Padding to a multiple of 8 bytes; always 0.
     #[expect(
         clippy::pub_underscore_fields,
         reason = "explicit repr(C) padding, shared with the eBPF programs"
@@ -48,7 +61,9 @@ pub struct BlockCompleteFields {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NewTaskFields {
+    /// Offset of `pid`, the child's thread id (4 bytes).
     pub pid: u32,
+    /// Offset of `clone_flags`, used to tell a new process from a new thread (8 bytes).
     pub clone_flags: u32,
 }
 
@@ -56,7 +71,10 @@ pub struct NewTaskFields {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitFields {
+    /// Offset of `pid`, the exiting thread's id (4 bytes).
     pub pid: u32,
+    /// Offset of `group_dead`, set when the whole process is gone (1 byte), or [`ABSENT`]
+    /// on older kernels, where the main thread's exit stands for the process.
     pub group_dead: u32,
 }
 
@@ -64,7 +82,9 @@ pub struct ExitFields {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OomFields {
+    /// Offset of `pid`, the victim's process id (4 bytes).
     pub pid: u32,
+    /// Offset of `anon_rss`, the victim's anonymous RSS in KiB (8 bytes), or [`ABSENT`].
     pub anon_rss: u32,
 }
 
@@ -72,7 +92,9 @@ pub struct OomFields {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageAllocFields {
+    /// Offset of `order`, log2 of the pages allocated by the call (4 bytes).
     pub order: u32,
+    /// Padding to a multiple of 8 bytes; always 0.
     #[expect(
         clippy::pub_underscore_fields,
         reason = "explicit repr(C) padding, shared with the eBPF programs"
@@ -90,6 +112,7 @@ pub struct Config {
     pub auto_enrol: u8,
     /// 1: capture the user stack of each CUDA call (`--stack`).
     pub capture_stack: u8,
+    /// Padding up to `wakeup_bytes`; always 0.
     #[expect(
         clippy::pub_underscore_fields,
         reason = "explicit repr(C) padding, shared with the eBPF programs"
@@ -100,11 +123,18 @@ pub struct Config {
     /// its own timer (a wake-up per event would cause the very context
     /// switches being measured).
     pub wakeup_bytes: u64,
+    /// Field offsets of `sched/sched_switch` (off-CPU time).
     pub sched_switch: SchedSwitchFields,
+    /// Field offsets of `block/block_rq_issue` (start of a block request).
     pub block_issue: BlockIssueFields,
+    /// Field offsets of `block/block_rq_complete` (end of a block request).
     pub block_complete: BlockCompleteFields,
+    /// Field offsets of `task/task_newtask` (process fork).
     pub new_task: NewTaskFields,
+    /// Field offsets of `sched/sched_process_exit` (process exit).
     pub exit: ExitFields,
+    /// Field offsets of `oom/mark_victim` (OOM kill).
     pub oom: OomFields,
+    /// Field offsets of `kmem/mm_page_alloc` (page-allocation counters).
     pub page_alloc: PageAllocFields,
 }

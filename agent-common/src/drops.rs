@@ -11,6 +11,7 @@ pub const REASON_RING_FULL: u32 = 0;
 /// (entry/return, switch-out/in, issue/complete) could not be matched.
 pub const REASON_MAP_FULL: u32 = 1;
 
+/// Number of drop reasons (`REASON_*` constants).
 pub const REASONS: u32 = 2;
 const SOURCES: u32 = 8;
 const OPS: u32 = 32;

@@ -28,10 +28,16 @@ pub const FLAG_HAS_ARG2: u8 = 1 << 1;
 pub struct Event {
     /// `CLOCK_MONOTONIC` ns at the end of the call / off-CPU span / request.
     pub ts_ns: u64,
+    /// Length in ns of what was measured (call, off-CPU span, I/O request), ending at `ts_ns`.
     pub duration_ns: u64,
+    /// First operation-specific value (often a byte count); see the `ops` table.
     pub arg0: u64,
+    /// Second operation-specific value (a pointer, a copy kind, a pid...); see the `ops` table.
     pub arg1: u64,
+    /// Third operation-specific value (block I/O: the device), valid when [`FLAG_HAS_ARG2`] is set.
     pub arg2: u64,
+    /// CUDA stream handle of the call, valid when [`FLAG_HAS_STREAM`] is set
+    /// (0 is the default stream).
     pub stream: u64,
     /// Process id (thread-group id).
     pub pid: u32,
@@ -43,7 +49,9 @@ pub struct Event {
     pub gpu_id: i32,
     /// CPU the event happened on.
     pub cpu: u32,
+    /// Event source, one of the `catalog::source` constants (`events.source`).
     pub source: u8,
+    /// Operation within the source, from the `catalog` op constants (`events.op`).
     pub op: u8,
     /// [`KIND_EVENT`] or [`KIND_STACK`].
     pub kind: u8,
@@ -60,6 +68,8 @@ pub struct Event {
 pub struct StackTail {
     /// Number of valid entries in `ips`.
     pub depth: u64,
+    /// User-space return addresses, innermost frame first; entries past `depth` are
+    /// meaningless.
     pub ips: [u64; MAX_STACK_DEPTH],
 }
 
@@ -67,7 +77,9 @@ pub struct StackTail {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StackEvent {
+    /// The event itself, with `kind` set to [`KIND_STACK`].
     pub event: Event,
+    /// The user stack captured at the call's return.
     pub stack: StackTail,
 }
 

@@ -12,25 +12,39 @@ use crate::trace::{
     tracefs,
 };
 
+/// One requirement checked.
 #[derive(Debug, Serialize)]
 pub struct Item {
+    /// What was checked: "kernel", "BTF", "privileges", "tracefs", "tracepoints".
     pub name: &'static str,
+    /// Whether tracing can work as far as this requirement goes.
     pub ok: bool,
+    /// What was found; on a failure, also what to do about it.
     pub detail: String,
 }
 
+/// A CUDA library found where ingero looks for one.
 #[derive(Debug, Serialize)]
 pub struct LibraryReport {
+    /// Runtime (libcudart) or driver (libcuda).
     pub kind: LibKind,
+    /// Path of the library, as found.
     pub path: String,
+    /// Probed functions (symbols) the library exports.
     pub functions: usize,
+    /// Probed functions it does not export (older CUDA versions lack some).
     pub missing: Vec<&'static str>,
 }
 
+/// The outcome of `ingero check` (printed by [`render`], or as JSON).
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// Whether every check passed: `ingero trace` can run here.
     pub ready: bool,
+    /// Each requirement, in the order checked.
     pub checks: Vec<Item>,
+    /// CUDA libraries found, one per file, sorted by kind and path. Finding
+    /// none does not fail the check: libraries loaded later are probed then.
     pub libraries: Vec<LibraryReport>,
 }
 
@@ -51,6 +65,9 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// Checks this machine: kernel version, BTF, root privileges, tracefs and
+/// the tracepoints used, and the CUDA libraries installed. Has no side
+/// effects beyond mounting tracefs when it is not mounted.
 #[must_use]
 pub fn run() -> Report {
     let mut checks = Vec::new();

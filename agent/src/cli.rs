@@ -17,6 +17,7 @@ use crate::units::{ByteSize, HumanDuration};
                   (scheduling, block I/O, memory, process lifecycle) into a node-tagged SQLite \
                   database, and explains slowdowns across nodes."
 )]
+/// The parsed command line: global options and the command to run.
 pub struct Cli {
     /// Configuration file [default: /etc/ingero/ingero.yaml, then ~/.ingero/ingero.yaml]
     #[arg(long, global = true, env = "INGERO_CONFIG", value_name = "PATH")]
@@ -24,10 +25,12 @@ pub struct Cli {
     /// More diagnostics on stderr (-v: info, -vv: debug)
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands of `ingero`, one per subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace CUDA processes on this node into the database (needs root)
@@ -53,6 +56,7 @@ pub enum Command {
     Config(ConfigArgs),
 }
 
+/// Options of `ingero config`.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// Print the settings as JSON
@@ -60,15 +64,18 @@ pub struct ConfigArgs {
     pub json: bool,
 }
 
+/// Options of `ingero mcp`.
 #[derive(Debug, Args)]
 pub struct McpArgs {
     /// Database for the local tools (get_chains, run_sql, get_ops, get_stacks) [default: the configured one, if it exists]
     #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// The agents the fleet tools ask.
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
 
+/// Options of `ingero trace`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Node name for every event [default: agent.node in ingero.yaml, else the hostname]
@@ -116,6 +123,7 @@ pub struct TraceArgs {
     /// Once tracing (and the API listening), write {pid, node, db, session_id, listen} as JSON here
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// The agent API served while tracing (only with `--listen` or `agent.listen`).
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -195,6 +203,7 @@ pub struct FleetArgs {
     pub clock_skew_threshold: Option<HumanDuration>,
 }
 
+/// Options of `ingero check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Print the report as JSON
@@ -216,11 +225,13 @@ pub struct WindowArgs {
     pub to: Option<String>,
 }
 
+/// Options of `ingero query`.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
     /// Database file [default: ~/.ingero/ingero.db]
     #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// The time range the query sees.
     #[command(flatten)]
     pub window: WindowArgs,
     /// At most this many rows [default: query.limit, else 10000]
@@ -235,6 +246,7 @@ pub struct QueryArgs {
     /// Print CSV
     #[arg(long)]
     pub csv: bool,
+    /// The agents to ask instead of the local database.
     #[command(flatten)]
     pub fleet: FleetArgs,
     /// With --nodes: run this SQL over the union of the nodes' rows, a table named `fleet` (with a `node` column)
@@ -244,11 +256,13 @@ pub struct QueryArgs {
     pub sql: String,
 }
 
+/// Options of `ingero explain`.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// Database file [default: ~/.ingero/ingero.db]; without a window the whole database is explained
     #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// The time range to explain.
     #[command(flatten)]
     pub window: WindowArgs,
     /// Print the chains and per-node figures as JSON
@@ -257,10 +271,12 @@ pub struct ExplainArgs {
     /// Do not record the chains in the database's causal_chains table
     #[arg(long)]
     pub no_save: bool,
+    /// The agents to ask instead of the local database.
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
 
+/// Options of `ingero merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
     /// Databases to merge (one or more per node)
@@ -283,12 +299,14 @@ pub struct MergeArgs {
     pub json: bool,
 }
 
+/// The file formats `ingero export` writes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ExportFormat {
     /// Chrome Trace Event JSON for ui.perfetto.dev
     Perfetto,
 }
 
+/// Options of `ingero export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Output format
@@ -300,15 +318,18 @@ pub struct ExportArgs {
     /// The trace file to write
     #[arg(short, long, value_name = "PATH")]
     pub output: PathBuf,
+    /// The time range to export.
     #[command(flatten)]
     pub window: WindowArgs,
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// The agents to export from instead of the local database.
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
 
+/// Options of `ingero serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Database to serve [default: ~/.ingero/ingero.db]
@@ -320,10 +341,12 @@ pub struct ServeArgs {
     /// Once listening, write {pid, node, db, listen} as JSON here
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Where the API listens and how it protects itself.
     #[command(flatten)]
     pub api: ApiArgs,
 }
 
+/// The subcommands of `ingero certs`.
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Create the fleet's CA (ca.pem, ca-key.pem)

@@ -61,6 +61,7 @@ impl Default for WallClock {
 }
 
 impl WallClock {
+    /// A converter with the offset sampled now.
     #[must_use]
     pub fn new() -> Self {
         Self {
@@ -77,11 +78,15 @@ impl WallClock {
         }
     }
 
+    /// The current `REALTIME - MONOTONIC` offset in ns: add it to a monotonic
+    /// timestamp to get Unix ns.
     #[must_use]
     pub fn offset_ns(&self) -> i64 {
         self.offset_ns
     }
 
+    /// A `CLOCK_MONOTONIC` timestamp (ns, as the eBPF programs stamp events)
+    /// as Unix ns, with the current offset.
     #[must_use]
     pub fn to_unix(&self, monotonic_ns: u64) -> i64 {
         monotonic_ns as i64 + self.offset_ns

@@ -15,32 +15,51 @@ use crate::{
     store::StoreError, tls::TlsError, trace::TraceError,
 };
 
+/// Why a command failed; `exit_code` maps each case to the process exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The configuration (file, flags, node name, token file) is wrong: exit 78,
+    /// or 2 for a bad node name, flag combination or token file.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Tracing could not start or stopped: exit 77 (not root), 69 (kernel
+    /// lacks BTF, tracefs or a probe), 2 (bad pid, ring size or library), 73
+    /// (the database cannot be written) or 1.
     #[error(transparent)]
     Trace(#[from] TraceError),
+    /// The database cannot be created or written: exit 73.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A read-only query failed: exit 1 when it ran past its deadline, 2
+    /// otherwise (refused or invalid SQL, missing or non-ingero database).
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// Merging databases failed: exit 2 for a refused or unreadable input,
+    /// 73 when the output cannot be written.
     #[error(transparent)]
     Merge(#[from] MergeError),
+    /// The listen address or its settings are wrong (exit 2), or the socket
+    /// cannot be bound (exit 1).
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// A certificate or key cannot be read, generated or written, or is
+    /// invalid or already exists: exit 2.
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// Input the user can correct (a path, a time, a flag combination).
     #[error("{0}")]
     BadInput(String),
+    /// Any other failure, with its message: exit 1.
     #[error("{0}")]
     Failed(String),
+    /// A fleet command reached none of its nodes (the count is how many it
+    /// tried): exit 4.
     #[error("none of the {0} node(s) answered (see the warnings above)")]
     NoNodeAnswered(usize),
 }
 
 impl CliError {
+    /// The process exit code for this error (see the module documentation).
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -30,19 +30,29 @@ use crate::{
     timewin::Window,
 };
 
+/// What an export wrote, for the summary line (and `--json`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExportReport {
+    /// Nodes with events in the window: one process track each.
     pub nodes: usize,
+    /// Distinct (node, thread) pairs seen in the events.
     pub threads: usize,
+    /// Slices: CUDA and driver calls, off-CPU spans, block I/O requests.
     pub slices: u64,
+    /// Instant markers: process lifecycle and OOM events, causal chains.
     pub markers: u64,
+    /// Counter samples: page-allocation rates and CPU busy %.
     pub counters: u64,
 }
 
+/// Why an export failed; the output file may be incomplete.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    /// Reading the database failed (a damaged file, a table of an
+    /// unexpected shape); SQLite's error.
     #[error("reading the database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// Writing the trace file failed (disk full, permissions, a closed pipe).
     #[error("writing the trace: {0}")]
     Io(#[from] std::io::Error),
 }

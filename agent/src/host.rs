@@ -7,11 +7,17 @@ use crate::store::writer::SystemSnapshot;
 /// Static facts recorded once per session.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct HostFacts {
+    /// The machine's host name.
     pub hostname: String,
+    /// Kernel release (`/proc/sys/kernel/osrelease`, as `uname -r`).
     pub kernel: String,
+    /// Distribution name: `PRETTY_NAME` of `/etc/os-release`, empty if absent.
     pub os_release: String,
+    /// CPU model name: the first `model name` of `/proc/cpuinfo`, empty if absent.
     pub cpu_model: String,
+    /// CPUs available to this process (at least 1).
     pub cpu_cores: i64,
+    /// Total memory (`MemTotal`) in MiB; 0 if unreadable.
     pub mem_total_mb: i64,
 }
 
@@ -26,6 +32,7 @@ fn field_u64(text: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// Reads this machine's facts; a fact that cannot be read is left empty (or 0).
 #[must_use]
 pub fn facts() -> HostFacts {
     let cpuinfo = read("/proc/cpuinfo");

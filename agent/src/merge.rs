@@ -31,21 +31,41 @@ use crate::store::{self, schema::has_column};
 /// Events copied per statement (progress is reported between chunks).
 const CHUNK: i64 = 200_000;
 
+/// Why a merge did not happen. Nothing is left at the output path in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
+    /// The request itself is refused before anything is written (no inputs,
+    /// an existing output without `--force`, a node claimed twice without
+    /// `--allow-same-node`, an input without node names and no
+    /// `--force-node`); the message says which flag fixes it.
     #[error("{0}")]
     Refused(String),
+    /// An input could not be read: missing, not an ingero database, or a
+    /// SQLite error while copying it.
     #[error("{path}: {message}")]
-    Input { path: PathBuf, message: String },
+    Input {
+        /// The input database.
+        path: PathBuf,
+        /// What went wrong with it.
+        message: String,
+    },
+    /// The output could not be created, written or renamed into place.
     #[error("writing {path}: {message}")]
-    Output { path: PathBuf, message: String },
+    Output {
+        /// The output database (as given; the work file is `OUTPUT.partial`).
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A `--force-node` value: `NAME` (for the one input without a node
 /// column) or `PATH=NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForcedNode {
+    /// The input the name is for; `None` for the one input without node names.
     pub path: Option<PathBuf>,
+    /// Node name given to that input's rows (a valid node name).
     pub name: String,
 }
 
@@ -65,29 +85,47 @@ impl std::str::FromStr for ForcedNode {
     }
 }
 
+/// What `ingero merge` was asked to do.
 #[derive(Debug, Clone)]
 pub struct MergeOptions {
+    /// Databases to merge, copied in this order.
     pub inputs: Vec<PathBuf>,
+    /// Database to create.
     pub output: PathBuf,
+    /// Replace `output` if it exists (`--force`).
     pub force: bool,
+    /// Node names for inputs whose events have none (`--force-node`).
     pub force_node: Vec<ForcedNode>,
+    /// Accept several inputs holding the same node, storing an event id
+    /// present in more than one only once (`--allow-same-node`).
     pub allow_same_node: bool,
 }
 
+/// One input of a merge, as found before copying.
 #[derive(Debug, Clone, Serialize)]
 pub struct InputReport {
+    /// The input database.
     pub path: PathBuf,
+    /// Node names of its events (the forced name if it had none).
     pub nodes: Vec<String>,
+    /// Rows in its `events` table, duplicates included.
     pub events: u64,
 }
 
+/// The outcome of a merge (printed by `ingero merge`, as JSON with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct MergeReport {
+    /// The database written.
     pub output: PathBuf,
+    /// Each input, in the order given.
     pub inputs: Vec<InputReport>,
+    /// Rows in the output's `events` table.
     pub events: u64,
+    /// Rows in the output's `stack_traces` table (deduplicated by hash).
     pub stacks: u64,
+    /// Rows in the output's `sessions` table (renumbered).
     pub sessions: u64,
+    /// Rows in the output's `causal_chains` table.
     pub chains: u64,
     /// Events present in several inputs (with --allow-same-node), kept once.
     pub duplicates: u64,

@@ -51,18 +51,36 @@ const PRAGMAS_THAT_REPORT: &[&str] = &[
     "page_size",
 ];
 
+/// Why a read-only query did not give rows.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The database could not be opened for reading (missing file,
+    /// permissions, not a SQLite file): check the path (`--db`).
     #[error("cannot open the database {path} for reading: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    Open {
+        /// The database path, as shown to the user.
+        path: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The file is a SQLite database without an `events` table.
     #[error("{path} has no events table: is it an ingero database?")]
-    NotIngero { path: String },
+    NotIngero {
+        /// The database path, as shown to the user.
+        path: String,
+    },
+    /// The statement tried something other than reading (a write, DDL,
+    /// ATTACH, a pragma write, `load_extension`); the message names it.
     #[error("refused: {0} (queries are read-only)")]
     Denied(String),
+    /// The statement ran past its deadline (the duration it carries) and was
+    /// interrupted: narrow the query or raise the timeout.
     #[error(
         "the query ran past its {0:?} deadline and was interrupted; narrow it (WHERE, LIMIT) or raise --timeout"
     )]
     Timeout(Duration),
+    /// Any other SQLite error: a syntax error, an unknown table or column,
+    /// several statements at once; SQLite's message.
     #[error("SQL error: {0}")]
     Sql(String),
 }
@@ -70,17 +88,24 @@ pub enum QueryError {
 /// A query's result.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueryResult {
+    /// Column names, in the statement's order.
     pub columns: Vec<String>,
+    /// Rows, one value per column: integers, floats, text, or null (blobs
+    /// become `"<N bytes>"`, non-finite floats null).
     pub rows: Vec<Vec<serde_json::Value>>,
     /// True when rows were cut at the row limit.
     pub truncated: bool,
+    /// Time spent preparing, running and reading the statement, in ms.
     pub elapsed_ms: f64,
 }
 
 /// Limits of one query.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Longest the statement may run before it is interrupted
+    /// ([`QueryError::Timeout`]).
     pub timeout: Duration,
+    /// Rows read at most; past it the result is cut and marked `truncated`.
     pub max_rows: usize,
 }
 

@@ -28,18 +28,42 @@ use rcgen::{
 use rustls::{ServerConfig, crypto::CryptoProvider, server::WebPkiClientVerifier, version::TLS13};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
+/// Why a TLS setup or a certificate operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate, key or CA file cannot be read or is not valid PEM.
     #[error("cannot read {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The underlying I/O or PEM error.
+        message: String,
+    },
+    /// A certificate or key file (or its directory) cannot be written.
     #[error("cannot write {path}: {message}")]
-    Write { path: PathBuf, message: String },
+    Write {
+        /// The file that could not be written.
+        path: PathBuf,
+        /// The underlying I/O error.
+        message: String,
+    },
+    /// A PEM file holds no item of the expected kind (or the key does not parse).
     #[error("{path} holds no {what}")]
-    Empty { path: PathBuf, what: &'static str },
+    Empty {
+        /// The file that was read.
+        path: PathBuf,
+        /// What was expected in it: "PEM certificate" or "PEM private key".
+        what: &'static str,
+    },
+    /// rustls refused the configuration (protocol versions, CA roots,
+    /// certificate and key that do not match).
     #[error("invalid TLS setup: {0}")]
     Config(String),
+    /// A key or certificate could not be generated or signed, or a name is
+    /// not valid as a SAN or certificate name.
     #[error("cannot create a certificate: {0}")]
     Generate(String),
+    /// The file to create already exists; `--force` replaces it.
     #[error("{0} already exists: pass --force to replace it")]
     Exists(PathBuf),
 }
@@ -103,17 +127,31 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 #[derive(Debug, Clone)]
 pub enum ServerIdentity {
     /// The operator's certificate chain and key.
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        /// PEM certificate chain, leaf first.
+        cert: PathBuf,
+        /// PEM private key of the leaf certificate.
+        key: PathBuf,
+    },
     /// A self-signed certificate kept in this directory (made if missing).
-    SelfSigned { dir: PathBuf, node: String },
+    SelfSigned {
+        /// Directory holding `agent.pem` and `agent-key.pem`.
+        dir: PathBuf,
+        /// Node name, put in the certificate's SANs and common name.
+        node: String,
+    },
 }
 
 /// A ready server configuration and what to tell the operator about it.
 #[derive(Debug)]
 pub struct ServerTls {
+    /// The rustls server configuration (TLS 1.3, ALPN h2 and http/1.1).
     pub config: Arc<ServerConfig>,
+    /// SHA-256 fingerprint of the leaf certificate, as `AB:CD:...`.
     pub fingerprint: String,
+    /// Path of the certificate chain in use (the operator's or the self-signed one).
     pub cert_path: PathBuf,
+    /// True when clients must present a certificate signed by the CA (mutual TLS).
     pub mutual: bool,
 }
 
@@ -262,9 +300,17 @@ pub fn init_ca(dir: &Path, force: bool) -> Result<(PathBuf, String), TlsError> {
 #[derive(Debug, Clone)]
 pub enum Role {
     /// An agent: server authentication for its names and addresses.
-    Node { name: String, extra_sans: Vec<String> },
+    Node {
+        /// Node name: the common name, a SAN, and the files' base name.
+        name: String,
+        /// More host names or IP addresses the node answers on.
+        extra_sans: Vec<String>,
+    },
     /// A fleet client: client authentication.
-    Client { name: String },
+    Client {
+        /// Client name: the common name, its one SAN, and the files' base name.
+        name: String,
+    },
 }
 
 /// `ingero certs issue`: a certificate signed by the CA in `dir`; returns

@@ -11,19 +11,40 @@ use crate::tls::ClientTls;
 #[derive(Debug, Clone, thiserror::Error, Serialize)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum FleetError {
+    /// The client setup is wrong before anything is sent: an address that is
+    /// not `host:port`, a duplicate or empty node list, an unreadable CA or
+    /// client certificate. Fix the flags or `ingero.yaml` the message names.
     #[error("{0}")]
     Config(String),
     /// Nothing listens there, or the host cannot be reached.
     #[error("cannot connect: {0}")]
     Refused(String),
+    /// No answer within the per-request timeout (or the fan-out's overall
+    /// deadline, which is the duration it carries then).
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake failed; the message starts with what to check
+    /// (CA, client certificate, `--no-tls`), then rustls's own words.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    /// The agent answered with an error status: it was reached but refused
+    /// the request (400 invalid, 401 missing or wrong token, 403 refused by
+    /// the read-only guard, 408 past its deadline, ...).
     #[error("HTTP {status}: {message}")]
-    Http { status: u16, message: String },
+    Http {
+        /// HTTP status code of the answer.
+        status: u16,
+        /// The agent's error message (the `error` field of its JSON body,
+        /// else the body as text).
+        message: String,
+    },
+    /// The agent's answer could not be used: a body that is not the expected
+    /// JSON (a different agent version, a proxy in between), or query
+    /// columns that differ from the other nodes'.
     #[error("unreadable answer: {0}")]
     Decode(String),
+    /// Anything else (a failed task, a stopped writer, an unclassified
+    /// transport error); the message says what.
     #[error("{0}")]
     Other(String),
 }
@@ -112,9 +133,14 @@ fn classify(e: &reqwest::Error, timeout: Duration) -> FleetError {
 /// all Unix ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeSample {
+    /// When we sent the request, Unix ns on our clock.
     pub t0: i64,
+    /// When the agent received it, Unix ns on the agent's clock.
     pub t1: i64,
+    /// When the agent sent its answer, Unix ns on the agent's clock.
     pub t2: i64,
+    /// When we received the answer, Unix ns on our clock (`t0` plus the
+    /// monotonic time elapsed, so a clock step cannot make it precede `t0`).
     pub t3: i64,
 }
 

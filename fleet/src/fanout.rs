@@ -39,9 +39,14 @@ pub struct NodeAnswer<T> {
     pub address: String,
     /// The agent's node name, when it told us.
     pub node: Option<String>,
+    /// The operation's answer, or why this node gave none (left out of the
+    /// serialised form: callers render errors themselves).
     #[serde(skip)]
     pub result: Result<T, FleetError>,
+    /// This agent's clock offset, when at least one clock exchange succeeded.
     pub clock: Option<ClockEstimate>,
+    /// Wall time this node's part of the fan-out took, in ms (waiting for a
+    /// concurrency slot included).
     pub elapsed_ms: f64,
 }
 
@@ -66,8 +71,11 @@ impl<T> NodeAnswer<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Every node answered.
     AllAnswered,
+    /// Some nodes answered and some did not: results are incomplete.
     Partial,
+    /// No node answered.
     NoneAnswered,
 }
 
@@ -171,16 +179,19 @@ impl Fleet {
         Ok(Self { clients, options })
     }
 
+    /// Number of agents in the fleet.
     #[must_use]
     pub fn len(&self) -> usize {
         self.clients.len()
     }
 
+    /// Whether the fleet has no agents (never true for one built by [`Fleet::new`]).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
     }
 
+    /// The bounds this fleet's fan-outs run with.
     #[must_use]
     pub fn options(&self) -> FleetOptions {
         self.options

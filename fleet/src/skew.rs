@@ -31,8 +31,10 @@ pub struct ClockEstimate {
     pub error_ns: i64,
     /// Lowest round trip seen (excluding the agent's own time), ns.
     pub min_delay_ns: i64,
-    /// Exchanges made, and how many the estimate rests on.
+    /// Exchanges made (the successful ones).
     pub samples: usize,
+    /// How many of them the estimate rests on: the lowest-delay half, or 1
+    /// when their intervals did not meet.
     pub used: usize,
 }
 

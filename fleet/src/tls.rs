@@ -15,7 +15,11 @@ use crate::FleetError;
 pub struct ClientTls {
     /// The CA that signed the agents' certificates (required for TLS).
     pub ca_cert: Option<PathBuf>,
+    /// PEM certificate chain to present when the agents require mutual TLS;
+    /// goes with `client_key`.
     pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`; one without the other is a
+    /// configuration error.
     pub client_key: Option<PathBuf>,
     /// Plain HTTP instead of TLS.
     pub no_tls: bool,

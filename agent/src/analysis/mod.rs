@@ -16,7 +16,11 @@
 
 pub mod chain;
 pub mod dataset;
+mod describe;
+pub mod evidence;
 pub mod rules;
+mod spans;
+pub mod stats;
 pub mod straggler;
 
 use ingero_api::{NodeOps, OpSummary};
@@ -25,7 +29,8 @@ use serde::Serialize;
 
 use crate::timewin::Window;
 use chain::Chain;
-use rules::{Evidence, OpStats};
+use evidence::Evidence;
+use stats::OpStats;
 use straggler::{NodeFigures, Verdict};
 
 /// What the engine found on one node.
@@ -87,9 +92,11 @@ pub fn explain(
     Ok(dataset::load(conn, window)?
         .into_iter()
         .map(|d| {
-            let (chains, ops) = rules::chains(&d, &names, detected_at);
+            let evidence = evidence::evidence(&d, d.window.from, d.window.to);
+            let (mut chains, ops) = rules::chains(&d, &evidence, &names, detected_at);
+            sort_chains(&mut chains, None);
             NodeReport {
-                evidence: rules::evidence(&d, d.window.from, d.window.to),
+                evidence,
                 node: d.node,
                 rank: d.rank,
                 world_size: d.world_size,

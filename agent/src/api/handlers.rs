@@ -25,10 +25,13 @@ use crate::{
     readonly::{Limits, QueryError, ReadOnlyDb},
 };
 
+/// `GET /healthz`: always `ok` (no token needed); says the process serves.
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `GET /api/v1/time`: when the request arrived and when the answer left
+/// (Unix ns), for the fleet client's clock offset estimate.
 pub async fn time(
     State(state): State<Arc<ApiState>>,
     Extension(arrival): Extension<Arrival>,
@@ -40,6 +43,9 @@ pub async fn time(
     })
 }
 
+/// `POST /api/v1/query`: runs one read-only SQL query, its limit and timeout
+/// capped by the agent's; 403 if refused, 400 if invalid, 408 past its
+/// deadline, 429 when all query slots are busy, 413 for an oversized body.
 pub async fn query(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<QueryRequest>, JsonRejection>,
@@ -94,6 +100,8 @@ pub async fn query(
 /// `?since=5m` (or `all`); without it, the agent's default window.
 #[derive(Debug, Deserialize)]
 pub struct SinceParam {
+    /// How far back from the last event to look; `None` (absent) means the
+    /// agent's default window.
     pub since: Option<Since>,
 }
 
@@ -113,6 +121,8 @@ fn span(reports: &[NodeReport]) -> Span {
     Span::covering(reports.iter().map(|r| r.window))
 }
 
+/// `GET /api/v1/chains?since=`: the causal chains the engine finds in the
+/// window, with the window's span and event count.
 pub async fn chains(
     State(state): State<Arc<ApiState>>,
     param: Result<Query<SinceParam>, QueryRejection>,
@@ -126,6 +136,8 @@ pub async fn chains(
     }))
 }
 
+/// `GET /api/v1/ops?since=`: per-operation percentiles and evidence of each
+/// node (rank) in the window.
 pub async fn ops(
     State(state): State<Arc<ApiState>>,
     param: Result<Query<SinceParam>, QueryRejection>,
@@ -138,6 +150,8 @@ pub async fn ops(
     }))
 }
 
+/// `GET /api/v1/overview`: event counts per source, time range, stored
+/// chains, the latest session and drops, plus live counters while tracing.
 pub async fn overview(State(state): State<Arc<ApiState>>) -> Result<Json<OverviewAnswer>, ApiError> {
     let s = Arc::clone(&state);
     let mut out = tokio::task::spawn_blocking(move || overview_from_db(&s))
@@ -214,6 +228,8 @@ fn overview_from_db(state: &ApiState) -> Result<OverviewAnswer, ApiError> {
     })
 }
 
+/// `GET /metrics`: the Prometheus text exposition; event counts come from
+/// the live tracer, or from the database under `ingero serve`.
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
     let s = Arc::clone(&state);
     let counts = match &state.live {

@@ -16,19 +16,27 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use super::{ApiState, router, server};
 use crate::tls::{ServerIdentity, TlsError, server_config};
 
+/// Why the API cannot start listening.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
+    /// The server certificate, key or CA cannot be loaded or used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The address cannot be bound (in use, not local, no permission).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// Plain HTTP (`--no-tls`) on a non-loopback address without a bearer
+    /// token; holds the address.
     #[error(
         "plain HTTP on {0} would expose the agent to the network without protection: add --token-file, or use TLS (drop --no-tls)"
     )]
     TokenRequired(SocketAddr),
+    /// Only one of `--tls-cert` and `--tls-key` was given.
     #[error("--tls-cert and --tls-key go together")]
     HalfIdentity,
 }
@@ -36,15 +44,21 @@ pub enum ListenError {
 /// How the API listens, after configuration layering.
 #[derive(Debug, Clone)]
 pub struct ListenOptions {
+    /// Address and port to bind; port 0 picks a free one.
     pub addr: SocketAddr,
     /// `None`: plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// File holding the bearer token clients must send; `None`: no token.
     pub token_file: Option<PathBuf>,
 }
 
+/// The server's TLS settings: its certificate and the optional client CA.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
+    /// Where the server certificate and key come from.
     pub identity: ServerIdentity,
+    /// CA that client certificates must be signed by; `Some` makes mutual
+    /// TLS mandatory.
     pub ca: Option<PathBuf>,
 }
 
@@ -73,12 +87,14 @@ impl TlsSettings {
 /// A serving API; [`RunningApi::stop`] ends it.
 #[derive(Debug)]
 pub struct RunningApi {
+    /// The address actually bound (the real port when 0 was asked for).
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl RunningApi {
+    /// Signals the server to stop and waits for its task to finish.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -45,22 +45,28 @@ struct QueryStats {
     sum: f64,
 }
 
+/// The API's own counters (requests, queries, TLS handshakes), shared by
+/// every request and rendered by `/metrics`.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     queries: Mutex<QueryStats>,
+    /// TLS handshakes that failed since start; the server increments it.
     pub tls_handshake_failures: AtomicU64,
 }
 
 /// Event and drop counts to expose.
 #[derive(Debug, Default)]
 pub struct EventCounts {
+    /// Events recorded per source, in the order cuda, driver, host, io.
     pub by_source: [u64; 4],
     /// (source, op, reason, count)
     pub drops: Vec<(u8, u8, String, u64)>,
 }
 
 impl EventCounts {
+    /// Counts from the database at `db`: events per source, and drops from
+    /// the `drops` table when there is one.
     pub fn from_db(db: &Path) -> rusqlite::Result<Self> {
         let conn = crate::store::open_read(db)?;
         let mut counts = Self::default();
@@ -107,12 +113,15 @@ fn label(v: &str) -> String {
 }
 
 impl ApiMetrics {
+    /// Counts one answered request by its path label and HTTP status.
     pub fn record_request(&self, path: &'static str, status: u16) {
         if let Ok(mut r) = self.requests.lock() {
             *r.entry((path, status)).or_default() += 1;
         }
     }
 
+    /// Counts one SQL query by outcome (ok, refused, timeout, error) and
+    /// adds its duration to the latency histogram.
     pub fn record_query(&self, result: &Result<QueryResult, QueryError>, took: Duration) {
         let outcome = match result {
             Ok(_) => "ok",

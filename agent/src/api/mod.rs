@@ -53,29 +53,40 @@ const EXPLAIN_CACHE: Duration = Duration::from_secs(2);
 /// Everything an API error can be; the one place that picks statuses.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400: a malformed body, parameter or SQL statement; holds the sentence.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: a token is configured and the request lacks it or sends another.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// 403: the query was refused by the read-only guard.
     #[error("{0}")]
     Forbidden(String),
+    /// 404: no endpoint at this path.
     #[error("no such endpoint; see GET /api/v1/overview and the README")]
     NotFound,
+    /// 405: the endpoint exists but not for this method.
     #[error("method not allowed for this endpoint")]
     MethodNotAllowed,
+    /// 413: the request body is larger than `MAX_BODY` bytes.
     #[error("request body over {MAX_BODY} bytes")]
     PayloadTooLarge,
+    /// 429 with `retry-after: 1`: every query slot is busy; holds the slot count.
     #[error("{0} queries are already running; retry shortly")]
     TooManyQueries(usize),
+    /// 408: the query ran past its deadline and was interrupted.
     #[error("{0}")]
     QueryTimeout(String),
+    /// 503: the whole request took longer than `REQUEST_TIMEOUT`.
     #[error("the request took longer than {REQUEST_TIMEOUT:?}")]
     RequestTimeout,
+    /// 500: the database cannot be opened or read, or a task failed.
     #[error("{0}")]
     Internal(String),
 }
 
 impl ApiError {
+    /// The HTTP status this error is answered with.
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
@@ -137,17 +148,25 @@ type CachedExplain = (Option<Duration>, Instant, Arc<Vec<NodeReport>>);
 /// Shared by every request.
 #[derive(Debug)]
 pub struct ApiState {
+    /// This agent's node name, put in every answer.
     pub node: String,
+    /// Path of the SQLite database the API reads.
     pub db: PathBuf,
     /// `Some` while tracing; `None` for `ingero serve`.
     pub live: Option<Arc<dyn LiveView>>,
+    /// One permit per query allowed to run at once (`max_queries` permits).
     pub query_slots: Arc<Semaphore>,
+    /// How many SQL queries may run at once; past it, 429.
     pub max_queries: usize,
+    /// Longest a query may run; a request's `timeout_ms` can only shorten it.
     pub query_timeout: Duration,
+    /// Most rows an answer carries; a request's `limit` can only lower it.
     pub max_rows: usize,
+    /// Bearer token every request but `/healthz` must send; `None`: no check.
     pub token: Option<Vec<u8>>,
     /// Window of chains/ops without `since` (live: recent; serve: all).
     pub default_since: Option<Duration>,
+    /// Request, query and TLS counters for `/metrics`.
     pub metrics: metrics::ApiMetrics,
     explain_cache: Mutex<Option<CachedExplain>>,
 }
@@ -155,16 +174,24 @@ pub struct ApiState {
 /// The settings of an [`ApiState`].
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
+    /// This agent's node name, put in every answer.
     pub node: String,
+    /// Path of the SQLite database the API reads.
     pub db: PathBuf,
+    /// How many SQL queries may run at once; past it, 429.
     pub max_queries: usize,
+    /// Longest a query may run.
     pub query_timeout: Duration,
+    /// Most rows an answer carries.
     pub max_rows: usize,
+    /// Bearer token clients must send; `None`: no check.
     pub token: Option<Vec<u8>>,
+    /// Window of chains/ops when a request gives no `since`; `None`: all data.
     pub default_since: Option<Duration>,
 }
 
 impl ApiState {
+    /// The shared state from its settings; `live` is `Some` while tracing.
     #[must_use]
     pub fn new(settings: ApiSettings, live: Option<Arc<dyn LiveView>>) -> Arc<Self> {
         Arc::new(Self {

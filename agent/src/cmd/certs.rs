@@ -24,6 +24,10 @@ fn certs_dir(dir: Option<&PathBuf>, file: &FileConfig) -> Result<PathBuf, CliErr
     }
 }
 
+/// Runs `ingero certs init-ca` or `ingero certs issue` in `--dir` (default
+/// `<state dir>/certs`) and prints the files written and how to use them.
+/// Exit 0; 2 when a file exists without `--force`, the CA is missing, a
+/// name is invalid or neither `--node` nor `--client` is given.
 pub fn run(command: &CertsCommand, file: &FileConfig) -> Result<ExitCode, CliError> {
     match command {
         CertsCommand::InitCa { dir, force } => {

@@ -13,6 +13,9 @@ use crate::{
     table,
 };
 
+/// Runs `ingero config`: prints every setting's effective value, the layer
+/// it comes from and its variable, as a table or JSON. `explicit` is the
+/// `--config` path. Exit 0; 78 when the file cannot be read or parsed.
 pub fn run(args: &ConfigArgs, explicit: Option<&Path>) -> Result<ExitCode, CliError> {
     let (file, path) = FileConfig::load_with_path(explicit)?;
     let entries = effective::entries(&file, path.as_deref());

@@ -76,6 +76,11 @@ fn render(reports: &[NodeReport], comparison: &Comparison) -> String {
     out
 }
 
+/// Runs `ingero explain`: prints the causal chains of the database's window
+/// (text or JSON) and records them in `causal_chains` unless `--no-save` or
+/// the file is read-only. Exit 0; 2 when the database is missing or not an
+/// ingero database or the window is invalid; 1 when the analysis fails.
+/// With `--nodes`/`--fleet` it hands over to the fleet form.
 pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
         return super::fleet_explain::run(args, &fleet);

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use crate::{cli::ExportArgs, config::FileConfig, error::CliError, export::export};
 
+/// Runs `ingero export`: writes the database's window as a Perfetto trace
+/// to `--output` and prints a summary (text or JSON). Exit 0; 2 when the
+/// database is missing or not an ingero database or the window is invalid;
+/// 1 when the output cannot be written. With `--nodes`/`--fleet` it hands
+/// over to the fleet form.
 pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
         return super::fleet_export::run(args, &fleet);

@@ -22,6 +22,7 @@ use crate::{
 /// A fleet and the runtime its requests run on.
 #[derive(Debug)]
 pub struct FleetRun {
+    /// The agents to ask and the clock-skew warning threshold.
     pub setup: FleetSetup,
     runtime: tokio::runtime::Runtime,
 }
@@ -50,6 +51,7 @@ pub fn check_window(window: &crate::cli::WindowArgs) -> Result<Option<Since>, Cl
 }
 
 impl FleetRun {
+    /// Runs a fleet request to completion on this run's runtime.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
     }

@@ -26,6 +26,10 @@ use crate::{
     units::format_ns,
 };
 
+/// Runs `ingero explain --nodes ...`: asks every agent for its chains and
+/// figures, prints them by node with the straggler verdict (text or JSON).
+/// Exit 0 all nodes answered, 3 some, 4 none (2 when the nodes refused the
+/// request, or `--from`/`--to` was given).
 pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
     let since = check_window(&args.window)?;
     let answers = fleet.block_on(fleet.setup.fleet.explain(since));

@@ -97,6 +97,11 @@ fn scratch_path(output: &Path) -> PathBuf {
     output.with_file_name(format!(".{name}.ingero-fetch-{}.db", std::process::id()))
 }
 
+/// Runs `ingero export --nodes ...`: fetches every agent's rows into a
+/// scratch database beside the output, writes one Perfetto trace on this
+/// machine's clock, and prints a summary. Exit 0 all nodes answered, 3
+/// some, 4 none (2 when the nodes refused the request); 1 when the output
+/// cannot be written.
 pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
     let since_ns = check_window(&args.window)?
         .and_then(ingero_api::Since::duration)

@@ -9,6 +9,10 @@ use crate::{
     trace::live::group_digits,
 };
 
+/// Runs `ingero merge`: merges the input databases into `--output`, with
+/// progress on stderr and a summary on stdout (text or JSON). Exit 0; 2
+/// when an input is refused or unreadable; 73 when the output cannot be
+/// written.
 pub fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
     let opts = MergeOptions {
         inputs: args.inputs.clone(),

@@ -33,6 +33,11 @@ fn limits(args: &QueryArgs, file: &FileConfig) -> Limits {
     }
 }
 
+/// Runs `ingero query`: one read-only statement on the local database's
+/// window, printed as a table, CSV or JSON. Exit 0; 2 when the SQL is
+/// refused or invalid, the database is missing or not an ingero database,
+/// or `--merge` is given without nodes; 1 when the query passes its
+/// deadline. With `--nodes`/`--fleet`: 0 all nodes answered, 3 some, 4 none.
 pub fn run(args: &QueryArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let limits = limits(args, file);
     if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {

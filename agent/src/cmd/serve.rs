@@ -26,6 +26,10 @@ fn node_of(db: &std::path::Path) -> Option<String> {
         .filter(|n| !n.is_empty())
 }
 
+/// Runs `ingero serve`: the agent API over a stored database until Ctrl-C
+/// or SIGTERM. The node name is `--node`, else the database's single node,
+/// else the hostname. Exit 0 when stopped; 2 without a listen address or
+/// with a database that cannot be opened; 1 when the address cannot be bound.
 pub fn run(args: &ServeArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let db = super::database(args.db.as_deref(), file)?;
     crate::readonly::ReadOnlyDb::open(&db, None)?;

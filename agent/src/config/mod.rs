@@ -24,34 +24,63 @@ use crate::units::{ByteSize, HumanDuration};
 /// the first of these that exists.
 pub const SYSTEM_CONFIG: &str = "/etc/ingero/ingero.yaml";
 
+/// Why the configuration cannot be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file exists (or was named) but cannot be read.
     #[error("cannot read the configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid YAML, has an unknown key or a
+    /// value of the wrong type.
     #[error("invalid configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// The parser's message (names the key and position).
+        message: String,
+    },
+    /// A node name that is empty, longer than 63 characters or holds
+    /// characters other than ASCII letters, digits, '.', '_' and '-'.
     #[error("invalid node name '{0}': use letters, digits, '.', '_' or '-' (at most 63 characters)")]
     NodeName(String),
+    /// No home directory for the invoking user, so no default path under
+    /// `~/.ingero`; give the path explicitly.
     #[error("cannot find the home directory of the invoking user; pass --db PATH")]
     NoHome,
     /// Settings that do not go together, or a value out of range: the
     /// user's input, not the file's syntax.
     #[error("{0}")]
     Usage(String),
+    /// A bearer token file cannot be read or holds fewer than 16 characters.
     #[error("cannot read the token file {path}: {message}")]
-    TokenFile { path: PathBuf, message: String },
+    TokenFile {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// The `ingero.yaml` file. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
+    /// `agent:`: node name, database, and the agent API.
     pub agent: AgentSection,
+    /// `trace:`: what `ingero trace` records.
     pub trace: TraceSection,
+    /// `query:`: limits of `ingero query`.
     pub query: QuerySection,
+    /// `fleet:`: the agents fleet commands ask and how.
     pub fleet: FleetSection,
 }
 
+/// The `agent:` section: node identity, database, and the agent API.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSection {
@@ -63,10 +92,15 @@ pub struct AgentSection {
     pub max_db_size: Option<ByteSize>,
     /// Where the agent API listens.
     pub listen: Option<std::net::SocketAddr>,
+    /// API server certificate chain, PEM (default: a self-signed one in the
+    /// state directory); goes with `tls_key`.
     pub tls_cert: Option<PathBuf>,
+    /// API server private key, PEM; goes with `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// Require client certificates from this CA.
     pub ca_cert: Option<PathBuf>,
+    /// File holding the bearer token API clients must send (at least 16
+    /// characters).
     pub token_file: Option<PathBuf>,
     /// The agent's own files (default ~/.ingero).
     pub state_dir: Option<PathBuf>,
@@ -86,37 +120,57 @@ pub struct QuerySection {
     pub timeout: Option<HumanDuration>,
 }
 
+/// The `trace:` section: libraries to probe and event families to record.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TraceSection {
+    /// More CUDA driver libraries (libcuda.so*) to probe, added to `--cuda-lib`.
     pub cuda_lib: Vec<PathBuf>,
+    /// More CUDA runtime libraries (libcudart.so*) to probe, added to `--cudart-lib`.
     pub cudart_lib: Vec<PathBuf>,
+    /// Capture the user stack of every CUDA call (default: false).
     pub stack: Option<bool>,
+    /// Kernel-to-user ring buffer size in bytes, a power of two (default: 8 MiB).
     pub ringbuf_size: Option<ByteSize>,
+    /// Record block I/O (default: true; `--no-io` turns it off).
     pub io: Option<bool>,
+    /// Record off-CPU time from `sched_switch` (default: true; `--no-sched` turns it off).
     pub sched: Option<bool>,
+    /// Count page allocations (default: true; `--no-memory` turns it off).
     pub memory: Option<bool>,
 }
 
+/// The `fleet:` section: which agents fleet commands ask, and how.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetSection {
+    /// Agents as `host:port`, used with `--fleet`.
     pub nodes: Vec<String>,
+    /// File holding the bearer token sent to the agents.
     pub token_file: Option<PathBuf>,
+    /// Longest one agent may take to answer (default: 15 s).
     pub timeout: Option<HumanDuration>,
     /// Longest the whole fan-out may take.
     pub deadline: Option<HumanDuration>,
     /// Agents asked at once.
     pub concurrency: Option<usize>,
+    /// Warn when an agent's clock differs from ours by more than this
+    /// (default: 10 ms).
     pub clock_skew_threshold: Option<HumanDuration>,
+    /// `fleet.tls:`: certificates for reaching the agents.
     pub tls: FleetTls,
 }
 
+/// The `fleet.tls:` section: how the fleet client verifies agents and
+/// proves who it is.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetTls {
+    /// CA that signed the agents' certificates, PEM.
     pub ca_cert: Option<PathBuf>,
+    /// Client certificate, PEM, for agents that require one; goes with `client_key`.
     pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert`, PEM.
     pub client_key: Option<PathBuf>,
 }
 
@@ -152,6 +206,8 @@ impl FileConfig {
         Ok((file, Some(path)))
     }
 
+    /// Parses YAML text (empty or whitespace-only text is the empty file
+    /// layer); the error is the parser's message.
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.trim().is_empty() {
             return Ok(Self::default());
@@ -170,6 +226,7 @@ pub fn resolve_node(flag: Option<&str>, file: &FileConfig) -> Result<String, Con
     Ok(name)
 }
 
+/// Checks a node name: 1 to 63 ASCII letters, digits, '.', '_' or '-'.
 pub fn validate_node(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 63

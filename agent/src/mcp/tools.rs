@@ -11,51 +11,76 @@ use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde::Deserialize;
 use serde_json::json;
 
+/// Name of the fleet tool: asks every configured agent (argument `QueryFleet`).
 pub const QUERY_FLEET: &str = "query_fleet";
+/// Name of the tool giving the local database's causal chains (argument `Since`).
 pub const GET_CHAINS: &str = "get_chains";
+/// Name of the tool running read-only SQL on the local database (argument `Sql`).
 pub const RUN_SQL: &str = "run_sql";
+/// Name of the tool giving per-operation latency percentiles (argument `Since`).
 pub const GET_OPS: &str = "get_ops";
+/// Name of the tool giving the costliest call stacks (argument `Stacks`).
 pub const GET_STACKS: &str = "get_stacks";
 
-/// Rows an SQL answer carries unless asked otherwise, and at most.
+/// Rows an SQL answer carries when the call gives no `limit`.
 pub const DEFAULT_ROWS: usize = 50;
+/// Largest `limit` an SQL tool call may ask for; more is a tool error.
 pub const MAX_ROWS: usize = 1000;
 
+/// What `query_fleet` asks the agents for (`action` in its arguments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FleetAction {
+    /// Causal chains from every node and the straggler verdict.
     Chains,
+    /// One read-only SQL statement on every node (needs `sql`).
     Sql,
+    /// Per-node CUDA and driver call latency percentiles.
     Ops,
+    /// Events per node and source, sessions, drops, tracing state.
     Overview,
 }
 
+/// Arguments of `query_fleet`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryFleet {
+    /// What to ask every agent.
     pub action: FleetAction,
+    /// Window counted back from each node's newest event (`5m`, `all`);
+    /// `None`: the agents' default.
     pub since: Option<String>,
+    /// The statement, required with `action=sql`.
     pub sql: Option<String>,
+    /// With `action=sql`: rows per node, 1 to `MAX_ROWS` (default `DEFAULT_ROWS`).
     pub limit: Option<usize>,
 }
 
+/// Arguments of the tools that only take a window (`get_chains`, `get_ops`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Since {
+    /// Window counted back from the newest event (`5m`, `all`); `None`: all.
     pub since: Option<String>,
 }
 
+/// Arguments of `run_sql`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sql {
+    /// One read-only SQL statement.
     pub sql: String,
+    /// Rows to return, 1 to `MAX_ROWS` (default `DEFAULT_ROWS`).
     pub limit: Option<usize>,
 }
 
+/// Arguments of `get_stacks`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stacks {
+    /// Only stacks of this operation, by name (e.g. `cuLaunchKernel`).
     pub op: Option<String>,
+    /// Stacks to return, 1 to 100 (default 10).
     pub limit: Option<usize>,
 }
 

@@ -17,17 +17,39 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use crate::config::invoking_user;
 
+/// What can go wrong with the node's database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The directory for a new database could not be created: check the
+    /// path and its permissions (or pick another with `--db`).
     #[error("cannot create the database directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        /// The directory that could not be created.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The database could not be opened or set up for writing (permissions,
+    /// a read-only file system, a file that is not a SQLite database).
     #[error("cannot write the database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
-    #[error("database error while {context}: {source}")]
-    Sql {
-        context: &'static str,
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
         source: rusqlite::Error,
     },
+    /// A statement failed on an open database (disk full, corruption,
+    /// another writer holding the lock past the busy timeout).
+    #[error("database error while {context}: {source}")]
+    Sql {
+        /// What was being done, in words that complete "while ..."
+        /// ("inserting events").
+        context: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The writer thread is gone (it exited on an earlier error or
+    /// panicked), so nothing more can be stored; the message says which.
     #[error("the database writer stopped: {0}")]
     WriterGone(String),
 }
@@ -35,16 +57,29 @@ pub enum StoreError {
 /// What one trace run records about itself in `sessions`.
 #[derive(Debug, Clone, Default)]
 pub struct SessionInfo {
+    /// Node name the events are stored under (`sessions.node`, `events.node`).
     pub node: String,
+    /// When tracing started, Unix ns (`sessions.started_at`).
     pub started_at: i64,
+    /// The machine's host name (`sessions.hostname`).
     pub hostname: String,
+    /// Kernel release, as `uname -r` (`sessions.kernel`).
     pub kernel: String,
+    /// Distribution name, `PRETTY_NAME` of `/etc/os-release` (`sessions.os_release`).
     pub os_release: String,
+    /// CPU model name from `/proc/cpuinfo` (`sessions.cpu_model`).
     pub cpu_model: String,
+    /// CPUs available to the agent (`sessions.cpu_cores`).
     pub cpu_cores: i64,
+    /// Total memory in MiB (`sessions.mem_total`).
     pub mem_total_mb: i64,
+    /// Traced pids, comma-separated; empty when not restricted to `--pid`
+    /// (`sessions.pid_filter`).
     pub pid_filter: String,
+    /// The command line as JSON, `{"argv": [...]}` (`sessions.flags`).
     pub flags: String,
+    /// JSON array of the CUDA libraries probed at start (`sessions.libraries`);
+    /// kept current by [`writer::SessionUpdate::libraries`].
     pub libraries: String,
 }
 

@@ -9,17 +9,22 @@ use agent_common::event::{Event, KIND_STACK, StackEvent};
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
+    /// An event without a stack.
     Event(Event),
     /// An event with the user stack (innermost frame first).
     WithStack(Event, Vec<u64>),
 }
 
+/// A ring-buffer record too short for the layout its kind announces;
+/// holds the record's length in bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "ring buffer record of {0} bytes matches no known layout (kernel and user space built from different sources?)"
 )]
 pub struct DecodeError(pub usize);
 
+/// Decodes one ring-buffer record: an event, or an event with its user
+/// stack when its kind is `KIND_STACK`. Bytes past the layout are ignored.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if bytes.len() < size_of::<Event>() {
         return Err(DecodeError(bytes.len()));

@@ -17,6 +17,8 @@ use super::{
     procs,
 };
 
+/// The discovery state: which mode it runs in, and the library files that
+/// failed inspection or attachment (never retried).
 #[derive(Debug)]
 pub struct Discovery {
     /// Trace every process that maps a CUDA library.
@@ -27,11 +29,15 @@ pub struct Discovery {
 /// What a scan changed, for the log.
 #[derive(Debug, Default)]
 pub struct ScanReport {
+    /// Libraries probed for the first time during this scan.
     pub new_libraries: Vec<Library>,
+    /// Pids that started being traced during this scan.
     pub new_processes: Vec<u32>,
 }
 
 impl Discovery {
+    /// A discovery with nothing rejected yet; `every_cuda_process` is true
+    /// when no `--pid` was given.
     #[must_use]
     pub fn new(every_cuda_process: bool) -> Self {
         Self {

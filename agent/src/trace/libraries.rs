@@ -32,6 +32,7 @@ pub enum LibKind {
 }
 
 impl LibKind {
+    /// The catalog functions ingero probes in a library of this kind.
     #[must_use]
     pub fn symbols(self) -> &'static [ProbeSymbol] {
         match self {
@@ -63,11 +64,14 @@ pub fn classify(path: &Path) -> Option<LibKind> {
 /// A library's identity: uprobes are per inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId {
+    /// Device number of the filesystem holding the file (`st_dev`).
     pub dev: u64,
+    /// Inode number of the file on that device (`st_ino`).
     pub ino: u64,
 }
 
 impl FileId {
+    /// The identity of the file at `path` (symbolic links followed).
     pub fn of(path: &Path) -> std::io::Result<Self> {
         let m = std::fs::metadata(path)?;
         Ok(Self {
@@ -80,11 +84,13 @@ impl FileId {
 /// A CUDA library inspected and ready to probe.
 #[derive(Debug, Clone)]
 pub struct Library {
+    /// Runtime (libcudart) or driver (libcuda).
     pub kind: LibKind,
     /// Path shown to the user.
     pub path: PathBuf,
     /// Path to open and attach through (may go through /proc/PID/root).
     pub open_path: PathBuf,
+    /// File identity (device, inode): one library however many paths lead to it.
     pub id: FileId,
     /// Probed functions present in the library, with their file offsets.
     pub symbols: Vec<(ProbeSymbol, u64)>,
@@ -92,16 +98,40 @@ pub struct Library {
     pub missing: Vec<&'static str>,
 }
 
+/// Why a library given to probe cannot be used (exit code 2 from `ingero trace`).
 #[derive(Debug, thiserror::Error)]
 pub enum LibraryError {
+    /// The file does not exist.
     #[error("{path}: no such file; check the path given to --cuda-lib/--cudart-lib")]
-    NotFound { path: PathBuf },
+    NotFound {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// The file exists but cannot be read (permissions, I/O error).
     #[error("{path}: cannot read it: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The path as given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not an ELF shared object the parser understands.
     #[error("{path}: not an ELF shared library ({reason})")]
-    NotElf { path: PathBuf, reason: String },
+    NotElf {
+        /// The path as given.
+        path: PathBuf,
+        /// The ELF parser's message.
+        reason: String,
+    },
+    /// The file exports none of the functions probed for its kind: probably
+    /// the wrong library (or a runtime given as a driver, or the reverse).
     #[error("{path}: exports none of the {kind:?} functions ingero probes; is it the right library?")]
-    NoSymbols { path: PathBuf, kind: LibKind },
+    NoSymbols {
+        /// The path as given.
+        path: PathBuf,
+        /// The kind it was inspected as.
+        kind: LibKind,
+    },
 }
 
 /// Reads `path` as a `kind` library and resolves the functions to probe.

@@ -48,28 +48,49 @@ pub(crate) const MAX_RECORDS_PER_DRAIN: usize = 1 << 16;
 /// Kernel BTF, required by the loader.
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
+/// Why tracing could not start or ended in failure; `CliError::exit_code`
+/// turns each into an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// Not running as root (effective uid 0), which loading eBPF needs: exit 77.
     #[error("ingero trace must run as root, because it loads eBPF programs: run it with sudo")]
     NotRoot,
+    /// The kernel has no BTF at the given path (needs
+    /// `CONFIG_DEBUG_INFO_BTF=y`): exit 69.
     #[error(
         "this kernel exposes no BTF ({0} is missing): ingero needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)"
     )]
     NoBtf(PathBuf),
+    /// tracefs cannot be mounted, or a tracepoint or one of its fields is
+    /// missing or has an unexpected size on this kernel: exit 69.
     #[error("{0}")]
     Tracefs(String),
+    /// A `--pid` that is 0 or names no running process: exit 2.
     #[error("no process with pid {0}; check the --pid value")]
     NoSuchPid(u32),
+    /// A ring buffer size (bytes) that is not a power of two between 4 KiB
+    /// and 1 GiB: exit 2.
     #[error("--ringbuf-size {0} is not valid: use a power of two of at least 4k, e.g. 8m")]
     RingSize(u64),
+    /// A library given with `--cuda-lib`/`--cudart-lib` cannot be probed: exit 2.
     #[error(transparent)]
     Library(#[from] LibraryError),
+    /// The kernel refused the eBPF object or one of its maps or programs
+    /// (verifier, missing map), or a pid could not be added: exit 69.
     #[error("cannot load the eBPF programs: {0}")]
     Load(String),
+    /// A tracepoint or uprobe cannot be attached: exit 69.
     #[error("cannot attach to {what}: {message}")]
-    Attach { what: String, message: String },
+    Attach {
+        /// The probe point: `tracepoint <category>/<name>` or `<symbol> in <library>`.
+        what: String,
+        /// The kernel's or loader's error.
+        message: String,
+    },
+    /// The database cannot be opened or written: exit 73.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading the ring buffer or detaching the probes failed: exit 1.
     #[error("{0}")]
     Io(String),
 }
@@ -77,16 +98,29 @@ pub enum TraceError {
 /// Everything `ingero trace` was asked to do, after configuration layering.
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
+    /// Node name recorded with every event (already validated).
     pub node: String,
+    /// Processes to trace, with their descendants; empty: every process
+    /// that maps a CUDA library.
     pub pids: Vec<u32>,
+    /// Stop after this long; `None`: until a signal.
     pub duration: Option<Duration>,
+    /// The SQLite database to write.
     pub db: PathBuf,
+    /// Size cap of the database in bytes (oldest events pruned past it);
+    /// `None`: no cap.
     pub max_db_size: Option<u64>,
+    /// Capture and symbolize the user stack of every CUDA call.
     pub stack: bool,
+    /// Driver libraries (libcuda.so*) to probe besides the ones discovered.
     pub cuda_libs: Vec<PathBuf>,
+    /// Runtime libraries (libcudart.so*) to probe besides the ones discovered.
     pub cudart_libs: Vec<PathBuf>,
+    /// Also write every event to stdout as one JSON object per line.
     pub json: bool,
+    /// Ring buffer size in bytes: a power of two from 4 KiB to 1 GiB.
     pub ringbuf_bytes: u64,
+    /// Which host event families to record.
     pub families: Families,
     /// The command line as JSON, recorded in `sessions.flags`.
     pub flags_json: String,
@@ -97,12 +131,19 @@ pub struct TraceOptions {
 /// What a finished trace run recorded.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TraceOutcome {
+    /// Id of the run's row in the `sessions` table.
     pub session_id: i64,
+    /// The database written.
     pub db: PathBuf,
+    /// Node name recorded with the events.
     pub node: String,
+    /// Events committed to the database.
     pub events: u64,
+    /// Events the kernel could not deliver (ring buffer or map full).
     pub dropped: u64,
+    /// Wall-clock length of the run, in seconds.
     pub seconds: f64,
+    /// Why tracing stopped, as a phrase (e.g. "stopped by Ctrl-C", "duration reached").
     pub stop_reason: String,
 }
 

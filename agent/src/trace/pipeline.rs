@@ -30,13 +30,18 @@ use crate::store::writer::{Batch, EventRow, SessionUpdate, StackRow};
 /// Events per source since the last [`Pipeline::take_counts`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SourceCounts {
+    /// CUDA runtime API calls (libcudart).
     pub cuda: u64,
+    /// CUDA driver API calls (libcuda).
     pub driver: u64,
+    /// Host kernel events: scheduling, memory, process lifecycle.
     pub host: u64,
+    /// Block I/O requests (and events of any unknown source).
     pub io: u64,
 }
 
 impl SourceCounts {
+    /// Events of every source together.
     #[must_use]
     pub fn total(&self) -> u64 {
         self.cuda + self.driver + self.host + self.io
@@ -47,6 +52,8 @@ impl SourceCounts {
 /// the process is gone.
 pub type RankSource = fn(u32) -> Option<RankInfo>;
 
+/// Turns decoded records into the rows of the next writer batch; see the
+/// module documentation.
 #[derive(Debug)]
 pub struct Pipeline {
     node: String,
@@ -94,6 +101,8 @@ impl Pipeline {
         Self::with_rank_source(node, stacks, json, procs::rank_info)
     }
 
+    /// As `new`, with rank information from `rank_of` instead of `/proc`
+    /// (for tests).
     #[must_use]
     pub fn with_rank_source(node: String, stacks: bool, json: Option<JsonOut>, rank_of: RankSource) -> Self {
         Self {
@@ -112,6 +121,7 @@ impl Pipeline {
         }
     }
 
+    /// The monotonic-to-Unix-ns clock used for the events' timestamps.
     #[must_use]
     pub fn clock(&self) -> &WallClock {
         &self.clock

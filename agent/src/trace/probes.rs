@@ -35,29 +35,43 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/in
 /// Which host event families to record.
 #[derive(Debug, Clone, Copy)]
 pub struct Families {
+    /// Off-CPU time of traced threads (`sched/sched_switch`).
     pub sched: bool,
+    /// Block I/O requests, issue to completion (`block/block_rq_issue`, `block_rq_complete`).
     pub io: bool,
+    /// Page allocations counted per process (`kmem/mm_page_alloc`).
     pub memory: bool,
 }
 
 /// A drop counter with a non-zero value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drop {
+    /// Source code of the dropped events (catalog `source`).
     pub source: u8,
+    /// Operation code within the source (catalog `op`).
     pub op: u8,
+    /// Why they were dropped: `ring_full` or `map_full`.
     pub reason: &'static str,
+    /// Events dropped since the probes were loaded, summed over CPUs.
     pub count: u64,
 }
 
 /// A library the CUDA programs are attached to.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AttachedLibrary {
+    /// CUDA runtime or driver library.
     pub kind: super::libraries::LibKind,
+    /// The library's path as found (e.g. through a process's maps).
     pub path: String,
+    /// Symbols of the functions probed in it.
     pub functions: Vec<&'static str>,
+    /// Catalog functions the library does not export (not probed).
     pub missing: Vec<&'static str>,
 }
 
+/// The loaded eBPF object: its programs, maps, drop counters and the
+/// libraries the CUDA programs are attached to. Dropping it (or `detach`)
+/// removes every probe.
 pub struct Probes {
     /// `None` once detached.
     ebpf: Option<Ebpf>,
@@ -220,6 +234,7 @@ impl Probes {
         Ok(())
     }
 
+    /// The libraries the CUDA programs are attached to, sorted by kind then path.
     #[must_use]
     pub fn attached_libraries(&self) -> Vec<AttachedLibrary> {
         let mut libs: Vec<_> = self.attached.values().cloned().collect();

@@ -14,18 +14,24 @@ use super::libraries::{LibKind, classify};
 /// WORLD_SIZE (as torchrun sets them); `None` where a variable is missing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RankInfo {
+    /// Global rank of the process in the job (`RANK`).
     pub rank: Option<i64>,
+    /// Rank of the process on this node (`LOCAL_RANK`).
     pub local_rank: Option<i64>,
+    /// Number of processes in the job (`WORLD_SIZE`).
     pub world_size: Option<i64>,
 }
 
 impl RankInfo {
+    /// True when at least one of the three variables was found.
     #[must_use]
     pub fn is_known(&self) -> bool {
         self.rank.is_some() || self.local_rank.is_some() || self.world_size.is_some()
     }
 }
 
+/// Whether `/proc/<pid>` exists, i.e. the process is alive (as seen from
+/// our pid namespace).
 #[must_use]
 pub fn exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -84,6 +90,7 @@ pub fn comm(pid: u32) -> Option<String> {
 /// A CUDA library mapped by a process.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MappedLibrary {
+    /// Runtime (libcudart) or driver (libcuda), from the file name.
     pub kind: LibKind,
     /// The path as the process sees it.
     pub path: PathBuf,
@@ -127,9 +134,13 @@ pub fn parse_maps_libraries(maps: &str) -> BTreeSet<(LibKind, PathBuf)> {
 /// One executable mapping of a process, for symbolizing addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
+    /// First virtual address of the mapping.
     pub start: u64,
+    /// Virtual address just past the mapping (exclusive).
     pub end: u64,
+    /// Offset in the file, in bytes, that `start` maps.
     pub file_offset: u64,
+    /// The mapped file, as the process sees it.
     pub path: PathBuf,
 }
 
@@ -141,6 +152,7 @@ pub fn executable_mappings(pid: u32) -> Vec<Mapping> {
         .unwrap_or_default()
 }
 
+/// The file-backed executable mappings in a `/proc/PID/maps` text.
 #[must_use]
 pub fn parse_executable_mappings(maps: &str) -> Vec<Mapping> {
     maps.lines()

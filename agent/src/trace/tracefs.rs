@@ -53,8 +53,11 @@ pub fn ensure_mounted() -> Result<PathBuf, TraceError> {
 /// One `field:` line of a format file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// Field name, without type, pointer stars or array brackets.
     pub name: String,
+    /// Byte offset of the field in the tracepoint record.
     pub offset: u32,
+    /// Size of the field in bytes.
     pub size: u32,
 }
 

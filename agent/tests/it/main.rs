@@ -8,6 +8,7 @@ mod api;
 mod cli_errors;
 mod cluster;
 mod common;
+mod config;
 mod fleet;
 mod mcp;
 mod properties;
