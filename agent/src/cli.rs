@@ -163,13 +163,8 @@ pub struct ApiArgs {
 /// Ask the agents of a fleet instead of a local database.
 #[derive(Debug, Clone, Args)]
 pub struct FleetArgs {
-    /// Ask these agents (host:port, comma-separated) instead of a local database
-    #[arg(
-        long,
-        env = "INGERO_NODES",
-        value_delimiter = ',',
-        value_name = "HOST:PORT,..."
-    )]
+    /// Ask these agents (host:port, comma-separated) instead of a local database [env: INGERO_NODES, unless -d is given]
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
     pub nodes: Vec<String>,
     /// Ask the agents listed in fleet.nodes of ingero.yaml
     #[arg(long, conflicts_with = "nodes")]
@@ -198,6 +193,9 @@ pub struct FleetArgs {
     /// Agents asked at once [default: fleet.concurrency, else 32]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Largest answer read from one agent; past it that node fails [default: fleet.max_answer_size, else 256m]
+    #[arg(long, value_name = "SIZE")]
+    pub max_answer: Option<ByteSize>,
     /// Warn when an agent's clock differs from ours by more than this [default: fleet.clock_skew_threshold, else 10ms]
     #[arg(long, value_name = "DURATION")]
     pub clock_skew_threshold: Option<HumanDuration>,

@@ -10,7 +10,9 @@ const MAX_CELL: usize = 60;
 fn cell_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => "NULL".into(),
-        serde_json::Value::String(s) => s.replace(['\n', '\r', '\t'], " "),
+        // Cells may come from traced processes or from a remote agent:
+        // no escape sequence or control character reaches the terminal.
+        serde_json::Value::String(s) => crate::text::sanitize(s, usize::MAX),
         serde_json::Value::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() => {
                 let s = format!("{f:.3}");
@@ -35,6 +37,11 @@ fn cut(s: String) -> String {
 /// The rows as an aligned text table with a header and a footer line.
 #[must_use]
 pub fn render_table(r: &QueryResult) -> String {
+    let columns: Vec<String> = r
+        .columns
+        .iter()
+        .map(|c| crate::text::sanitize(c, MAX_CELL))
+        .collect();
     let cells: Vec<Vec<String>> = r
         .rows
         .iter()
@@ -48,7 +55,7 @@ pub fn render_table(r: &QueryResult) -> String {
             cells
                 .iter()
                 .map(|row| row[i].chars().count())
-                .chain(std::iter::once(r.columns[i].chars().count()))
+                .chain(std::iter::once(columns[i].chars().count()))
                 .max()
                 .unwrap_or(0)
         })
@@ -70,7 +77,7 @@ pub fn render_table(r: &QueryResult) -> String {
             .to_owned()
     };
     let mut out = String::new();
-    out.push_str(&line(&r.columns));
+    out.push_str(&line(&columns));
     out.push('\n');
     out.push_str(
         &widths
@@ -151,6 +158,20 @@ mod tests {
             footer(&result(), 2),
             "2 rows (cut at 2; raise --limit to see more)"
         );
+    }
+
+    #[test]
+    fn escape_sequences_never_reach_the_terminal() {
+        let r = QueryResult {
+            columns: vec!["name\u{1b}[2J".into()],
+            rows: vec![vec![json!("evil\u{1b}]0;pwned\u{7}\u{1b}[31mred\nline")]],
+            truncated: false,
+            elapsed_ms: 0.0,
+        };
+        let t = render_table(&r);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        assert_eq!(t.lines().count(), 3, "no forged line: {t:?}");
+        assert!(t.contains("evil]0;pwned[31mred line"), "{t:?}");
     }
 
     #[test]

@@ -231,6 +231,21 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
+/// Whether `name` is a host name a certificate can carry: dot-separated
+/// labels of letters, digits and `-` (not at either end), 1 to 63
+/// characters each, 253 in all.
+fn valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 /// SANs for a server: names as DNS entries, addresses as IPs, plus loopback.
 fn server_sans(names: &[String]) -> Result<Vec<SanType>, TlsError> {
     let mut sans = Vec::new();
@@ -330,6 +345,14 @@ pub fn issue(dir: &Path, role: &Role, force: bool) -> Result<(PathBuf, PathBuf),
     let mut params = CertificateParams::default();
     let name = match role {
         Role::Node { name, extra_sans } => {
+            if let Some(bad) = extra_sans
+                .iter()
+                .find(|s| s.parse::<IpAddr>().is_err() && !valid_dns_name(s))
+            {
+                return Err(TlsError::Generate(format!(
+                    "'{bad}' is neither a host name nor an IP address; give --san a DNS name (gpu-node-01.example) or an address (10.0.0.7)"
+                )));
+            }
             let mut names = vec![name.clone()];
             names.extend(extra_sans.iter().cloned());
             params.subject_alt_names = server_sans(&names)?;
@@ -351,6 +374,14 @@ pub fn issue(dir: &Path, role: &Role, force: bool) -> Result<(PathBuf, PathBuf),
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}-key.pem")),
     );
+    // The CA's own files are never replaced by a certificate, --force or not.
+    let ca_files = [dir.join("ca.pem"), dir.join("ca-key.pem")];
+    if ca_files.contains(&cert) || ca_files.contains(&key) {
+        return Err(TlsError::Generate(format!(
+            "the name '{name}' would overwrite the CA's files in {}: choose another name",
+            dir.display()
+        )));
+    }
     if !force && (cert.exists() || key.exists()) {
         return Err(TlsError::Exists(cert));
     }
@@ -363,6 +394,37 @@ pub fn issue(dir: &Path, role: &Role, force: bool) -> Result<(PathBuf, PathBuf),
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn names_that_would_replace_the_ca_or_are_not_host_names_are_refused() -> anyhow::Result<()> {
+        install_provider();
+        let dir = tempfile::tempdir()?;
+        init_ca(dir.path(), false)?;
+        let ca_key = std::fs::read(dir.path().join("ca-key.pem"))?;
+        for name in ["ca", "ca-key"] {
+            let client = Role::Client { name: name.into() };
+            let err = issue(dir.path(), &client, true).expect_err("the CA's files are kept");
+            assert!(err.to_string().contains("CA's files"), "{err}");
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("ca-key.pem"))?,
+            ca_key,
+            "the CA key is untouched"
+        );
+        for bad in ["bad name", "-x", "a..b", "x_y.example", "héllo"] {
+            let node = Role::Node {
+                name: "gpu-node-09".into(),
+                extra_sans: vec![bad.into()],
+            };
+            let err = issue(dir.path(), &node, true).expect_err("a bad SAN is refused");
+            assert!(
+                err.to_string().contains("neither a host name nor an IP"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(valid_dns_name("gpu-node-01.cluster.example") && valid_dns_name("localhost"));
+        Ok(())
+    }
 
     #[test]
     fn a_fleet_pki_is_three_calls_and_keys_are_private() -> anyhow::Result<()> {

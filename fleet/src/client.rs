@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use ingero_api::{Endpoint, ErrorAnswer, QueryAnswer, QueryEndpoint, QueryRequest, Since, TimeEndpoint};
+use ingero_api::{
+    Endpoint, ErrorAnswer, MAX_ROWS, QueryAnswer, QueryEndpoint, QueryRequest, Since, TimeEndpoint,
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::tls::ClientTls;
@@ -43,6 +45,9 @@ pub enum FleetError {
     /// columns that differ from the other nodes'.
     #[error("unreadable answer: {0}")]
     Decode(String),
+    /// An answer longer than the client reads (bytes); the rest was not read.
+    #[error("its answer exceeded {} MiB; stopped reading it (raise --max-answer or fleet.max_answer_size if the agent is trusted)", .0 >> 20)]
+    TooLarge(u64),
     /// Anything else (a failed task, a stopped writer, an unclassified
     /// transport error); the message says what.
     #[error("{0}")]
@@ -60,6 +65,7 @@ impl FleetError {
             Self::Tls(_) => "tls",
             Self::Http { .. } => "http",
             Self::Decode(_) => "decode",
+            Self::TooLarge(_) => "too_large",
             Self::Other(_) => "error",
         }
     }
@@ -157,9 +163,15 @@ pub struct AgentClient {
     base: String,
     token: Option<String>,
     timeout: Duration,
+    /// Largest answer body read from the agent, bytes.
+    max_answer_bytes: u64,
     /// `host:port` as given.
     pub address: String,
 }
+
+/// Largest answer read from one agent unless [`AgentClient::with_answer_limit`]
+/// says otherwise (the CLI passes its configured `fleet.max_answer_size`).
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 256 << 20;
 
 impl AgentClient {
     /// A client for `address` (`host:port`) with a per-request `timeout`.
@@ -202,8 +214,18 @@ impl AgentClient {
             base: format!("{scheme}://{address}"),
             token: tls.token.clone(),
             timeout,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
             address: address.to_owned(),
         })
+    }
+
+    /// The same client, reading at most `bytes` of any answer: past it the
+    /// answer is abandoned and the node reported as failed, so an agent (or
+    /// anything listening at its address) cannot grow our memory.
+    #[must_use]
+    pub fn with_answer_limit(mut self, bytes: u64) -> Self {
+        self.max_answer_bytes = bytes;
+        self
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -217,9 +239,21 @@ impl AgentClient {
     /// Sends a request and reads a typed answer; an error status becomes
     /// [`FleetError::Http`] with the agent's own message.
     async fn send<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, FleetError> {
-        let response = r.send().await.map_err(|e| classify(&e, self.timeout))?;
+        let mut response = r.send().await.map_err(|e| classify(&e, self.timeout))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| classify(&e, self.timeout))?;
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_answer_bytes)
+        {
+            return Err(FleetError::TooLarge(self.max_answer_bytes));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, self.timeout))? {
+            if body.len() as u64 + chunk.len() as u64 > self.max_answer_bytes {
+                return Err(FleetError::TooLarge(self.max_answer_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorAnswer>(&body)
                 .map_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned(), |e| e.error);
@@ -251,11 +285,20 @@ impl AgentClient {
 
     /// One SQL statement on the agent, with every option.
     pub async fn query(&self, request: &QueryRequest) -> Result<QueryAnswer, FleetError> {
-        self.send(
-            self.request(reqwest::Method::POST, QueryEndpoint::PATH)
-                .json(request),
-        )
-        .await
+        let answer: QueryAnswer = self
+            .send(
+                self.request(reqwest::Method::POST, QueryEndpoint::PATH)
+                    .json(request),
+            )
+            .await?;
+        let asked = request.limit.unwrap_or(MAX_ROWS).min(MAX_ROWS);
+        if answer.rows.len() > asked {
+            return Err(FleetError::Decode(format!(
+                "{} rows where at most {asked} were asked for",
+                answer.rows.len()
+            )));
+        }
+        Ok(answer)
     }
 
     /// One clock exchange with the agent: its node name and the times.

@@ -30,6 +30,8 @@ pub struct FleetOptions {
     pub deadline: Duration,
     /// Clock exchanges per agent (0: none).
     pub clock_samples: usize,
+    /// Largest answer read from one agent, bytes (past it the node fails).
+    pub max_answer_bytes: u64,
 }
 
 /// One agent's part of a fan-out.
@@ -174,7 +176,10 @@ impl Fleet {
         let config = if tls.no_tls { None } else { Some(tls.tls13()?) };
         let clients = addresses
             .iter()
-            .map(|a| AgentClient::with_tls_config(a, tls, options.timeout, config.clone()))
+            .map(|a| {
+                AgentClient::with_tls_config(a, tls, options.timeout, config.clone())
+                    .map(|c| c.with_answer_limit(options.max_answer_bytes))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self { clients, options })
     }

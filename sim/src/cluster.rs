@@ -10,7 +10,7 @@
 //! remaining CPUs. So a fault changes that node's behaviour only, and its
 //! peers see it the way real peers do: waiting in the all-reduce.
 //!
-//! Cleanup is unconditional: a [`Processes`] guard kills ranks and hogs and
+//! Cleanup is unconditional: a `Processes` guard kills ranks and hogs and
 //! stops agents with SIGINT (so they commit what they recorded) on success,
 //! error or interruption; every child also asks the kernel to signal it if
 //! this process dies. [`ClusterReport::survivors`] lists any process that

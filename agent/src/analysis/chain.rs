@@ -5,23 +5,27 @@
 pub use ingero_api::{Chain, Severity, TimelineEntry};
 use rusqlite::{Connection, params};
 
-use crate::timewin::Window;
+use crate::{text::sanitize, timewin::Window};
 
-/// `[HIGH] [node] summary`, the timeline, `Root cause:` and `Fix:`.
+/// `[HIGH] [node] summary`, the timeline, `Root cause:` and `Fix:`. Every
+/// string is sanitized: chains can come from a remote agent, and their
+/// text names traced processes.
 #[must_use]
 pub fn render(chain: &Chain) -> String {
+    let t = |s: &str| sanitize(s, 4000);
     let mut out = format!(
         "[{}] [{}] {}\n",
         chain.severity.as_str(),
-        chain.node,
-        chain.summary
+        t(&chain.node),
+        t(&chain.summary)
     );
     out.push_str("  Timeline:\n");
-    for t in &chain.timeline {
-        out.push_str(&format!("    [{:<6}] {}\n", t.layer, t.detail));
+    for e in &chain.timeline {
+        out.push_str(&format!("    [{:<6}] {}\n", t(&e.layer), t(&e.detail)));
     }
-    out.push_str(&format!("  Root cause: {}\n", chain.root_cause));
-    out.push_str(&format!("  Fix: {}\n", chain.recommendations.join("; ")));
+    out.push_str(&format!("  Root cause: {}\n", t(&chain.root_cause)));
+    let fixes: Vec<String> = chain.recommendations.iter().map(|r| t(r)).collect();
+    out.push_str(&format!("  Fix: {}\n", fixes.join("; ")));
     out
 }
 

@@ -20,15 +20,20 @@ use crate::{
 /// A CUDA runtime or driver call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Call {
+    /// Process id (thread-group id) of the caller (`events.pid`).
     pub pid: u32,
+    /// Thread id of the caller (`events.tid`).
     pub tid: u32,
+    /// When the call was entered, Unix ns.
     pub start: i64,
+    /// When the call returned, Unix ns.
     pub end: i64,
     /// Bytes moved or allocated, for operations that have a size (else 0).
     pub bytes: u64,
 }
 
 impl Call {
+    /// Time spent in the call, ns (`end - start`).
     #[must_use]
     pub fn duration(&self) -> i64 {
         self.end - self.start
@@ -38,9 +43,13 @@ impl Call {
 /// A span a traced thread spent off its CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffCpu {
+    /// Process id (thread-group id) of the switched-out thread (`events.pid`).
     pub pid: u32,
+    /// Thread id of the switched-out thread (`events.tid`).
     pub tid: u32,
+    /// When the thread left its CPU, Unix ns.
     pub start: i64,
+    /// When the thread was back on a CPU, Unix ns (`events.timestamp`).
     pub end: i64,
     /// Still runnable when switched out (preempted); `None` when the
     /// database does not say.
@@ -52,53 +61,85 @@ pub struct OffCpu {
 /// A block I/O request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Io {
+    /// Process id (thread-group id) of the issuer (`events.pid`).
     pub pid: u32,
+    /// Thread id of the issuer (`events.tid`).
     pub tid: u32,
+    /// When the request was issued, Unix ns.
     pub start: i64,
+    /// When the request completed, Unix ns (`events.timestamp`).
     pub end: i64,
+    /// Size of the request in bytes (`arg0`, converted from 512-byte
+    /// sectors for databases that count in sectors).
     pub bytes: u64,
+    /// A write request (`io_op::WRITE`); every other request counts as a read.
     pub write: bool,
 }
 
 /// Page allocations reported at `ts` (a summary or a single allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageAllocs {
+    /// When the allocations were reported, Unix ns (`events.timestamp`; for
+    /// a summary, the end of the interval it covers).
     pub ts: i64,
+    /// Bytes of pages allocated (`arg1` of a summary, `arg0` of a single
+    /// allocation).
     pub bytes: u64,
 }
 
+/// An OOM kill on the node (`oom_kill` events, any process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OomKill {
+    /// When the OOM killer chose its victim, Unix ns.
     pub ts: i64,
+    /// Process id of the victim (`arg1`, else the event's `pid`).
     pub victim: u32,
+    /// Resident set size of the victim in bytes (`arg0`).
     pub rss_bytes: u64,
 }
 
 /// One `system_snapshots` row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Snapshot {
+    /// When the sample was taken, Unix ns (`timestamp`).
     pub ts: i64,
+    /// Node-wide CPU busy percentage, 0-100, since the previous sample
+    /// (`cpu_pct`, 0 when NULL).
     pub cpu_pct: f64,
+    /// Memory in use as a percentage of the total (`mem_pct`, 0 when NULL).
     pub mem_pct: f64,
+    /// Pages swapped in since the previous sample (`swap_in`, 0 when NULL).
     pub swap_in: i64,
+    /// Pages swapped out since the previous sample (`swap_out`, 0 when NULL).
     pub swap_out: i64,
 }
 
 /// Everything recorded for one node in the window.
 #[derive(Debug, Clone, Default)]
 pub struct NodeData {
+    /// Node name (`events.node`; empty when the database has no `node` column).
     pub node: String,
     /// Calls per (source, op), in timestamp order.
     pub calls: BTreeMap<(u8, u8), Vec<Call>>,
+    /// Off-CPU spans of traced threads (`sched_switch` events), by start.
     pub off_cpu: Vec<OffCpu>,
+    /// Block I/O requests (`events` of the I/O source), by start.
     pub io: Vec<Io>,
+    /// Page allocations by traced processes (summary and single-allocation
+    /// events), in the order read.
     pub page_allocs: Vec<PageAllocs>,
+    /// OOM kills on the node (`oom_kill` events), in the order read.
     pub oom_kills: Vec<OomKill>,
+    /// Resource samples within the window (`system_snapshots`), by time.
     pub snapshots: Vec<Snapshot>,
     /// Task names by task id (`process_names`).
     pub names: HashMap<u32, String>,
+    /// Rank of the traced process on this node (`events.rank` of the first of
+    /// its events read that has one), when known.
     pub rank: Option<i64>,
+    /// The job's world size (`events.world_size` of the event `rank` came from).
     pub world_size: Option<i64>,
+    /// Events of the node read in the window, of every source.
     pub events: u64,
     /// The window the data covers.
     pub window: Window,
@@ -120,7 +161,9 @@ impl NodeData {
 /// How the database encodes what the rules read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conventions {
+    /// `events` has a `node` column (else all events belong to one unnamed node).
     pub has_node: bool,
+    /// `events` has both `rank` and `world_size` columns.
     pub has_rank: bool,
     /// CUDA timestamps at the end of the call (this tracer) or its entry.
     pub timestamps_at_end: bool,
@@ -130,6 +173,8 @@ pub struct Conventions {
     pub preempt_flag: bool,
 }
 
+/// The conventions of the database behind `conn`, from its `events`
+/// columns and its `schema_info` notes (`timestamp_note`, `io_arg0`).
 pub fn conventions(conn: &Connection) -> rusqlite::Result<Conventions> {
     let info = |key: &str| -> rusqlite::Result<Option<String>> {
         if !table_exists(conn, "schema_info")? {

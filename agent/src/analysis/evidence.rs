@@ -51,8 +51,14 @@ use super::{
 /// A class of cause the rules can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
+    /// CPU contention: the calling threads, or other threads of their
+    /// process, preempted while runnable by tasks that do no I/O work.
     Cpu,
+    /// Block I/O on the node: requests overlapping the slow calls, I/O
+    /// volume, or preemption by I/O issuers and kernel I/O threads.
     Io,
+    /// Memory pressure: OOM kills, swap activity or heavy page allocation by
+    /// traced processes.
     Memory,
 }
 
@@ -123,12 +129,16 @@ pub fn evidence(d: &NodeData, from: i64, to: i64) -> Evidence {
 /// How strongly each cause class is present, in [0, 1].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Strengths {
+    /// Strength of CPU contention.
     pub cpu: f64,
+    /// Strength of block I/O.
     pub io: f64,
+    /// Strength of memory pressure.
     pub mem: f64,
 }
 
 impl Strengths {
+    /// The strength of the strongest cause, whether or not it counts.
     #[must_use]
     pub fn max(&self) -> f64 {
         self.cpu.max(self.io).max(self.mem)
@@ -311,6 +321,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::float_cmp, reason = "strengths are copied, not computed: exact")]
     fn causes_rank_strongest_first_and_ties_go_to_the_more_specific() {
         let s = Strengths {
             cpu: 0.5,

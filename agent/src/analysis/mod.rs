@@ -36,11 +36,18 @@ use straggler::{NodeFigures, Verdict};
 /// What the engine found on one node.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
+    /// Node name (empty for a database without a `node` column).
     pub node: String,
+    /// Rank of the traced process on the node (`events.rank`), when known.
     pub rank: Option<i64>,
+    /// The job's world size (`events.world_size`), when known.
     pub world_size: Option<i64>,
+    /// The window analysed, Unix ns: the one asked for, else the node's
+    /// first to last event.
     pub window: Window,
+    /// Events of the node in the window, of every source.
     pub events: u64,
+    /// The causal chains found on the node: most severe first, then by score.
     pub chains: Vec<Chain>,
     /// Duration statistics of every CUDA runtime and driver operation.
     pub ops: Vec<OpStats>,

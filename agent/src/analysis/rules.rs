@@ -30,7 +30,7 @@
 //! strength) orders chains within a severity.
 //!
 //! The rules only find chains, in no particular order; the caller orders
-//! each list once ([`super::sort_chains`]). The node-wide evidence is
+//! each list once (`super::sort_chains`). The node-wide evidence is
 //! computed once by the caller and passed in.
 
 use std::collections::{HashMap, HashSet};
@@ -45,25 +45,61 @@ use super::{
 };
 use crate::units::format_ns;
 
+/// Fewest calls of an op (of its size class, for a tail) before the tail
+/// and throughput-drop rules look at it.
 pub const MIN_SAMPLES: usize = 20;
+/// p99/p50 at or above which an op has a tail; a call at or above this
+/// multiple of the p50 (and the p95) is one of the slow calls.
 pub const TAIL_RATIO: f64 = 3.0;
+/// Smallest p99 - p50 of a tail, ns (50 µs): a tail of fast calls must
+/// also cost time.
 pub const MIN_TAIL_GAP_NS: i64 = 50_000;
+/// p99/p50 at or above which a tail counts as large in [`severity`].
 pub const HIGH_RATIO: f64 = 10.0;
+/// Smallest impact of a HIGH tail: time of its slow calls beyond the p50,
+/// as a share of the op's span from first call to last (1%).
 pub const HIGH_IMPACT: f64 = 0.01;
+/// Smallest impact (as for [`HIGH_IMPACT`]) of a MEDIUM tail (0.2%).
 pub const MEDIUM_IMPACT: f64 = 0.002;
+/// Strength of a strong cause: a HIGH tail and a HIGH throughput drop need
+/// one, and with one any tail of at least [`MEDIUM_IMPACT`] is MEDIUM.
 pub const STRONG_CAUSE: f64 = 0.5;
+/// Cause strength that makes a large tail (p99/p50 at least [`HIGH_RATIO`])
+/// MEDIUM, and the least of a MEDIUM throughput drop.
 pub const MEDIUM_CAUSE: f64 = 0.2;
+/// Weakest strength at which a cause counts at all (`Strengths::ranked`).
 pub const MIN_CAUSE_STRENGTH: f64 = 0.05;
+/// Fewest preemptions of traced threads in the window (or a drop's period)
+/// before CPU contention can be a cause.
 pub const MIN_PREEMPTIONS: usize = 5;
+/// Share of a throughput drop's period spent preempted (summed over
+/// threads) at which CPU contention has full strength.
 pub const CPU_FULL_SHARE: f64 = 0.2;
+/// Weight of volume-only evidence (I/O volume, page allocations without
+/// swap or OOM kill) in a tail's cause strengths.
 pub const CONTEXT_WEIGHT: f64 = 0.4;
+/// Fewest block I/O requests in the window (or a drop's period) before I/O
+/// can be a cause, and on the node before preemption by kernel I/O threads
+/// counts as I/O.
 pub const MIN_IO_REQUESTS: usize = 5;
+/// Share of the window (or period) with a request in flight at which I/O
+/// volume has full strength.
 pub const IO_FULL_SHARE: f64 = 0.2;
+/// Bytes read and written (1 GiB) at which I/O volume has full strength.
 pub const IO_FULL_BYTES: u64 = 1 << 30;
+/// Latency of the longest request, ns (50 ms), at which I/O volume has
+/// full strength.
 pub const IO_FULL_PEAK_NS: i64 = 50_000_000;
+/// Fewest bytes of page allocations (1 GiB) that count as memory pressure
+/// without swap or an OOM kill.
 pub const MIN_MEM_BYTES: u64 = 1 << 30;
+/// Bytes of page allocations (4 GiB) at which memory pressure from
+/// allocations alone has full strength.
 pub const MEM_FULL_BYTES: u64 = 4 << 30;
+/// A second is slow when the op's calls in it fall below this share of
+/// its median calls per second.
 pub const DROP_RATIO: f64 = 0.6;
+/// Fewest consecutive slow seconds that make a throughput drop.
 pub const DROP_MIN_SECONDS: usize = 2;
 
 /// The severity of a tail: its p99/p50, the strength of its strongest

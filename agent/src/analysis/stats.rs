@@ -15,18 +15,28 @@ use super::dataset::Call;
 /// Duration statistics of one operation.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
 pub struct OpStats {
+    /// Source of the operation (`events.source`: CUDA runtime or driver).
     pub source: u8,
+    /// Operation within its source (`events.op`).
     pub op: u8,
+    /// Display name of the operation (`cudaMemcpy`, `cuLaunchKernel`).
     pub name: String,
+    /// Calls measured.
     pub count: usize,
+    /// Median call duration, ns.
     pub p50_ns: i64,
+    /// 95th-percentile call duration, ns.
     pub p95_ns: i64,
+    /// 99th-percentile call duration, ns.
     pub p99_ns: i64,
+    /// Longest call, ns.
     pub max_ns: i64,
+    /// Time in the calls altogether, ns.
     pub total_ns: i64,
 }
 
 impl OpStats {
+    /// p99 over p50, the size of the tail; 0 when the p50 is 0.
     #[must_use]
     pub fn tail_ratio(&self) -> f64 {
         if self.p50_ns > 0 {

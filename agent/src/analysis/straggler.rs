@@ -38,9 +38,14 @@ pub const MIN_STRESS_RATIO: f64 = 2.0;
 /// local engine's report: the same [`NodeOps`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeFigures {
+    /// Node name.
     pub node: String,
+    /// Its rank in the job, when known.
     pub rank: Option<i64>,
+    /// Events analysed on the node.
     pub events: u64,
+    /// Length of the node's window, ns; a node with none is left out of the
+    /// comparison.
     pub window_ns: i64,
     /// Time in synchronize calls (driver or runtime, not both), ns.
     pub sync_ns: i64,
@@ -50,8 +55,11 @@ pub struct NodeFigures {
     pub preempted_ns: i64,
     /// Time the node's block devices were busy, ns.
     pub io_busy_ns: i64,
+    /// Bytes written by block I/O requests in the window.
     pub io_write_bytes: u64,
+    /// Bytes of pages allocated by the traced processes in the window.
     pub alloc_bytes: u64,
+    /// OOM kills on the node in the window.
     pub oom_kills: u64,
     /// The most frequent kernel-launch call: (name, p50 ns, p99 ns, count).
     pub launch: Option<(String, i64, i64, u64)>,
@@ -160,6 +168,7 @@ pub enum Stress {
 }
 
 impl Stress {
+    /// Every stress signal, in the order that breaks ties between causes.
     pub const ALL: [Self; 5] = [Self::Cpu, Self::Io, Self::Write, Self::Memory, Self::LaunchTail];
 
     /// Below this a value is too small to be a cause, whatever its score.
@@ -181,6 +190,8 @@ impl Stress {
         }
     }
 
+    /// The cause class the signal points to, as the headline names it ("CPU",
+    /// "I/O", "memory", "launch latency").
     #[must_use]
     pub fn class(self) -> &'static str {
         match self {
@@ -246,19 +257,27 @@ pub fn robust_score(x: f64, others: &[f64], min_scale: f64) -> f64 {
 /// One outlying stress signal of the straggler.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cause {
+    /// The stress signal that stands out.
     pub stress: Stress,
+    /// The straggler's value of the signal (unit of the signal, see `Stress`).
     pub value: f64,
+    /// The other nodes' median value of the signal.
     pub peers_median: f64,
+    /// How far above its peers the value lies (robust score, at least
+    /// [`OUTLIER_SCORE`]).
     pub score: f64,
 }
 
 /// The straggler and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
+    /// Name of the straggler node.
     pub node: String,
+    /// Its rank in the job, when known.
     pub rank: Option<i64>,
-    /// Its share of time in synchronize calls, and its peers' median.
+    /// Its share of time in synchronize calls (0 to 1).
     pub wait_share: f64,
+    /// The other nodes' median share of time in synchronize calls.
     pub peers_wait_share: f64,
     /// The synchronize call its peers wait in.
     pub peers_sync_op: Option<String>,

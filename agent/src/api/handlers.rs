@@ -7,7 +7,7 @@ use axum::{
     Extension, Json,
     extract::{
         Query, State,
-        rejection::{JsonRejection, QueryRejection},
+        rejection::{BytesRejection, QueryRejection},
     },
     http::header,
     response::IntoResponse,
@@ -48,14 +48,21 @@ pub async fn time(
 /// deadline, 429 when all query slots are busy, 413 for an oversized body.
 pub async fn query(
     State(state): State<Arc<ApiState>>,
-    body: Result<Json<QueryRequest>, JsonRejection>,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<QueryAnswer>, ApiError> {
-    let Json(request) = body.map_err(|e| match e {
-        JsonRejection::BytesRejection(_) => ApiError::PayloadTooLarge,
-        other => ApiError::BadRequest(format!(
-            "the body must be {{\"sql\": \"...\", \"limit\": N}}: {}",
-            other.body_text()
-        )),
+    // The body is JSON whatever the Content-Type says (`curl -d` sends a
+    // form type): the SQL is all that matters.
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })?;
+    let request: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be {{\"sql\": \"...\", \"limit\": N}}: {e}"
+        ))
     })?;
     let permit = Arc::clone(&state.query_slots)
         .try_acquire_owned()

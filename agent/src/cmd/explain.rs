@@ -82,7 +82,7 @@ fn render(reports: &[NodeReport], comparison: &Comparison) -> String {
 /// ingero database or the window is invalid; 1 when the analysis fails.
 /// With `--nodes`/`--fleet` it hands over to the fleet form.
 pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
-    if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
+    if let Some(fleet) = super::fleet::connect(&args.fleet, file, args.db.as_deref())? {
         return super::fleet_explain::run(args, &fleet);
     }
     let path = super::database(args.db.as_deref(), file)?;

@@ -11,7 +11,7 @@ use crate::{cli::ExportArgs, config::FileConfig, error::CliError, export::export
 /// 1 when the output cannot be written. With `--nodes`/`--fleet` it hands
 /// over to the fleet form.
 pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
-    if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
+    if let Some(fleet) = super::fleet::connect(&args.fleet, file, args.db.as_deref())? {
         return super::fleet_export::run(args, &fleet);
     }
     let path = super::database(args.db.as_deref(), file)?;

@@ -28,9 +28,13 @@ pub struct FleetRun {
 }
 
 /// The fleet the flags name, with a runtime; `None` when the command
-/// should read a local database.
-pub fn connect(args: &FleetArgs, file: &FileConfig) -> Result<Option<FleetRun>, CliError> {
-    let Some(setup) = fleet::resolve(args, file)? else {
+/// should read a local database (`db`: the command's `-d`, if any).
+pub fn connect(
+    args: &FleetArgs,
+    file: &FileConfig,
+    db: Option<&std::path::Path>,
+) -> Result<Option<FleetRun>, CliError> {
+    let Some(setup) = fleet::resolve(args, file, fleet::Local::from_flag(db))? else {
         return Ok(None);
     };
     Ok(Some(FleetRun {
@@ -60,7 +64,8 @@ impl FleetRun {
     /// stderr. `corrected`: whether the output's times are on our clock.
     pub fn warn<T>(&self, answers: &[NodeAnswer<T>], corrected: bool) {
         for line in warnings(answers, self.setup.skew_threshold, corrected) {
-            eprintln!("ingero: warning: {line}");
+            // Agents' messages are theirs: no control character gets through.
+            eprintln!("ingero: warning: {}", crate::text::sanitize(&line, 2000));
         }
     }
 }

@@ -90,7 +90,7 @@ fn render(
         answers.len(),
     );
     match verdict {
-        Some(v) => out.push_str(&format!("{}\n", v.headline())),
+        Some(v) => out.push_str(&format!("{}\n", crate::text::sanitize(&v.headline(), 4000))),
         None if figures.len() < 2 => {
             out.push_str("No straggler comparison: it needs at least two nodes with data.\n");
         }

@@ -40,7 +40,7 @@ fn limits(args: &QueryArgs, file: &FileConfig) -> Limits {
 /// deadline. With `--nodes`/`--fleet`: 0 all nodes answered, 3 some, 4 none.
 pub fn run(args: &QueryArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let limits = limits(args, file);
-    if let Some(fleet) = super::fleet::connect(&args.fleet, file)? {
+    if let Some(fleet) = super::fleet::connect(&args.fleet, file, args.db.as_deref())? {
         return run_fleet(args, limits, &fleet);
     }
     if args.merge.is_some() {

@@ -39,6 +39,9 @@ pub const CONCURRENCY: usize = 32;
 /// Fleet: warn when an agent's clock is off by more than this
 /// (`fleet.clock_skew_threshold`, `--clock-skew-threshold`).
 pub const CLOCK_SKEW_THRESHOLD: Duration = Duration::from_millis(10);
+/// Fleet: largest answer read from one agent; past it that node fails and
+/// the others' answers are kept (`fleet.max_answer_size`, `--max-answer`).
+pub const MAX_ANSWER: ByteSize = ByteSize(256 << 20);
 /// Fleet: clock exchanges per agent and request (not configurable: five
 /// keep the error bound near half the best round trip at no extra wait).
 pub const CLOCK_SAMPLES: usize = 5;

@@ -142,6 +142,11 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
             defaults::CONCURRENCY.to_string(),
         ),
         (
+            "fleet.max_answer_size",
+            show(f.max_answer_size),
+            defaults::MAX_ANSWER.to_string(),
+        ),
+        (
             "fleet.clock_skew_threshold",
             show(f.clock_skew_threshold),
             fmt_duration(defaults::CLOCK_SKEW_THRESHOLD),

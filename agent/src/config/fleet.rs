@@ -4,7 +4,10 @@
 //! when a clock offset is worth a warning. Used by every fleet command and
 //! by `ingero mcp`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ingero_fleet::{ClientTls, Fleet, FleetOptions};
 
@@ -20,22 +23,59 @@ pub struct FleetSetup {
     pub skew_threshold: Duration,
 }
 
-/// The fleet the flags (or `--fleet` and the file) name; `None` when no
-/// node list is given (the command reads a local database).
-pub fn resolve(args: &FleetArgs, file: &FileConfig) -> Result<Option<FleetSetup>, ConfigError> {
+/// Whether the command was also given a local database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// No `-d`, or one that only `INGERO_DB` set: the fleet may be asked.
+    None,
+    /// `-d DB` on the command line: it outranks `INGERO_NODES`, and goes
+    /// with neither `--nodes` nor `--fleet`.
+    Flag,
+}
+
+impl Local {
+    /// `Flag` when `db` was given and is not just `INGERO_DB`'s value.
+    #[must_use]
+    pub fn from_flag(db: Option<&Path>) -> Self {
+        let from_env = std::env::var_os("INGERO_DB").map(PathBuf::from);
+        match db {
+            Some(d) if from_env.as_deref() != Some(d) => Self::Flag,
+            _ => Self::None,
+        }
+    }
+}
+
+/// Node addresses as given: trimmed, empty entries dropped.
+fn addresses<'a>(list: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    list.into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// The fleet the flags (or `--fleet` and the file, or `INGERO_NODES`)
+/// name; `None` when the command reads a local database. Precedence:
+/// `--nodes`/`--fleet`, then `-d`, then `INGERO_NODES`; `-d` together
+/// with `--nodes` or `--fleet` is an error.
+pub fn resolve(args: &FleetArgs, file: &FileConfig, local: Local) -> Result<Option<FleetSetup>, ConfigError> {
+    let explicit = !args.nodes.is_empty() || args.fleet;
+    if explicit && local == Local::Flag {
+        return Err(ConfigError::Usage(
+            "-d names a local database and --nodes/--fleet name agents: give one of them".into(),
+        ));
+    }
+    let from_env = std::env::var("INGERO_NODES").unwrap_or_default();
     let nodes = if !args.nodes.is_empty() {
-        args.nodes
-            .iter()
-            .map(|n| n.trim().to_owned())
-            .filter(|n| !n.is_empty())
-            .collect()
+        addresses(args.nodes.iter().map(String::as_str))
     } else if args.fleet {
         if file.fleet.nodes.is_empty() {
             return Err(ConfigError::Usage(
                 "--fleet needs fleet.nodes in ingero.yaml (or give --nodes host:port,...)".into(),
             ));
         }
-        file.fleet.nodes.clone()
+        addresses(file.fleet.nodes.iter().map(String::as_str))
+    } else if local == Local::None && !from_env.trim().is_empty() {
+        addresses(from_env.split(','))
     } else {
         return Ok(None);
     };
@@ -74,11 +114,12 @@ pub fn default_options() -> FleetOptions {
         timeout: defaults::NODE_TIMEOUT,
         deadline: defaults::DEADLINE,
         clock_samples: defaults::CLOCK_SAMPLES,
+        max_answer_bytes: defaults::MAX_ANSWER.0,
     }
 }
 
 /// Timeouts and concurrency: flag, then file, then default. The deadline
-/// is never shorter than one agent's timeout.
+/// bounds the whole command: one agent's timeout never runs past it.
 #[must_use]
 pub fn options(args: &FleetArgs, file: &FileConfig) -> FleetOptions {
     let timeout = args
@@ -94,8 +135,13 @@ pub fn options(args: &FleetArgs, file: &FileConfig) -> FleetOptions {
             .concurrency
             .or(file.fleet.concurrency)
             .unwrap_or(defaults::CONCURRENCY),
-        timeout,
-        deadline: deadline.max(timeout),
+        timeout: timeout.min(deadline),
+        deadline,
         clock_samples: defaults::CLOCK_SAMPLES,
+        max_answer_bytes: args
+            .max_answer
+            .or(file.fleet.max_answer_size)
+            .unwrap_or(defaults::MAX_ANSWER)
+            .0,
     }
 }

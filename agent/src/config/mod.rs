@@ -154,6 +154,8 @@ pub struct FleetSection {
     pub deadline: Option<HumanDuration>,
     /// Agents asked at once.
     pub concurrency: Option<usize>,
+    /// Largest answer read from one agent.
+    pub max_answer_size: Option<ByteSize>,
     /// Warn when an agent's clock differs from ours by more than this
     /// (default: 10 ms).
     pub clock_skew_threshold: Option<HumanDuration>,

@@ -401,7 +401,8 @@ impl ServerHandler for IngeroMcp {
 
 /// `ingero mcp`: serves until the client closes stdin.
 pub fn run(args: &McpArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
-    let fleet = resolve(&args.fleet, file)?;
+    // The assistant may use both a local database and the fleet.
+    let fleet = resolve(&args.fleet, file, crate::config::fleet::Local::None)?;
     let db = match &args.db {
         Some(p) => {
             let p = crate::config::expand_home(p);

@@ -151,6 +151,23 @@ fn mutual_tls_rejects_missing_foreign_and_old_clients_for_both_clients() -> anyh
     let (code, body) = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &url])?;
     assert_eq!(code, 0, "curl with the right certificate: {body}");
     assert_eq!(serde_json::from_str::<Value>(&body)?["node"], "gpu-node-03");
+    // The README's example, as written: `-d` sends a form content type,
+    // and the body is JSON all the same.
+    let query_url = format!("https://{addr}/api/v1/query");
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-d",
+        r#"{"sql": "SELECT count(*) FROM events"}"#,
+        &query_url,
+    ])?;
+    assert_eq!(code, 0, "{body}");
+    let answer: Value = serde_json::from_str(&body)?;
+    assert!(answer["rows"][0][0].as_i64().is_some_and(|n| n > 0), "{answer}");
     let (code, body) = curl(&["--cacert", &ca, &url])?;
     assert_ne!(code, 0, "curl without a certificate got: {body}");
     let (ocert, okey) = (other.s("oncall.pem"), other.s("oncall-key.pem"));

@@ -10,6 +10,7 @@ mod cluster;
 mod common;
 mod config;
 mod fleet;
+mod hostile;
 mod mcp;
 mod properties;
 mod trace;

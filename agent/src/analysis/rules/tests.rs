@@ -143,7 +143,7 @@ fn a_rare_tail_is_low_however_strong_its_cause() {
     // One slow call in 200 (0.2 ms beyond the median over a second).
     let mut d = node(&[100, 101, 102], 100_000);
     for i in [100, 101, 102] {
-        let start = i as i64 * 5 * MS;
+        let start = i64::from(i) * 5 * MS;
         d.off_cpu.push(OffCpu {
             pid: 1,
             tid: 7,
@@ -308,7 +308,7 @@ fn memory_volume_alone_supports_at_most_a_medium_chain() {
 fn copies_are_compared_within_their_size_class() {
     let calls: Vec<Call> = (0..200)
         .map(|i| {
-            let start = i as i64 * 5 * MS;
+            let start = i64::from(i) * 5 * MS;
             // Every 20th copy moves 256 MiB and takes 20 ms; the rest 4 bytes in 3 us.
             let (bytes, dur) = if i % 20 == 0 {
                 (256 << 20, 20 * MS)
