@@ -298,6 +298,27 @@ pub fn ingero(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
     ))
 }
 
+/// Runs `ingero ARGS` to completion with none of the `INGERO_*` variables
+/// of the test's own environment (nor `SUDO_UID`), and `env` set instead.
+pub fn ingero_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(i32, String, String)> {
+    let mut cmd = Command::new(INGERO);
+    for (name, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
+        if name.starts_with("INGERO_") || name == "SUDO_UID" {
+            cmd.env_remove(name);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Reads all of a child's stdout.
 pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();

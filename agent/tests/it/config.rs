@@ -2,31 +2,17 @@
 //! effective value of every setting and the layer it came from, and file
 //! keys that reach the commands.
 
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
 
-use crate::common::INGERO;
+use crate::common::ingero_env;
 
-/// Runs `ingero ARGS` with `env` set (and `HOME` pointed at `home`, so no
-/// user file is picked up by accident).
+/// Runs `ingero ARGS` with `env` set and `HOME` pointed at `home`, so no
+/// user file is picked up by accident.
 fn run(args: &[&str], env: &[(&str, &str)], home: &std::path::Path) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(INGERO)
-        .args(args)
-        .env_remove("INGERO_NODES")
-        .env_remove("INGERO_NODE")
-        .env_remove("INGERO_DB")
-        .env_remove("INGERO_CONFIG")
-        .env_remove("SUDO_UID")
-        .env("HOME", home)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    let home = home.display().to_string();
+    let mut env = env.to_vec();
+    env.push(("HOME", &home));
+    ingero_env(args, &env)
 }
 
 fn setting<'a>(v: &'a Value, key: &str) -> &'a Value {
@@ -107,40 +93,20 @@ fn file_keys_reach_the_commands() -> anyhow::Result<()> {
     drop(conn);
     let file = dir.path().join("ingero.yaml");
     std::fs::write(&file, "query:\n  limit: 7\n")?;
-    let (code, out, err) = run(
-        &[
-            "query",
-            "--json",
-            "--config",
-            &file.display().to_string(),
-            "-d",
-            &db.display().to_string(),
-            "SELECT id FROM events",
-        ],
-        &[],
-        dir.path(),
-    )?;
-    assert_eq!(code, 0, "{err}");
-    let v: Value = serde_json::from_str(&out)?;
+    let (file, db) = (file.display().to_string(), db.display().to_string());
+    let rows = |extra: &[&str]| -> anyhow::Result<Value> {
+        let mut args = vec!["query", "--json", "--config", &file, "-d", &db];
+        args.extend(extra);
+        args.push("SELECT id FROM events");
+        let (code, out, err) = run(&args, &[], dir.path())?;
+        anyhow::ensure!(code == 0, "{err}");
+        Ok(serde_json::from_str(&out)?)
+    };
+    let v = rows(&[])?;
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(7), "{v}");
     assert_eq!(v["truncated"], true);
     // A flag beats the file.
-    let (_, out, _) = run(
-        &[
-            "query",
-            "--json",
-            "--limit",
-            "9",
-            "--config",
-            &file.display().to_string(),
-            "-d",
-            &db.display().to_string(),
-            "SELECT id FROM events",
-        ],
-        &[],
-        dir.path(),
-    )?;
-    let v: Value = serde_json::from_str(&out)?;
+    let v = rows(&["--limit", "9"])?;
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(9), "{v}");
     Ok(())
 }

@@ -6,13 +6,12 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::common::{Daemon, INGERO, sample};
+use crate::common::{Daemon, ingero_env, sample};
 
 /// A fake agent on loopback: `answer` gets every connection (after its
 /// request headers are read). Runs until the test ends (the thread is
@@ -57,21 +56,6 @@ fn endless(mut s: TcpStream) {
 fn silent(s: TcpStream) {
     std::thread::sleep(Duration::from_secs(30));
     drop(s);
-}
-
-fn ingero_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(INGERO)
-        .args(args)
-        .env_remove("INGERO_NODES")
-        .env_remove("INGERO_DB")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
 }
 
 /// A real agent serving a sample node over plain HTTP on loopback.
