@@ -41,7 +41,7 @@ pub fn run(args: &ConfigArgs, explicit: Option<&Path>) -> Result<ExitCode, CliEr
                 Value::from(e.key),
                 Value::from(e.value.clone()),
                 Value::from(e.source.clone()),
-                e.env.map_or(Value::Null, Value::from),
+                Value::from(e.env.unwrap_or_default()),
             ]
         })
         .collect();
