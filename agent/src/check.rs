@@ -65,6 +65,10 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// The oldest kernel the probes load on: uprobe BPF cookies came in 5.15
+/// (the ring buffer in 5.8).
+pub const MIN_KERNEL: (u32, u32) = (5, 15);
+
 /// Checks this machine: kernel version, BTF, root privileges, tracefs and
 /// the tracepoints used, and the CUDA libraries installed. Has no side
 /// effects beyond mounting tracefs when it is not mounted.
@@ -72,14 +76,17 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
 pub fn run() -> Report {
     let mut checks = Vec::new();
     let release = crate::host::facts().kernel;
-    let kernel_ok = kernel_version(&release).is_some_and(|v| v >= (5, 8));
+    let kernel_ok = kernel_version(&release).is_some_and(|v| v >= MIN_KERNEL);
     checks.push(Item {
         name: "kernel",
         ok: kernel_ok,
         detail: if kernel_ok {
             release
         } else {
-            format!("{release}: ingero needs Linux 5.8 or later (ring buffer, BPF cookies need 5.15)")
+            format!(
+                "{release}: ingero needs Linux {}.{} or later (every uprobe carries a BPF cookie)",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            )
         },
     });
     let btf = Path::new(BTF_PATH).exists();
