@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde_json::Value;
 
 use crate::common::{Pki, ingero, open, sample, scalar};
@@ -331,5 +332,77 @@ fn an_odd_first_node_does_not_outvote_the_others() -> anyhow::Result<()> {
     for a in agents {
         a.stop()?;
     }
+    Ok(())
+}
+
+#[test]
+fn the_mcp_server_answers_malformed_lines_with_json_rpc_errors() -> anyhow::Result<()> {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        process::{Command, Stdio},
+        sync::mpsc,
+        time::Duration,
+    };
+    let dir = tempfile::tempdir()?;
+    let db = sample(dir.path(), 1)?;
+    let mut child = Command::new(crate::common::INGERO)
+        .args(["mcp", "--db", &s(&db)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut ask = |line: &str| -> anyhow::Result<Value> {
+        stdin.write_all(line.as_bytes())?;
+        stdin.write_all(b"\n")?;
+        stdin.flush()?;
+        let answer = rx.recv_timeout(Duration::from_secs(20))?;
+        Ok(serde_json::from_str(&answer)?)
+    };
+    let init = ask(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    )?;
+    assert_eq!(init["result"]["serverInfo"]["name"], "ingero", "{init}");
+    let garbage = ask("this is not json")?;
+    assert_eq!(garbage["error"]["code"], -32700, "{garbage}");
+    assert!(garbage.get("id").is_some_and(Value::is_null), "{garbage}");
+    let no_params = ask(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#)?;
+    assert_eq!(no_params["error"]["code"], -32602, "{no_params}");
+    assert_eq!(no_params["id"], 2);
+    let no_method = ask(r#"{"jsonrpc":"2.0","id":3}"#)?;
+    assert_eq!(no_method["error"]["code"], -32600, "{no_method}");
+    assert_eq!(no_method["id"], 3);
+    let long = format!("{{\"pad\": \"{}\"}}", "x".repeat(5 << 20));
+    let too_long = ask(&long)?;
+    assert_eq!(too_long["error"]["code"], -32600, "{too_long}");
+    // The session goes on.
+    let tools = ask(r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#)?;
+    assert_eq!(tools["id"], 4);
+    assert!(
+        tools["result"]["tools"].as_array().is_some_and(|t| !t.is_empty()),
+        "{tools}"
+    );
+    drop(stdin);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("ingero mcp did not end with its input");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
     Ok(())
 }
