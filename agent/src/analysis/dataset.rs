@@ -228,6 +228,27 @@ pub fn well_typed(conv: &Conventions, extra: &[&str]) -> String {
     parts.join(" AND ")
 }
 
+/// Events whose `timestamp` is text or a blob (so every analysis leaves
+/// them out). Such values sort after every number, so the timestamp
+/// index finds them without a scan.
+pub fn odd_timestamps(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM events WHERE timestamp >= ''", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n.max(0) as u64)
+}
+
+/// The warning line for `odd` events left out of `path`, if any.
+#[must_use]
+pub fn odd_warning(path: &std::path::Path, odd: u64) -> Option<String> {
+    (odd > 0).then(|| {
+        format!(
+            "ingero: warning: {odd} event(s) of {} have a timestamp that is not a number and were left out; find them with: SELECT * FROM events WHERE timestamp >= ''",
+            path.display()
+        )
+    })
+}
+
 /// Loads every node's data; each node's window is `window` or, if none,
 /// that node's own first to last event. Rows whose columns have the wrong
 /// type (see [`well_typed`]) are skipped.

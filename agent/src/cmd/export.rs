@@ -38,6 +38,12 @@ pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
             )));
         }
     }
+    if let Some(w) = crate::analysis::dataset::odd_timestamps(&conn)
+        .ok()
+        .and_then(|n| crate::analysis::dataset::odd_warning(&path, n))
+    {
+        eprintln!("{w}");
+    }
     let window = super::window(&conn, &args.window)?;
     let out = std::fs::File::create(&args.output)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;

@@ -52,6 +52,10 @@ fn a_text_timestamp_spoils_no_command() -> anyhow::Result<()> {
 
     let (code, _, err) = ingero(&["explain", "-d", &db_s, "--no-save", "--json"])?;
     assert_eq!(code, 0, "explain: {err}");
+    assert!(
+        err.contains("3 event(s)") && err.contains("left out"),
+        "reported: {err}"
+    );
     let (code, _, err) = ingero(&["explain", "-d", &db_s, "--no-save", "--since", "1m"])?;
     assert_eq!(code, 0, "explain --since: {err}");
     let trace = dir.path().join("t.json");
