@@ -176,6 +176,19 @@ fn force_node_fills_missing_names_and_is_never_ignored() -> anyhow::Result<()> {
     assert_eq!(code, 2, "a name for a database that has one is refused: {err}");
     assert!(err.contains("drop --force-node"), "{err}");
     assert!(!out.exists());
+    let c = sample(dir.path(), 3)?;
+    let (code, _, err) = ingero(&[
+        "merge",
+        &s(&b),
+        &s(&c),
+        "-o",
+        &s(&out),
+        "--force-node",
+        "lost-node",
+    ])?;
+    assert_eq!(code, 2, "a name no input needs is refused: {err}");
+    assert!(err.contains("drop --force-node"), "{err}");
+    assert!(!out.exists());
 
     let (code, _, err) = ingero(&[
         "merge",
