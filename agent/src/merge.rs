@@ -650,6 +650,38 @@ fn copy_known(
     Ok(())
 }
 
+/// When `table` in the output has a NOT NULL column without a default
+/// that this input lacks, rebuilds it without constraints (names and
+/// declared types kept, rows kept), so the input's rows can go in.
+fn relax_missing(conn: &Connection, table: &str, src_cols: &[String]) -> Result<(), CopyError> {
+    let mut stmt = conn
+        .prepare("SELECT name, type, \"notnull\", dflt_value IS NULL FROM pragma_table_info(?1, 'main')")?;
+    let info: Vec<(String, String, bool, bool)> = stmt
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let blocked = info
+        .iter()
+        .any(|(name, _, notnull, no_default)| *notnull && *no_default && !src_cols.contains(name));
+    if !blocked {
+        return Ok(());
+    }
+    let quoted = ident(table);
+    let defs: Vec<String> = info
+        .iter()
+        .map(|(name, ty, ..)| format!("{} {ty}", ident(name)))
+        .collect();
+    let names: Vec<String> = info.iter().map(|(name, ..)| ident(name)).collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE main.ingero_relaxed({defs});
+         INSERT INTO main.ingero_relaxed({names}) SELECT {names} FROM main.{quoted};
+         DROP TABLE main.{quoted};
+         ALTER TABLE main.ingero_relaxed RENAME TO {quoted};",
+        defs = defs.join(", "),
+        names = names.join(", "),
+    ))?;
+    Ok(())
+}
+
 /// Tables this tool does not know: same schema, plus a node column. When
 /// inputs hold a table of the same name with other columns, the columns
 /// the output lacks are added (without constraints) and each input fills
@@ -681,6 +713,7 @@ fn copy_unknown(
             conn.execute_batch(&create)?;
         }
         let cols = columns(conn, "src", table)?;
+        relax_missing(conn, table, &cols)?;
         let ours = columns(conn, "main", table)?;
         for c in cols.iter().chain(std::iter::once(&"node".to_owned())) {
             if !ours.contains(c) {

@@ -117,7 +117,9 @@ fn merge_refuses_a_directory_and_clears_a_killed_merge() -> anyhow::Result<()> {
 fn merge_takes_unknown_tables_with_other_columns() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (a, b) = (sample(dir.path(), 1)?, sample(dir.path(), 2)?);
-    open(&a)?.execute_batch("CREATE TABLE notes(k TEXT, v INTEGER); INSERT INTO notes VALUES ('x', 1);")?;
+    open(&a)?.execute_batch(
+        "CREATE TABLE notes(k TEXT, v INTEGER NOT NULL); INSERT INTO notes VALUES ('x', 1);",
+    )?;
     open(&b)?.execute_batch(
         "CREATE TABLE notes(k TEXT, w REAL, \"odd \"\"name\"\"\" TEXT); INSERT INTO notes VALUES ('y', 2.5, 'z');",
     )?;
