@@ -25,7 +25,7 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::{
-    analysis::dataset::{conventions, op_name, op_names},
+    analysis::dataset::{conventions, op_name, op_names, well_typed},
     store::schema::{has_column, table_exists},
     timewin::Window,
 };
@@ -91,8 +91,9 @@ pub fn export(
     let names = op_names(conn)?;
     let node_col = if conv.has_node { "node" } else { "''" };
     let rank_col = if conv.has_rank { "rank" } else { "NULL" };
-    let filter = window.map_or(String::new(), |w| {
-        format!("WHERE timestamp BETWEEN {} AND {}", w.from, w.to)
+    let typed = well_typed(&conv, &["ret_code"]);
+    let filter = window.map_or(format!("WHERE {typed}"), |w| {
+        format!("WHERE timestamp BETWEEN {} AND {} AND {typed}", w.from, w.to)
     });
 
     // Pass 1 (aggregate only): nodes, their ranks, the earliest start.
@@ -127,7 +128,10 @@ pub fn export(
         } else {
             "''"
         };
-        let mut stmt = conn.prepare(&format!("SELECT {n}, pid, name FROM process_names"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {n}, pid, name FROM process_names
+             WHERE typeof({n}) = 'text' AND typeof(pid) = 'integer' AND typeof(name) = 'text'"
+        ))?;
         stmt.query_map([], |r| {
             Ok((
                 (r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32),
@@ -262,7 +266,10 @@ pub fn export(
 
     if table_exists(conn, "system_snapshots")? && has_column(conn, "system_snapshots", "node")? {
         let mut stmt =
-            conn.prepare("SELECT node, timestamp, cpu_pct FROM system_snapshots WHERE cpu_pct IS NOT NULL")?;
+            conn.prepare(
+                "SELECT node, timestamp, cpu_pct FROM system_snapshots
+                 WHERE typeof(node) = 'text' AND typeof(timestamp) = 'integer' AND typeof(cpu_pct) IN ('integer', 'real')",
+            )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let node: String = r.get(0)?;

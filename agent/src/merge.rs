@@ -129,6 +129,9 @@ pub struct MergeReport {
     pub chains: u64,
     /// Events present in several inputs (with --allow-same-node), kept once.
     pub duplicates: u64,
+    /// Events left out because their `timestamp` is not an integer (text
+    /// or a real written by another tool): no analysis could place them.
+    pub skipped: u64,
 }
 
 /// What an input holds, before copying.
@@ -147,7 +150,16 @@ fn input_err(path: &Path, e: impl std::fmt::Display) -> MergeError {
     }
 }
 
-fn inspect(path: &Path, forced: &[ForcedNode], unnamed_inputs: usize) -> Result<Input, MergeError> {
+/// What an input's `events` say about node names, before any is forced.
+struct Facts {
+    events: u64,
+    /// Distinct non-empty node names of its events.
+    names: Vec<String>,
+    /// Some events (or all, without a node column) have no node name.
+    unnamed: bool,
+}
+
+fn facts(path: &Path) -> Result<Facts, MergeError> {
     if !path.is_file() {
         return Err(input_err(path, "no such file"));
     }
@@ -158,27 +170,48 @@ fn inspect(path: &Path, forced: &[ForcedNode], unnamed_inputs: usize) -> Result<
     let events: i64 = conn
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
         .map_err(|e| input_err(path, e))?;
+    let (mut names, mut unnamed) = (Vec::new(), true);
     if has_column(&conn, "events", "node").map_err(|e| input_err(path, e))? {
+        unnamed = false;
         let mut stmt = conn
-            .prepare("SELECT DISTINCT node FROM events")
+            .prepare(
+                "SELECT DISTINCT CASE WHEN typeof(node) = 'text' AND node <> '' THEN node END FROM events",
+            )
             .map_err(|e| input_err(path, e))?;
-        let nodes: Vec<String> = stmt
-            .query_map([], |r| r.get::<_, Option<String>>(0))
-            .map_err(|e| input_err(path, e))?
-            .filter_map(|r| r.ok().flatten())
-            .collect();
-        if nodes.iter().all(|n| !n.is_empty()) {
-            return Ok(Input {
-                path: path.to_path_buf(),
-                forced: None,
-                nodes,
-                events: events as u64,
-            });
+        let mut rows = stmt.query([]).map_err(|e| input_err(path, e))?;
+        while let Some(r) = rows.next().map_err(|e| input_err(path, e))? {
+            match r.get::<_, Option<String>>(0).map_err(|e| input_err(path, e))? {
+                Some(n) => names.push(n),
+                None => unnamed = true,
+            }
         }
     }
-    let name = forced
+    Ok(Facts {
+        events: events.max(0) as u64,
+        names,
+        unnamed,
+    })
+}
+
+/// An input's facts with the `--force-node` name it gets, if any.
+fn inspect(
+    path: &Path,
+    facts: Facts,
+    forced: &[ForcedNode],
+    unnamed_inputs: usize,
+) -> Result<Input, MergeError> {
+    let for_this = forced
         .iter()
-        .find(|f| f.path.as_deref().is_some_and(|p| same_file(p, path)))
+        .find(|f| f.path.as_deref().is_some_and(|p| same_file(p, path)));
+    if !facts.unnamed {
+        return Ok(Input {
+            path: path.to_path_buf(),
+            forced: None,
+            nodes: facts.names,
+            events: facts.events,
+        });
+    }
+    let name = for_this
         .or_else(|| {
             forced
                 .iter()
@@ -193,11 +226,15 @@ fn inspect(path: &Path, forced: &[ForcedNode], unnamed_inputs: usize) -> Result<
                 path.display()
             ))
         })?;
+    let mut nodes = facts.names;
+    if !nodes.contains(&name) {
+        nodes.push(name.clone());
+    }
     Ok(Input {
         path: path.to_path_buf(),
-        forced: Some(name.clone()),
-        nodes: vec![name],
-        events: events as u64,
+        forced: Some(name),
+        nodes,
+        events: facts.events,
     })
 }
 
@@ -208,17 +245,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// How many inputs lack node names (for an unqualified --force-node).
-fn unnamed(paths: &[PathBuf]) -> usize {
-    paths
-        .iter()
-        .filter(|p| {
-            crate::store::open_read(p)
-                .ok()
-                .and_then(|c| has_column(&c, "events", "node").ok())
-                == Some(false)
-        })
-        .count()
+/// Quotes an SQL identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn sql_quote(s: &str) -> String {
@@ -245,11 +274,54 @@ pub fn merge(opts: &MergeOptions, progress: &mut dyn FnMut(&str)) -> Result<Merg
     if opts.inputs.iter().any(|i| same_file(i, &opts.output)) {
         return Err(MergeError::Refused("the output cannot also be an input".into()));
     }
-    let unnamed_inputs = unnamed(&opts.inputs);
+    if opts.output.is_dir() {
+        return Err(MergeError::Refused(format!(
+            "{} is a directory: give the path of a database file to create with -o",
+            opts.output.display()
+        )));
+    }
+    let all_facts: Vec<Facts> = opts.inputs.iter().map(|p| facts(p)).collect::<Result<_, _>>()?;
+    let unnamed_inputs = all_facts.iter().filter(|f| f.unnamed).count();
+    if unnamed_inputs == 0
+        && let Some(f) = opts.force_node.iter().find(|f| f.path.is_none())
+    {
+        return Err(MergeError::Refused(format!(
+            "every input already names the node of its events: drop --force-node {}",
+            f.name
+        )));
+    }
+    if let Some(f) = opts.force_node.iter().find(|f| {
+        f.path
+            .as_deref()
+            .is_some_and(|p| !opts.inputs.iter().any(|i| same_file(i, p)))
+    }) {
+        return Err(MergeError::Refused(format!(
+            "--force-node {}={} names a database that is not among the inputs: check its path",
+            f.path.as_deref().unwrap_or(Path::new("")).display(),
+            f.name
+        )));
+    }
+    // A name for an input whose events all have one is refused, not ignored.
+    for (path, facts) in opts.inputs.iter().zip(&all_facts) {
+        if let Some(f) = opts
+            .force_node
+            .iter()
+            .find(|f| !facts.unnamed && f.path.as_deref().is_some_and(|p| same_file(p, path)))
+        {
+            return Err(MergeError::Refused(format!(
+                "{} already names the node of every event ({}): drop --force-node {}={}",
+                path.display(),
+                facts.names.join(", "),
+                path.display(),
+                f.name
+            )));
+        }
+    }
     let inputs: Vec<Input> = opts
         .inputs
         .iter()
-        .map(|p| inspect(p, &opts.force_node, unnamed_inputs))
+        .zip(all_facts)
+        .map(|(p, f)| inspect(p, f, &opts.force_node, unnamed_inputs))
         .collect::<Result<_, _>>()?;
     let mut owners: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
     for i in &inputs {
@@ -270,10 +342,14 @@ pub fn merge(opts: &MergeOptions, progress: &mut dyn FnMut(&str)) -> Result<Merg
         )));
     }
 
+    // A merge killed earlier leaves its work file and journal: start afresh.
     let partial = PathBuf::from(format!("{}.partial", opts.output.display()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", partial.display()));
-    }
+    let remove_partial = || {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", partial.display()));
+        }
+    };
+    remove_partial();
     let out_err = |e: &dyn std::fmt::Display| MergeError::Output {
         path: opts.output.clone(),
         message: e.to_string(),
@@ -290,6 +366,7 @@ pub fn merge(opts: &MergeOptions, progress: &mut dyn FnMut(&str)) -> Result<Merg
             sessions: 0,
             chains: 0,
             duplicates: 0,
+            skipped: 0,
         };
         for input in &inputs {
             copy_input(&conn, input, opts.allow_same_node, &mut report, progress).map_err(|e| match e {
@@ -317,12 +394,14 @@ pub fn merge(opts: &MergeOptions, progress: &mut dyn FnMut(&str)) -> Result<Merg
         Ok(report)
     })();
     match result {
-        Ok(report) => {
-            std::fs::rename(&partial, &opts.output).map_err(|e| out_err(&e))?;
-            Ok(report)
-        }
+        Ok(report) => std::fs::rename(&partial, &opts.output)
+            .map(|()| report)
+            .map_err(|e| {
+                remove_partial();
+                out_err(&e)
+            }),
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
+            remove_partial();
             Err(e)
         }
     }
@@ -368,9 +447,14 @@ fn copy_attached(
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), CopyError> {
     let node_expr = |table: &str| -> Result<String, CopyError> {
+        let has_node = columns(conn, "src", table)?.iter().any(|c| c == "node");
         Ok(match &input.forced {
+            Some(name) if has_node => format!(
+                "CASE WHEN typeof(t.node) = 'text' AND t.node <> '' THEN t.node ELSE {} END",
+                sql_quote(name)
+            ),
             Some(name) => sql_quote(name),
-            None if columns(conn, "src", table)?.iter().any(|c| c == "node") => "t.node".to_owned(),
+            None if has_node => "t.node".to_owned(),
             None => sql_quote(input.nodes.first().map_or("", String::as_str)),
         })
     };
@@ -438,7 +522,7 @@ fn copy_attached(
     let sql =
         format!(
         "{verb} INTO main.events({}) SELECT {} FROM src.events t LEFT JOIN temp.session_map m ON m.old = {}
-         WHERE t.rowid > ?1 AND t.rowid <= ?2",
+         WHERE t.rowid > ?1 AND t.rowid <= ?2 AND typeof(t.timestamp) = 'integer'",
         ours.join(", "),
         select.join(", "),
         if src_cols.iter().any(|c| c == "session_id") { "t.session_id" } else { "NULL" }
@@ -459,7 +543,19 @@ fn copy_attached(
             progress(&format!("  {label}: {copied}/{} events", input.events));
         }
     }
-    report.duplicates += input.events.saturating_sub(copied);
+    let odd: i64 = conn.query_row(
+        "SELECT count(*) FROM src.events WHERE typeof(timestamp) <> 'integer'",
+        [],
+        |r| r.get(0),
+    )?;
+    let odd = odd.max(0) as u64;
+    if odd > 0 {
+        progress(&format!(
+            "warning: {label}: {odd} event(s) whose timestamp is not an integer were left out"
+        ));
+    }
+    report.skipped += odd;
+    report.duplicates += input.events.saturating_sub(copied + odd);
     progress(&format!("merged {label}: {copied} events"));
 
     copy_known(conn, &src_tables, &node_expr)?;
@@ -554,7 +650,42 @@ fn copy_known(
     Ok(())
 }
 
-/// Tables this tool does not know: same schema, plus a node column.
+/// When `table` in the output has a NOT NULL column without a default
+/// that this input lacks, rebuilds it without constraints (names and
+/// declared types kept, rows kept), so the input's rows can go in.
+fn relax_missing(conn: &Connection, table: &str, src_cols: &[String]) -> Result<(), CopyError> {
+    let mut stmt = conn
+        .prepare("SELECT name, type, \"notnull\", dflt_value IS NULL FROM pragma_table_info(?1, 'main')")?;
+    let info: Vec<(String, String, bool, bool)> = stmt
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let blocked = info
+        .iter()
+        .any(|(name, _, notnull, no_default)| *notnull && *no_default && !src_cols.contains(name));
+    if !blocked {
+        return Ok(());
+    }
+    let quoted = ident(table);
+    let defs: Vec<String> = info
+        .iter()
+        .map(|(name, ty, ..)| format!("{} {ty}", ident(name)))
+        .collect();
+    let names: Vec<String> = info.iter().map(|(name, ..)| ident(name)).collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE main.ingero_relaxed({defs});
+         INSERT INTO main.ingero_relaxed({names}) SELECT {names} FROM main.{quoted};
+         DROP TABLE main.{quoted};
+         ALTER TABLE main.ingero_relaxed RENAME TO {quoted};",
+        defs = defs.join(", "),
+        names = names.join(", "),
+    ))?;
+    Ok(())
+}
+
+/// Tables this tool does not know: same schema, plus a node column. When
+/// inputs hold a table of the same name with other columns, the columns
+/// the output lacks are added (without constraints) and each input fills
+/// the columns it has.
 fn copy_unknown(
     conn: &Connection,
     src_tables: &BTreeSet<String>,
@@ -564,41 +695,59 @@ fn copy_unknown(
         if store::schema::TABLES.contains(&table.as_str()) || table.starts_with("sqlite_") {
             continue;
         }
-        let create: String = conn.query_row(
-            "SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?1",
+        let quoted = ident(table);
+        let exists: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = ?1",
             [table],
             |r| r.get(0),
         )?;
-        let create = create
-            .replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS main.", 1)
-            .replacen("main. ", "main.", 1);
-        conn.execute_batch(&create)?;
+        if !exists {
+            let create: String = conn.query_row(
+                "SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )?;
+            let create = create
+                .replacen("CREATE TABLE", "CREATE TABLE main.", 1)
+                .replacen("main. ", "main.", 1);
+            conn.execute_batch(&create)?;
+        }
         let cols = columns(conn, "src", table)?;
-        if !columns(conn, "main", table)?.iter().any(|c| c == "node") {
-            conn.execute_batch(&format!(
-                "ALTER TABLE main.\"{table}\" ADD COLUMN node TEXT NOT NULL DEFAULT ''"
-            ))?;
+        relax_missing(conn, table, &cols)?;
+        let ours = columns(conn, "main", table)?;
+        for c in cols.iter().chain(std::iter::once(&"node".to_owned())) {
+            if !ours.contains(c) {
+                let default = if c == "node" {
+                    " TEXT NOT NULL DEFAULT ''"
+                } else {
+                    ""
+                };
+                conn.execute_batch(&format!(
+                    "ALTER TABLE main.{quoted} ADD COLUMN {}{default}",
+                    ident(c)
+                ))?;
+            }
         }
         let (names, sel): (Vec<String>, Vec<String>) = if cols.iter().any(|c| c == "node") {
             (
-                cols.iter().map(|c| format!("\"{c}\"")).collect(),
-                cols.iter().map(|c| format!("t.\"{c}\"")).collect(),
+                cols.iter().map(|c| ident(c)).collect(),
+                cols.iter().map(|c| format!("t.{}", ident(c))).collect(),
             )
         } else {
             let node = node_expr(table)?;
             (
                 cols.iter()
-                    .map(|c| format!("\"{c}\""))
+                    .map(|c| ident(c))
                     .chain(std::iter::once("node".into()))
                     .collect(),
                 cols.iter()
-                    .map(|c| format!("t.\"{c}\""))
+                    .map(|c| format!("t.{}", ident(c)))
                     .chain(std::iter::once(node))
                     .collect(),
             )
         };
         conn.execute_batch(&format!(
-            "INSERT OR IGNORE INTO main.\"{table}\"({}) SELECT {} FROM src.\"{table}\" t",
+            "INSERT OR IGNORE INTO main.{quoted}({}) SELECT {} FROM src.{quoted} t",
             names.join(", "),
             sel.join(", ")
         ))?;

@@ -107,13 +107,22 @@ pub fn format_instant(ns: i64) -> String {
     )
 }
 
-/// The (oldest, newest) event timestamps of a database, if it has events.
+/// The (oldest, newest) integer event timestamps of a database, if it has
+/// any. Rows whose `timestamp` is not an integer (text, a real or a blob
+/// written by another tool) are passed over instead of failing the probe;
+/// each bound walks the timestamp index from its end past such rows.
 pub fn event_range(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
-    conn.query_row(
-        "SELECT min(timestamp), max(timestamp) FROM main.events",
-        [],
-        |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
-    )
+    let bound = |order: &str| -> rusqlite::Result<Option<i64>> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT timestamp FROM main.events WHERE typeof(timestamp) = 'integer' ORDER BY timestamp {order} LIMIT 1"
+        ))?;
+        let mut rows = stmt.query([])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    };
+    Ok(bound("ASC")?.zip(bound("DESC")?))
 }
 
 /// The window the flags ask for; `None` means the whole database.
@@ -178,6 +187,20 @@ mod tests {
             format_instant(1_795_262_400_250_000_000),
             "2026-11-21T12:00:00.250Z"
         );
+    }
+
+    #[test]
+    fn odd_timestamps_are_passed_over() -> rusqlite::Result<()> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(
+            "CREATE TABLE events(id TEXT, timestamp INTEGER NOT NULL);
+             CREATE INDEX i ON events(timestamp);
+             INSERT INTO events VALUES ('a', 5), ('b', 'soon'), ('c', 9), ('d', 2.5), ('e', X'00');",
+        )?;
+        assert_eq!(event_range(&conn)?, Some((5, 9)));
+        conn.execute_batch("DELETE FROM events WHERE typeof(timestamp) = 'integer'")?;
+        assert_eq!(event_range(&conn)?, None);
+        Ok(())
     }
 
     #[test]

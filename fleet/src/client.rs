@@ -48,6 +48,18 @@ pub enum FleetError {
     /// An answer longer than the client reads (bytes); the rest was not read.
     #[error("its answer exceeded {} MiB; stopped reading it (raise --max-answer or fleet.max_answer_size if the agent is trusted)", .0 >> 20)]
     TooLarge(u64),
+    /// The agent reports the same node name as an agent listed before it
+    /// (two agents serving one database, or a copied `--node`): its answer
+    /// is left out, so nothing is counted twice.
+    #[error(
+        "it reports node {node}, as {first} does: its answer is left out so nothing is counted twice (give each agent its own node name, or list the node once)"
+    )]
+    DuplicateNode {
+        /// The node name both agents report.
+        node: String,
+        /// The address of the agent that reported it first.
+        first: String,
+    },
     /// Anything else (a failed task, a stopped writer, an unclassified
     /// transport error); the message says what.
     #[error("{0}")]
@@ -66,6 +78,7 @@ impl FleetError {
             Self::Http { .. } => "http",
             Self::Decode(_) => "decode",
             Self::TooLarge(_) => "too_large",
+            Self::DuplicateNode { .. } => "duplicate_node",
             Self::Other(_) => "error",
         }
     }

@@ -32,7 +32,7 @@ impl Fleet {
                 )
             })
             .await;
-        answers
+        let mut answers = answers
             .into_iter()
             .map(|a| {
                 let offset = a.clock.map_or(0, |c| c.offset_ns);
@@ -53,17 +53,23 @@ impl Fleet {
                     elapsed_ms: a.elapsed_ms,
                 }
             })
-            .collect()
+            .collect::<Vec<_>>();
+        crate::refuse_duplicate_nodes(&mut answers);
+        answers
     }
 }
 
-/// Every answering agent's node figures.
+/// Every answering agent's node figures; a node reported by several
+/// agents (one serving a merged database, another that node's own) is
+/// taken once, from the first.
 #[must_use]
 pub fn node_ops(answers: &[NodeAnswer<NodeExplain>]) -> Vec<NodeOps> {
+    let mut seen = std::collections::HashSet::new();
     answers
         .iter()
         .filter_map(|a| a.result.as_ref().ok())
         .flat_map(|v| v.ops.nodes.iter().cloned())
+        .filter(|n| seen.insert(n.node.clone()))
         .collect()
 }
 

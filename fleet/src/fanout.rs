@@ -96,6 +96,27 @@ impl Outcome {
     }
 }
 
+/// Turns the answer of every agent that reports the node name of an
+/// earlier answering agent into a [`FleetError::DuplicateNode`], so two
+/// agents serving the same node (or the same database) are never counted
+/// twice. Answers without a node name are left as they are.
+pub fn refuse_duplicate_nodes<T>(answers: &mut [NodeAnswer<T>]) {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for a in answers.iter_mut() {
+        let (Ok(_), Some(node)) = (&a.result, &a.node) else {
+            continue;
+        };
+        if let Some(first) = seen.get(node) {
+            a.result = Err(FleetError::DuplicateNode {
+                node: node.clone(),
+                first: first.clone(),
+            });
+        } else {
+            seen.insert(node.clone(), a.address.clone());
+        }
+    }
+}
+
 /// When no node answered: the message of a node that was reached but
 /// refused the request itself (bad SQL, a write, a bad window, its
 /// deadline), so the caller blames the request rather than the fleet.
@@ -253,7 +274,7 @@ impl Fleet {
                 answers[i] = Some(answer);
             }
         }
-        answers
+        let mut answers: Vec<NodeAnswer<T>> = answers
             .into_iter()
             .zip(&self.clients)
             .map(|(a, c)| {
@@ -265,7 +286,9 @@ impl Fleet {
                     elapsed_ms: 0.0,
                 })
             })
-            .collect()
+            .collect();
+        refuse_duplicate_nodes(&mut answers);
+        answers
     }
 }
 

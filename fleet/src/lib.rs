@@ -22,7 +22,9 @@ pub mod tls;
 
 pub use client::{AgentClient, FleetError, TimeSample};
 pub use explain::NodeExplain;
-pub use fanout::{Fleet, FleetOptions, NodeAnswer, Outcome, offsets, refusal, warnings};
+pub use fanout::{
+    Fleet, FleetOptions, NodeAnswer, Outcome, offsets, refusal, refuse_duplicate_nodes, warnings,
+};
 pub use rows::FleetRows;
 pub use skew::ClockEstimate;
 pub use tls::ClientTls;

@@ -29,7 +29,11 @@ pub struct Page {
 /// SQL for the page after `last_rowid`.
 fn page_sql(table: &str, last_rowid: i64, since_ns: Option<u128>) -> String {
     let window = match (table, since_ns) {
-        ("events", Some(ns)) => format!(" AND timestamp >= (SELECT max(timestamp) FROM events) - {ns}"),
+        // The newest integer timestamp: a text one (written by another
+        // tool) would make max() text, and the window everything.
+        ("events", Some(ns)) => format!(
+            " AND timestamp >= (SELECT timestamp FROM events WHERE typeof(timestamp) = 'integer' ORDER BY timestamp DESC LIMIT 1) - {ns}"
+        ),
         _ => String::new(),
     };
     format!(
@@ -100,7 +104,7 @@ mod tests {
         assert_eq!(
             page_sql("events", 40, Some(5_000_000_000)),
             format!(
-                "SELECT rowid AS ingero_rowid, * FROM events WHERE rowid > 40 AND timestamp >= (SELECT max(timestamp) FROM events) - 5000000000 ORDER BY rowid LIMIT {PAGE}"
+                "SELECT rowid AS ingero_rowid, * FROM events WHERE rowid > 40 AND timestamp >= (SELECT timestamp FROM events WHERE typeof(timestamp) = 'integer' ORDER BY timestamp DESC LIMIT 1) - 5000000000 ORDER BY rowid LIMIT {PAGE}"
             )
         );
         assert!(!page_sql("process_names", 0, Some(1)).contains("timestamp"));

@@ -1,9 +1,11 @@
 //! One SQL statement on every agent, the rows put together.
 //!
 //! Every answering node's rows come back behind a `node` column (the
-//! agent's own node name). The first answer fixes the columns; a node whose
-//! columns differ (another schema version) becomes a failed node with a
-//! sentence, never mixed in. A node whose answer was cut at the row limit
+//! agent's own node name). The columns most nodes answered with win (the
+//! first such on a tie); a node whose columns differ (another schema
+//! version) becomes a failed node with a sentence, never mixed in. An agent
+//! reporting the node name of an earlier one becomes a failed node too
+//! ([`crate::FleetError::DuplicateNode`]), so no row is counted twice. A node whose answer was cut at the row limit
 //! is listed in [`FleetRows::cut`], so the caller can say so.
 
 use ingero_api::{QueryAnswer, QueryRequest};
@@ -51,15 +53,29 @@ impl Fleet {
 }
 
 fn combine(mut answers: Vec<NodeAnswer<QueryAnswer>>, started: std::time::Instant) -> FleetRows {
-    let columns: Option<Vec<String>> = answers
-        .iter()
-        .find_map(|a| a.result.as_ref().ok().map(|q| q.columns.clone()));
+    crate::refuse_duplicate_nodes(&mut answers);
+    // The columns most nodes answered with (the first such on a tie).
+    let mut votes: Vec<(&Vec<String>, usize)> = Vec::new();
+    for q in answers.iter().filter_map(|a| a.result.as_ref().ok()) {
+        match votes.iter_mut().find(|(c, _)| **c == q.columns) {
+            Some((_, n)) => *n += 1,
+            None => votes.push((&q.columns, 1)),
+        }
+    }
+    let mut best: Option<(&Vec<String>, usize)> = None;
+    for (c, n) in votes {
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((c, n));
+        }
+    }
+    let agreeing = best.map_or(0, |(_, n)| n);
+    let columns: Option<Vec<String>> = best.map(|(c, _)| c.clone());
     for a in &mut answers {
         if let Ok(q) = &a.result
             && Some(&q.columns) != columns.as_ref()
         {
             a.result = Err(FleetError::Decode(format!(
-                "its columns {:?} differ from the other nodes' {:?}",
+                "its columns {:?} differ from the {agreeing} other node(s)' {:?}: run the same ingero version on every agent",
                 q.columns,
                 columns.clone().unwrap_or_default()
             )));
@@ -130,5 +146,25 @@ mod tests {
         assert!(rows.answers[1].result.is_err(), "b's columns differ");
         assert_eq!(rows.cut, vec![("c".to_owned(), 1)]);
         assert!(rows.truncated);
+    }
+
+    #[test]
+    fn the_majority_of_columns_wins_and_a_duplicate_node_is_left_out() {
+        let rows = combine(
+            vec![
+                answer("odd", &["x"], 5, false),
+                answer("a", &["n"], 2, false),
+                answer("b", &["n"], 3, false),
+                answer("a", &["n"], 2, false),
+            ],
+            std::time::Instant::now(),
+        );
+        assert_eq!(rows.columns, ["node", "n"]);
+        assert_eq!(rows.rows.len(), 5, "a counted once, b, not odd");
+        assert!(rows.answers[0].result.is_err(), "odd is outvoted");
+        assert!(matches!(
+            rows.answers[3].result,
+            Err(FleetError::DuplicateNode { ref node, .. }) if node == "a"
+        ));
     }
 }

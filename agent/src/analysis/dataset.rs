@@ -197,8 +197,61 @@ pub fn conventions(conn: &Connection) -> rusqlite::Result<Conventions> {
     })
 }
 
+/// An SQL condition true for the `events` rows whose columns the
+/// analysis reads have the types it reads them as (integers, a text or
+/// NULL node): a row with, say, a text `timestamp` is skipped instead of
+/// failing the whole analysis. `extra` names further integer columns.
+#[must_use]
+pub fn well_typed(conv: &Conventions, extra: &[&str]) -> String {
+    let mut parts: Vec<String> = [
+        "source",
+        "op",
+        "pid",
+        "tid",
+        "timestamp",
+        "duration",
+        "arg0",
+        "arg1",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|c| format!("typeof({c}) = 'integer'"))
+    .collect();
+    parts.push("source BETWEEN 0 AND 255 AND op BETWEEN 0 AND 255".into());
+    if conv.has_node {
+        parts.push("typeof(node) IN ('text', 'null')".into());
+    }
+    if conv.has_rank {
+        parts
+            .push("typeof(rank) IN ('integer', 'null') AND typeof(world_size) IN ('integer', 'null')".into());
+    }
+    parts.join(" AND ")
+}
+
+/// Events whose `timestamp` is text or a blob (so every analysis leaves
+/// them out). Such values sort after every number, so the timestamp
+/// index finds them without a scan.
+pub fn odd_timestamps(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM events WHERE timestamp >= ''", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n.max(0) as u64)
+}
+
+/// The warning line for `odd` events left out of `path`, if any.
+#[must_use]
+pub fn odd_warning(path: &std::path::Path, odd: u64) -> Option<String> {
+    (odd > 0).then(|| {
+        format!(
+            "ingero: warning: {odd} event(s) of {} have a timestamp that is not a number and were left out; find them with: SELECT * FROM events WHERE timestamp >= ''",
+            path.display()
+        )
+    })
+}
+
 /// Loads every node's data; each node's window is `window` or, if none,
-/// that node's own first to last event.
+/// that node's own first to last event. Rows whose columns have the wrong
+/// type (see [`well_typed`]) are skipped.
 pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<NodeData>> {
     let conv = conventions(conn)?;
     let node_expr = if conv.has_node { "node" } else { "''" };
@@ -207,8 +260,9 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
     } else {
         "NULL, NULL"
     };
-    let filter = window.map_or(String::new(), |w| {
-        format!("WHERE timestamp BETWEEN {} AND {}", w.from, w.to)
+    let typed = well_typed(&conv, &[]);
+    let filter = window.map_or(format!("WHERE {typed}"), |w| {
+        format!("WHERE timestamp BETWEEN {} AND {} AND {typed}", w.from, w.to)
     });
     let sql = format!(
         "SELECT {node_expr}, source, op, pid, tid, timestamp, duration, arg0, arg1, {rank_expr} FROM events {filter}"
@@ -331,7 +385,10 @@ fn load_names(
     } else {
         "''"
     };
-    let mut stmt = conn.prepare(&format!("SELECT {node_expr}, pid, name FROM process_names"))?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {node_expr}, pid, name FROM process_names
+         WHERE typeof({node_expr}) IN ('text', 'null') AND typeof(pid) = 'integer' AND typeof(name) = 'text'"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let node: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
@@ -348,7 +405,11 @@ fn load_snapshots(conn: &Connection, nodes: &mut BTreeMap<String, NodeData>) -> 
     }
     let mut stmt = conn.prepare(
         "SELECT node, timestamp, ifnull(cpu_pct, 0), ifnull(mem_pct, 0), ifnull(swap_in, 0), ifnull(swap_out, 0)
-         FROM system_snapshots ORDER BY timestamp",
+         FROM system_snapshots
+         WHERE typeof(node) = 'text' AND typeof(timestamp) = 'integer'
+           AND typeof(cpu_pct) IN ('integer', 'real', 'null') AND typeof(mem_pct) IN ('integer', 'real', 'null')
+           AND typeof(swap_in) IN ('integer', 'null') AND typeof(swap_out) IN ('integer', 'null')
+         ORDER BY timestamp",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {

@@ -95,6 +95,12 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
             path.display()
         )));
     }
+    if let Some(w) = crate::analysis::dataset::odd_timestamps(&conn)
+        .ok()
+        .and_then(|n| crate::analysis::dataset::odd_warning(&path, n))
+    {
+        eprintln!("{w}");
+    }
     let window = super::window(&conn, &args.window)?;
     let reports = analysis::explain(&conn, window, clock::unix_ns())
         .map_err(|e| CliError::Failed(format!("cannot analyse {}: {e}", path.display())))?;

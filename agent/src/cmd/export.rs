@@ -23,11 +23,26 @@ pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     }
     let conn = crate::store::open_read(&path)
         .map_err(|e| CliError::BadInput(format!("cannot open {}: {e}", path.display())))?;
-    if !crate::store::schema::has_column(&conn, "events", "id").unwrap_or(false) {
-        return Err(CliError::BadInput(format!(
-            "{} has no events table: is it an ingero database?",
-            path.display()
-        )));
+    match crate::store::schema::has_column(&conn, "events", "id") {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(CliError::BadInput(format!(
+                "{} has no events table: is it an ingero database?",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(CliError::BadInput(format!(
+                "cannot read {} ({e}): check that it is an intact SQLite database no other program holds locked",
+                path.display()
+            )));
+        }
+    }
+    if let Some(w) = crate::analysis::dataset::odd_timestamps(&conn)
+        .ok()
+        .and_then(|n| crate::analysis::dataset::odd_warning(&path, n))
+    {
+        eprintln!("{w}");
     }
     let window = super::window(&conn, &args.window)?;
     let out = std::fs::File::create(&args.output)

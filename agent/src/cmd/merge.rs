@@ -39,7 +39,7 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
             .flat_map(|i| i.nodes.iter().map(String::as_str))
             .collect();
         println!(
-            "merged {} database(s) ({} node(s): {}) into {}: {} events, {} stacks, {} sessions, {} chains{}",
+            "merged {} database(s) ({} node(s): {}) into {}: {} events, {} stacks, {} sessions, {} chains{}{}",
             report.inputs.len(),
             nodes.len(),
             nodes.join(", "),
@@ -52,6 +52,14 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
                 format!(
                     " ({} duplicate events kept once)",
                     group_digits(report.duplicates)
+                )
+            } else {
+                String::new()
+            },
+            if report.skipped > 0 {
+                format!(
+                    " ({} events with a non-integer timestamp left out)",
+                    group_digits(report.skipped)
                 )
             } else {
                 String::new()

@@ -32,7 +32,11 @@ pub fn database(flag: Option<&Path>, file: &FileConfig) -> Result<PathBuf, CliEr
 }
 
 /// The window the flags describe, anchored on the database's events.
+/// Without `--since`, `--from` or `--to` the database is not probed at all.
 pub fn window(conn: &rusqlite::Connection, args: &WindowArgs) -> Result<Option<Window>, CliError> {
+    if args.since.is_none() && args.from.is_none() && args.to.is_none() {
+        return Ok(None);
+    }
     let range =
         timewin::event_range(conn).map_err(|e| CliError::Failed(format!("cannot read the database: {e}")))?;
     timewin::resolve(

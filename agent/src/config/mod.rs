@@ -261,18 +261,36 @@ pub fn resolve_state_dir(flag: Option<&Path>, file: &FileConfig) -> Result<PathB
     Ok(invoking_home().ok_or(ConfigError::NoHome)?.join(".ingero"))
 }
 
-/// Reads a bearer token (whitespace trimmed; at least 16 characters).
+/// Reads a bearer token (whitespace trimmed; at least 16 characters, at
+/// most 4 KiB, one line of visible characters: a token with a line break
+/// or a space inside could never match an `Authorization` header).
 pub fn read_token(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+    use std::io::Read;
+    const MAX: u64 = 4096;
+    let bad = |message: String| ConfigError::TokenFile {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX + 1).read_to_end(&mut raw))
+        .map_err(|e| bad(e.to_string()))?;
+    if raw.len() as u64 > MAX {
+        return Err(bad(format!(
+            "it is larger than {MAX} bytes: put only the token in it"
+        )));
+    }
+    let text =
+        String::from_utf8(raw).map_err(|_| bad("it is not UTF-8 text: put only the token in it".into()))?;
     let token = text.trim();
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad(
+            "the token holds a line break, space or control character: put the token alone on one line"
+                .into(),
+        ));
+    }
     if token.len() < 16 {
-        return Err(ConfigError::TokenFile {
-            path: path.to_path_buf(),
-            message: "the token must be at least 16 characters".into(),
-        });
+        return Err(bad("the token must be at least 16 characters".into()));
     }
     Ok(token.as_bytes().to_vec())
 }

@@ -9,8 +9,12 @@
 //! ([`answer`]); a failure of the tool itself (bad arguments, a refused
 //! statement, no node answering) is a tool error with a sentence, never a
 //! crash. Stdout carries the protocol only: nothing else is printed there.
+//! Lines are checked before rmcp reads them ([`stdio`]), so a line that
+//! is not JSON or a request without the `params` it needs gets its
+//! JSON-RPC error instead of silence.
 
 pub mod answer;
+pub mod stdio;
 pub mod tools;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -422,14 +426,21 @@ pub fn run(args: &McpArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let runtime = crate::runtime()?;
     runtime.block_on(async {
         let server = IngeroMcp { fleet, db };
-        let service = server
-            .serve(rmcp::transport::stdio())
-            .await
-            .map_err(|e| CliError::Failed(format!("the MCP session could not start: {e}")))?;
-        service
-            .waiting()
-            .await
-            .map_err(|e| CliError::Failed(format!("the MCP session failed: {e}")))?;
-        Ok(ExitCode::SUCCESS)
+        let (transport, written) = stdio::guard(tokio::io::stdin(), tokio::io::stdout());
+        let outcome = async {
+            let service = server
+                .serve(transport)
+                .await
+                .map_err(|e| CliError::Failed(format!("the MCP session could not start: {e}")))?;
+            service
+                .waiting()
+                .await
+                .map_err(|e| CliError::Failed(format!("the MCP session failed: {e}")))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        .await;
+        // rmcp has closed its side: every answer is on its way out.
+        let _ = written.await;
+        outcome
     })
 }

@@ -11,6 +11,7 @@ mod common;
 mod config;
 mod fleet;
 mod hostile;
+mod hostile_misc;
 mod mcp;
 mod properties;
 mod trace;
