@@ -98,7 +98,8 @@ impl LiveView for LiveStats {
 /// `--duration`, with the API beside it when a listen address is
 /// configured, then prints a summary. Exit 0; 77 without privileges; 69 when
 /// the kernel lacks BTF, tracefs or a probe point; 2 for a bad pid, ring
-/// size or library; 73 when the database cannot be written.
+/// size or library, or a database that is not ingero's; 73 when the
+/// database cannot be written or another tracer is writing it.
 pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let opts = trace_options(args, file)?;
     let api: Option<(ListenOptions, ApiSettings)> =

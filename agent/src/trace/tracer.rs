@@ -77,6 +77,8 @@ pub struct Tracer {
     ring: AsyncFd<RingBuf<MapData>>,
     pipeline: Pipeline,
     writer: StoreWriter,
+    /// Held until the writer has finished (released by the kernel on any exit).
+    lock: store::WriteLock,
     discovery: Discovery,
     signals: Signals,
     live: Arc<LiveStats>,
@@ -114,8 +116,17 @@ impl Tracer {
         config.capture_stack = u8::from(opts.stack);
         config.wakeup_bytes = opts.ringbuf_bytes / 4;
 
-        // Fail on an unwritable database before attaching anything.
-        let conn = store::open_for_writing(&opts.db)?;
+        // Fail on an unwritable, foreign or busy database before attaching
+        // anything. The lock comes first: a second tracer changes nothing.
+        let lock_file = store::lock_path(&opts.db);
+        let lock_existed = lock_file.exists();
+        let lock = store::lock_for_writing(&opts.db, clock::unix_ns())?;
+        let conn = store::open_for_writing(&opts.db).inspect_err(|_| {
+            if !lock_existed {
+                // Leave nothing beside a database we refused or could not open.
+                let _ = std::fs::remove_file(&lock_file);
+            }
+        })?;
 
         let ring_bytes =
             u32::try_from(opts.ringbuf_bytes).map_err(|_| TraceError::RingSize(opts.ringbuf_bytes))?;
@@ -225,6 +236,7 @@ impl Tracer {
             ring,
             pipeline,
             writer,
+            lock,
             discovery,
             signals,
             live,
@@ -392,6 +404,7 @@ impl Tracer {
         let _ = writer.send(batch).await;
         let stats = Arc::clone(&writer.stats);
         writer.finish()?;
+        drop(self.lock);
         let events = stats.committed.load(Relaxed);
         if decode_errors > 0 {
             log::warn!("{decode_errors} ring-buffer records could not be decoded");

@@ -11,6 +11,7 @@ mod common;
 mod config;
 mod fleet;
 mod hostile;
+mod hostile_store;
 mod mcp;
 mod properties;
 mod trace;
