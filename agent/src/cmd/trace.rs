@@ -144,9 +144,30 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     );
     if outcome.dropped > 0 {
         eprintln!(
-            "ingero: warning: {} events could not be delivered (counted per probe in the drops table); \
+            "ingero: warning: {} events could not be delivered while tracing (counted per probe in the drops table); \
              a larger --ringbuf-size helps",
             group_digits(outcome.dropped)
+        );
+    }
+    if outcome.dropped_stopping > 0 {
+        eprintln!(
+            "ingero: note: {} calls made while the probes were being removed were not recorded \
+             (drops with reason 'stopping'); stop the workload before the tracer to record every call",
+            group_digits(outcome.dropped_stopping)
+        );
+    }
+    if outcome.disk_full_dropped > 0 {
+        eprintln!(
+            "ingero: warning: {} events were not stored because the disk was full; \
+             free space on it or lower --max-db",
+            group_digits(outcome.disk_full_dropped)
+        );
+    }
+    if outcome.pruned > 0 {
+        eprintln!(
+            "ingero: {} oldest events were pruned to keep the database under --max-db and within \
+             the free disk space (their per-minute counts stay in event_aggregates)",
+            group_digits(outcome.pruned)
         );
     }
     Ok(ExitCode::SUCCESS)

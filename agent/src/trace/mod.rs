@@ -139,8 +139,18 @@ pub struct TraceOutcome {
     pub node: String,
     /// Events committed to the database.
     pub events: u64,
-    /// Events the kernel could not deliver (ring buffer or map full).
+    /// Events the kernel could not deliver while they were being read
+    /// (ring buffer or map full): a larger ring buffer helps.
     pub dropped: u64,
+    /// Calls made while the probes were being removed at the stop, when
+    /// the ring buffer is no longer read (`drops.reason` "stopping"): not a
+    /// matter of the ring buffer's size.
+    pub dropped_stopping: u64,
+    /// Events not stored because the disk was full and pruning could not
+    /// make room.
+    pub disk_full_dropped: u64,
+    /// Oldest events deleted to keep the database under `--max-db`.
+    pub pruned: u64,
     /// Wall-clock length of the run, in seconds.
     pub seconds: f64,
     /// Why tracing stopped, as a phrase (e.g. "stopped by Ctrl-C", "duration reached").

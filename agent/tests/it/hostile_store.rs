@@ -3,9 +3,93 @@
 //! small file system, readers hammering the live database, and drops
 //! around the stop.
 
-use anyhow::Context;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use crate::common::{Daemon, ingero, open, root_or_skip, scalar, serial, sha256};
+use anyhow::{Context, bail};
+
+use crate::common::{Daemon, Workload, ingero, open, root_or_skip, scalar, serial, sha256};
+
+fn sim(name: &str) -> PathBuf {
+    ingero_sim::dir().join(name)
+}
+
+/// A tmpfs of a given size, unmounted whatever happens (lazily if busy).
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()?;
+        if !status.success() {
+            bail!("cannot mount a tmpfs on {}: {status}", dir.path().display());
+        }
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
+    }
+}
+
+/// Bytes of the database and its WAL on disk.
+fn disk_use(db: &Path) -> u64 {
+    let len = |suffix: &str| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::metadata(PathBuf::from(p)).map_or(0, |m| m.len())
+    };
+    len("") + len("-wal")
+}
+
+/// Traces a `rate` workload of `calls` calls into `db` with `extra` flags,
+/// sampling the database's disk use every 20 ms until the workload is
+/// done; returns (largest disk use seen, tracer's output).
+fn trace_rate_sampling(db: &Path, calls: u64, extra: &[&str]) -> anyhow::Result<(u64, String)> {
+    let calls_arg = calls.to_string();
+    let mut w = Workload::start(
+        &sim("ingero-sim-workload"),
+        &["rate", "--calls", &calls_arg, "--per-sec", "100000"],
+        &[],
+    )?;
+    let pid = w.pid.to_string();
+    let mut args = vec!["--pid", &pid, "--no-sched", "--no-io", "--no-memory", "-q"];
+    args.extend_from_slice(extra);
+    let tracer = Daemon::trace(db, &args)?;
+    w.go()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut largest = 0;
+    let waiting = std::thread::spawn(move || w.finish());
+    while !waiting.is_finished() && Instant::now() < deadline {
+        largest = largest.max(disk_use(db));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiting
+        .join()
+        .map_err(|_| anyhow::anyhow!("the workload thread panicked"))??;
+    let log = tracer.stop()?;
+    Ok((largest.max(disk_use(db)), log))
+}
 
 #[test]
 fn a_second_tracer_on_the_same_database_is_refused_naming_the_first() -> anyhow::Result<()> {
@@ -67,5 +151,69 @@ fn a_sqlite_file_that_is_not_ingeros_is_refused_and_left_unchanged() -> anyhow::
         .collect::<Result<_, _>>()?;
     left.sort();
     assert_eq!(left, ["shop.db"], "nothing was added beside it");
+    Ok(())
+}
+
+#[test]
+fn the_size_cap_counts_the_wal_and_the_file_shrinks_back_under_it() -> anyhow::Result<()> {
+    if !root_or_skip("the_size_cap_counts_the_wal") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let fs = SmallFs::mount("8m")?;
+    let db = fs.path().join("capped.db");
+    let cap: u64 = 3 << 20;
+    let (largest, log) = trace_rate_sampling(&db, 300_000, &["--max-db", "3m"])?;
+    eprintln!(
+        "largest disk use {largest} bytes for a {cap}-byte cap; after exit {}",
+        disk_use(&db)
+    );
+    assert!(log.contains("pruned"), "the cap was reached: {log}");
+    assert!(
+        !log.contains("disk was full"),
+        "pruning kept the disk from filling: {log}"
+    );
+    assert!(
+        largest <= cap + cap / 10,
+        "database and WAL stayed near the cap: {largest}"
+    );
+    assert!(disk_use(&db) <= cap, "and under it after exit: {}", disk_use(&db));
+    let conn = open(&db)?;
+    let stored = scalar(&conn, "SELECT count(*) FROM events")?;
+    let counted = scalar(&conn, "SELECT sum(count) FROM event_aggregates WHERE source = 4")?;
+    assert!(
+        stored > 0 && counted >= 300_000,
+        "newest kept ({stored}), every call counted ({counted})"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_nearly_full_disk_lowers_the_cap_to_what_fits_and_tracing_goes_on() -> anyhow::Result<()> {
+    if !root_or_skip("a_nearly_full_disk_lowers_the_cap") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let fs = SmallFs::mount("4m")?;
+    // Leave about 1.5 MiB: less than the 3 MiB cap.
+    std::fs::write(fs.path().join("filler"), vec![0u8; (5 << 20) / 2])?;
+    let db = fs.path().join("full.db");
+    let (largest, log) = trace_rate_sampling(&db, 200_000, &["--max-db", "3m"])?;
+    eprintln!("largest disk use {largest} bytes with about 1.5 MiB free");
+    assert!(log.contains("pruned"), "pruning made room: {log}");
+    assert!(!log.contains("disk was full"), "before the disk filled: {log}");
+    let conn = open(&db)?;
+    assert!(
+        scalar(&conn, "SELECT count(*) FROM events")? > 0,
+        "events were stored"
+    );
+    assert!(
+        scalar(&conn, "SELECT stopped_at FROM sessions")? > 0,
+        "the session was closed: {log}"
+    );
+    assert!(
+        scalar(&conn, "SELECT sum(count) FROM event_aggregates WHERE source = 4")? >= 200_000,
+        "every call is counted"
+    );
     Ok(())
 }
