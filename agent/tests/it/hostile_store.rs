@@ -217,3 +217,61 @@ fn a_nearly_full_disk_lowers_the_cap_to_what_fits_and_tracing_goes_on() -> anyho
     );
     Ok(())
 }
+
+#[test]
+fn calls_made_while_the_probes_are_removed_are_not_blamed_on_the_ring_buffer() -> anyhow::Result<()> {
+    if !root_or_skip("calls_made_while_the_probes_are_removed") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("stop.db");
+    // Far more calls than the test lets it make: still calling at the stop.
+    let mut w = Workload::start(
+        &sim("ingero-sim-workload"),
+        &["rate", "--calls", "100000000", "--per-sec", "200000"],
+        &[],
+    )?;
+    let pid = w.pid.to_string();
+    let tracer = Daemon::trace(
+        &db,
+        &["--pid", &pid, "--no-sched", "--no-io", "--no-memory", "-q"],
+    )?;
+    w.go()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stored = 0;
+    while stored < 200_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        stored = rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0);
+    }
+    assert!(
+        stored >= 200_000,
+        "the tracer stored the workload's calls ({stored})"
+    );
+    let log = tracer.stop()?;
+    drop(w);
+    let conn = open(&db)?;
+    let while_tracing = scalar(&conn, "SELECT events_dropped FROM sessions")?;
+    let counted = scalar(&conn, "SELECT sum(count) FROM drops WHERE reason <> 'stopping'")?;
+    let stopping = scalar(&conn, "SELECT sum(count) FROM drops WHERE reason = 'stopping'")?;
+    eprintln!("dropped while tracing {while_tracing}, while stopping {stopping}");
+    assert_eq!(
+        while_tracing, counted,
+        "the session counts only drops while tracing"
+    );
+    if while_tracing == 0 {
+        assert!(
+            !log.contains("--ringbuf-size"),
+            "no advice without drops while tracing: {log}"
+        );
+    }
+    if stopping > 0 {
+        assert!(
+            log.contains("being removed"),
+            "the stop's drops are named apart: {log}"
+        );
+    }
+    Ok(())
+}
