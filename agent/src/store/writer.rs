@@ -33,6 +33,31 @@ use super::StoreError;
 pub const MAX_BATCH_ROWS: usize = 10_000;
 /// Longest time an event waits for its commit.
 pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
+/// Batches queued for the writer at most (the tracer hands one over per
+/// 50 ms drain tick): about a second of backlog. A writer that falls
+/// further behind holds the tracer back, so the kernel's ring buffer
+/// overflows and the loss is counted, instead of events waiting in memory
+/// for seconds (lost on a crash) with no bound on memory.
+const MAX_QUEUED_BATCHES: usize = 16;
+/// Nice value of the writer thread when it may raise its priority (root):
+/// readers of the database (the API) compete for the same CPUs and must
+/// not delay commits.
+const WRITER_NICE: i32 = -10;
+
+/// Raises the calling thread's scheduling priority to [`WRITER_NICE`]
+/// where permitted; silently keeps it otherwise.
+fn favour_this_thread() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id
+    // only changes its scheduling weight.
+    let done = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), WRITER_NICE)
+    };
+    if done != 0 {
+        log::debug!("the database writer keeps its normal priority (not root)");
+    }
+}
+
 /// Bytes an event takes in the database with its indexes, roughly: sizes
 /// transactions under a small cap.
 const BYTES_PER_EVENT: u64 = 200;
@@ -244,12 +269,15 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the writer thread on `conn`.
     pub fn spawn(conn: Connection, config: WriterConfig) -> Self {
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_BATCHES);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("ingero-writer".into())
-            .spawn(move || Writer::new(conn, config, thread_stats).run(rx))
+            .spawn(move || {
+                favour_this_thread();
+                Writer::new(conn, config, thread_stats).run(rx)
+            })
             .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
         Self { tx, handle, stats }
     }

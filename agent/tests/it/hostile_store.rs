@@ -275,3 +275,120 @@ fn calls_made_while_the_probes_are_removed_are_not_blamed_on_the_ring_buffer() -
     }
     Ok(())
 }
+
+/// One `GET /api/v1/overview` over plain HTTP on loopback; whether it got 200.
+fn overview_ok(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    let request = format!("GET /api/v1/overview HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.take(1 << 20).read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// Largest commit lag seen over `span`: how far the newest stored event's
+/// timestamp trails the clock, sampled every 50 ms with a cheap indexed read.
+fn largest_lag(db: &Path, span: Duration) -> anyhow::Result<Duration> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let end = Instant::now() + span;
+    let mut largest = 0i64;
+    while Instant::now() < end {
+        let newest: Option<i64> = conn.query_row("SELECT max(timestamp) FROM events", [], |r| r.get(0))?;
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos(),
+        )?;
+        if let Some(t) = newest {
+            largest = largest.max(now - t);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Duration::from_nanos(u64::try_from(largest.max(0))?))
+}
+
+#[test]
+fn api_reads_do_not_hold_back_the_tracers_commits() -> anyhow::Result<()> {
+    if !root_or_skip("api_reads_do_not_hold_back_the_tracers_commits") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("lag.db");
+    let mut w = Workload::start(
+        &sim("ingero-sim-workload"),
+        &["rate", "--calls", "100000000", "--per-sec", "50000"],
+        &[],
+    )?;
+    let pid = w.pid.to_string();
+    let mut tracer = Daemon::trace(
+        &db,
+        &[
+            "--pid",
+            &pid,
+            "--no-sched",
+            "--no-io",
+            "--no-memory",
+            "-q",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tls",
+        ],
+    )?;
+    let addr = tracer.api_addr()?;
+    w.go()?;
+    // Some data first, so that each overview reads a sizeable table.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline
+        && rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+            < 200_000
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let quiet = largest_lag(&db, Duration::from_secs(2))?;
+    // 40 overview requests (each a full scan) from 4 clients at once, while the lag is sampled.
+    let requests = std::thread::spawn(move || -> (usize, Duration) {
+        let started = Instant::now();
+        let clients: Vec<_> = (0..4)
+            .map(|i| {
+                let addr = addr.clone();
+                std::thread::spawn(move || (i..40).step_by(4).filter(|_| overview_ok(&addr)).count())
+            })
+            .collect();
+        let ok = clients.into_iter().map(|c| c.join().unwrap_or(0)).sum();
+        (ok, started.elapsed())
+    });
+    let mut busy = Duration::ZERO;
+    while !requests.is_finished() {
+        busy = busy.max(largest_lag(&db, Duration::from_millis(500))?);
+    }
+    let (answered, took) = requests
+        .join()
+        .map_err(|_| anyhow::anyhow!("the request thread panicked"))?;
+    eprintln!(
+        "commit lag: {quiet:?} without readers, {busy:?} during {answered} overview requests ({took:?})"
+    );
+    drop(w);
+    tracer.stop()?;
+    let conn = open(&db)?;
+    eprintln!(
+        "{} events stored, {} dropped",
+        scalar(&conn, "SELECT count(*) FROM events")?,
+        scalar(&conn, "SELECT sum(count) FROM drops")?
+    );
+    assert_eq!(answered, 40, "the API answered every request");
+    // Before: tens of seconds (a backlog of 256 batches queued in memory).
+    assert!(
+        busy < quiet + Duration::from_secs(2),
+        "readers must not hold back commits: {busy:?} (without readers {quiet:?})"
+    );
+    Ok(())
+}
