@@ -4,6 +4,11 @@
 //! transactions; readers open with [`open_read`] and never block it. The schema ([`schema`]) is a public
 //! contract. A database created under `sudo` is handed to the invoking user,
 //! so they can query it without root.
+//!
+//! One tracer per database: [`lock_for_writing`] takes an `flock` on
+//! `<db>.lock` (the holder's pid and start time inside), which the kernel
+//! releases when the process ends, however it ends. A SQLite file that has
+//! tables but no ingero `events` table is refused before a byte is written.
 
 pub mod schema;
 pub mod writer;

@@ -1,8 +1,8 @@
 //! The single writer thread of a database.
 //!
 //! The tracer hands over [`Batch`]es (at least every drain tick); the writer
-//! accumulates them and commits one transaction per 10 000 events or per
-//! 100 ms, whichever comes first, so ingest runs at bulk-insert speed while
+//! accumulates them and commits one transaction per 10 000 events (fewer
+//! under a small cap) or per 100 ms, whichever comes first, so ingest runs at bulk-insert speed while
 //! a crash loses at most the last fraction of a second. Event ids
 //! (`{node}:{seq}`) are allocated inside the transaction from `id_counters`,
 //! so two writers on one database can never hand out the same id.
@@ -11,6 +11,23 @@
 //! commit, so counts survive when the size cap prunes the oldest events.
 //! When the channel closes, everything received is committed before the
 //! thread ends: nothing read from the kernel is lost on a clean stop.
+//!
+//! The size cap (`--max-db`) bounds what is on disk: the database file
+//! and its WAL. The WAL gets an eighth of the cap (checkpointed past it,
+//! truncated back to it), a transaction is sized to fit that budget, and
+//! from 80% of the cap the oldest events are deleted down to 60%, their
+//! pages returned (`incremental_vacuum` run to its end) and the file
+//! shrunk by a checkpoint; on exit a final checkpoint empties the WAL. A
+//! nearly full file system lowers the cap to what fits there. Should the
+//! disk fill anyway, a quarter of the oldest events go; if even that does
+//! not make room, the batch's events are dropped and counted
+//! ([`WriterStats::disk_full_dropped`]) and the writer goes on.
+//!
+//! Readers never delay a commit: checkpoints are passive (they never wait
+//! for a reader), the queue in front of the writer holds about a second
+//! (beyond that, back-pressure overflows the kernel's ring buffer, where
+//! losses are counted), and the writer thread runs at a higher priority
+//! than readers when it may.
 
 use std::fmt::Write as _;
 use std::{
@@ -887,6 +904,56 @@ mod tests {
             let stored: i64 = conn.query_row("SELECT sum(events_stored) FROM sessions", [], |r| r.get(0))?;
             assert_eq!(stored, n);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_disk_drops_events_with_a_count_and_the_writer_goes_on() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("full.db");
+        let conn = open_for_writing(&path)?;
+        let session_id = create_session(&conn, &SessionInfo::default())?;
+        // SQLite answers "database or disk is full" past max_page_count, as on a full disk.
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        conn.query_row(&format!("PRAGMA max_page_count = {}", pages + 40), [], |_| Ok(()))?;
+        let writer = StoreWriter::spawn(
+            conn,
+            WriterConfig {
+                node: "n1".into(),
+                session_id,
+                max_db_size: None,
+            },
+        );
+        let stats = Arc::clone(&writer.stats);
+        runtime().block_on(async {
+            let big = (0..5000).map(|i| event(i, driver_op::MEM_ALLOC)).collect();
+            writer
+                .send(Batch {
+                    events: big,
+                    ..Batch::default()
+                })
+                .await
+                .expect("send");
+            // Let the big one be committed (and refused) on its own: the
+            // writer commits what is due when the next batch (here empty) comes.
+            tokio::time::sleep(MAX_BATCH_DELAY * 2).await;
+            writer.send(Batch::default()).await.expect("send");
+            let small = (0..10).map(|i| event(10_000 + i, driver_op::MEM_ALLOC)).collect();
+            writer
+                .send(Batch {
+                    events: small,
+                    ..Batch::default()
+                })
+                .await
+                .expect("send");
+        });
+        writer.finish()?;
+        assert_eq!(stats.disk_full_dropped.load(Ordering::Relaxed), 5000);
+        assert_eq!(
+            stats.committed.load(Ordering::Relaxed),
+            10,
+            "later events are stored again"
+        );
         Ok(())
     }
 

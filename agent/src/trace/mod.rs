@@ -16,7 +16,10 @@
 //!
 //! Stopping (Ctrl-C, SIGTERM, `--duration`, a closed `--json` pipe) detaches
 //! the programs first, then drains what is left in the ring buffer and
-//! commits it: every event read from the kernel is stored.
+//! commits it: every event read from the kernel is stored. Calls the kernel
+//! could not deliver while the probes were being removed are counted apart
+//! (`drops.reason` "stopping"), not as drops while tracing, and are no
+//! reason for a larger ring buffer.
 
 pub mod decode;
 pub mod discovery;
