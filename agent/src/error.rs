@@ -4,7 +4,7 @@
 //! Exit codes: 0 success; 1 other failure (including a query interrupted
 //! at its deadline); 2 bad input (usage, a pid that does not exist, a
 //! library path that is wrong, SQL that is refused or invalid, a database
-//! that does not exist); 69 the kernel lacks
+//! that does not exist, a database that is not ingero's); 69 the kernel lacks
 //! something (BTF, tracefs, a tracepoint); 73 the database cannot be
 //! written; 77 not enough privileges; 78 bad configuration file. Fleet
 //! commands (`--nodes`): 3 when only some nodes answered (their rows are
@@ -75,6 +75,8 @@ impl CliError {
                 | TraceError::Attach { .. },
             ) => 69,
             Self::Trace(TraceError::NoSuchPid(_) | TraceError::RingSize(_) | TraceError::Library(_)) => 2,
+            Self::Trace(TraceError::Store(StoreError::NotIngero { .. }))
+            | Self::Store(StoreError::NotIngero { .. }) => 2,
             Self::Trace(TraceError::Store(_)) | Self::Store(_) => 73,
             Self::Query(QueryError::Timeout(_)) => 1,
             Self::Query(_)

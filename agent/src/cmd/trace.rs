@@ -98,7 +98,8 @@ impl LiveView for LiveStats {
 /// `--duration`, with the API beside it when a listen address is
 /// configured, then prints a summary. Exit 0; 77 without privileges; 69 when
 /// the kernel lacks BTF, tracefs or a probe point; 2 for a bad pid, ring
-/// size or library; 73 when the database cannot be written.
+/// size or library, or a database that is not ingero's; 73 when the
+/// database cannot be written or another tracer is writing it.
 pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let opts = trace_options(args, file)?;
     let api: Option<(ListenOptions, ApiSettings)> =
@@ -143,9 +144,30 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     );
     if outcome.dropped > 0 {
         eprintln!(
-            "ingero: warning: {} events could not be delivered (counted per probe in the drops table); \
+            "ingero: warning: {} events could not be delivered while tracing (counted per probe in the drops table); \
              a larger --ringbuf-size helps",
             group_digits(outcome.dropped)
+        );
+    }
+    if outcome.dropped_stopping > 0 {
+        eprintln!(
+            "ingero: note: {} calls made while the probes were being removed were not recorded \
+             (drops with reason 'stopping'); stop the workload before the tracer to record every call",
+            group_digits(outcome.dropped_stopping)
+        );
+    }
+    if outcome.disk_full_dropped > 0 {
+        eprintln!(
+            "ingero: warning: {} events were not stored because the disk was full; \
+             free space on it or lower --max-db",
+            group_digits(outcome.disk_full_dropped)
+        );
+    }
+    if outcome.pruned > 0 {
+        eprintln!(
+            "ingero: {} oldest events were pruned to keep the database under --max-db and within \
+             the free disk space (their per-minute counts stay in event_aggregates)",
+            group_digits(outcome.pruned)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,11 @@
 //! transactions; readers open with [`open_read`] and never block it. The schema ([`schema`]) is a public
 //! contract. A database created under `sudo` is handed to the invoking user,
 //! so they can query it without root.
+//!
+//! One tracer per database: [`lock_for_writing`] takes an `flock` on
+//! `<db>.lock` (the holder's pid and start time inside), which the kernel
+//! releases when the process ends, however it ends. A SQLite file that has
+//! tables but no ingero `events` table is refused before a byte is written.
 
 pub mod schema;
 pub mod writer;
@@ -47,6 +52,38 @@ pub enum StoreError {
         context: &'static str,
         /// SQLite's error.
         source: rusqlite::Error,
+    },
+    /// The file is a SQLite database of something else (it has tables but
+    /// no ingero `events` table): ingero refuses to add its tables to it.
+    #[error(
+        "{path} is a SQLite database that is not ingero's (its tables: {tables}): pass --db a new file or an existing ingero database"
+    )]
+    NotIngero {
+        /// The database file.
+        path: PathBuf,
+        /// Some of its tables, comma-separated.
+        tables: String,
+    },
+    /// Another tracer is writing this database (it holds the lock file
+    /// beside it); a second one would store every event twice.
+    #[error(
+        "{path} is already being written by another ingero trace ({holder}): stop that one first or pass a different --db"
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// Who holds it, as written in the lock file ("pid 123, started ...").
+        holder: String,
+    },
+    /// The lock file beside the database cannot be created or locked.
+    #[error(
+        "cannot create the lock file {path}: {source}; check the directory's permissions or pass a different --db"
+    )]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// The writer thread is gone (it exited on an earlier error or
     /// panicked), so nothing more can be stored; the message says which.
@@ -109,6 +146,8 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_err)?;
+    // Before anything that writes (even the journal mode is in the header).
+    refuse_foreign(&conn, path)?;
     if !existed {
         // Must precede the first table: lets pruning give pages back.
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
@@ -127,6 +166,115 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
         }
     }
     Ok(conn)
+}
+
+/// Refuses a database that holds tables but no ingero `events` table (with
+/// at least the original tracer's columns): someone else's data, which
+/// ingero must not add its tables to.
+fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let sql = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+        .map_err(sql)?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let ours = tables.iter().any(|t| t == "events")
+        && ["timestamp", "pid", "tid", "source", "op", "duration"]
+            .iter()
+            .all(|c| schema::has_column(conn, "events", c).unwrap_or(false));
+    if ours {
+        return Ok(());
+    }
+    let mut shown: Vec<String> = tables
+        .iter()
+        .take(5)
+        .map(|t| crate::text::sanitize(t, 64))
+        .collect();
+    if tables.len() > 5 {
+        shown.push(format!("and {} more", tables.len() - 5));
+    }
+    Err(StoreError::NotIngero {
+        path: path.to_path_buf(),
+        tables: shown.join(", "),
+    })
+}
+
+/// The exclusive right to write one database, held by one tracer: an
+/// `flock` on `<db>.lock` beside it, which holds the holder's pid and start
+/// time. The kernel releases it when the process ends, however it ends
+/// (kill -9 included); the file itself stays.
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: std::fs::File,
+}
+
+/// The lock file of a database: `<db>.lock`.
+#[must_use]
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Takes the write lock of `db` (see [`WriteLock`]), or says who holds it.
+pub fn lock_for_writing(db: &Path, started_at_ns: i64) -> Result<WriteLock, StoreError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = lock_path(db);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        give_to_invoking_user(dir);
+    }
+    let lock_err = |source| StoreError::LockFile {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(lock_err(err));
+        }
+        let mut text = String::new();
+        let _ = (&file).take(256).read_to_string(&mut text);
+        let holder = crate::text::sanitize(text.lines().next().unwrap_or("").trim(), 120);
+        return Err(StoreError::Locked {
+            path: db.to_path_buf(),
+            holder: if holder.is_empty() {
+                "a process that has not written its pid yet".into()
+            } else {
+                holder
+            },
+        });
+    }
+    let line = format!(
+        "pid {}, started at {}\n",
+        std::process::id(),
+        crate::timewin::format_instant(started_at_ns)
+    );
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(line.as_bytes()))
+        .map_err(lock_err)?;
+    give_to_invoking_user(&path);
+    Ok(WriteLock { _file: file })
 }
 
 /// Opens a database for reading, the one way every reader does: read-only
@@ -180,4 +328,41 @@ pub fn create_session(conn: &Connection, s: &SessionInfo) -> Result<i64, StoreEr
         source,
     })?;
     Ok(conn.last_insert_rowid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_something_else_is_refused_and_left_alone() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("shop.db");
+        Connection::open(&path)?.execute_batch("CREATE TABLE customers(id INTEGER, name TEXT)")?;
+        let before = std::fs::read(&path)?;
+        let err = open_for_writing(&path).expect_err("refused");
+        assert!(matches!(err, StoreError::NotIngero { .. }), "{err}");
+        assert!(err.to_string().contains("customers"), "{err}");
+        assert_eq!(std::fs::read(&path)?, before, "not one byte changed");
+        // An empty file and an ingero database are accepted.
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"")?;
+        drop(open_for_writing(&empty)?);
+        drop(open_for_writing(&empty)?);
+        Ok(())
+    }
+
+    #[test]
+    fn the_write_lock_is_exclusive_and_names_its_holder() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("t.db");
+        let first = lock_for_writing(&db, 0)?;
+        // flock is per open file description: a second open in this process conflicts too.
+        let err = lock_for_writing(&db, 0).expect_err("taken");
+        let text = err.to_string();
+        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        drop(first);
+        drop(lock_for_writing(&db, 0)?);
+        Ok(())
+    }
 }

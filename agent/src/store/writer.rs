@@ -1,8 +1,8 @@
 //! The single writer thread of a database.
 //!
 //! The tracer hands over [`Batch`]es (at least every drain tick); the writer
-//! accumulates them and commits one transaction per 10 000 events or per
-//! 100 ms, whichever comes first, so ingest runs at bulk-insert speed while
+//! accumulates them and commits one transaction per 10 000 events (fewer
+//! under a small cap) or per 100 ms, whichever comes first, so ingest runs at bulk-insert speed while
 //! a crash loses at most the last fraction of a second. Event ids
 //! (`{node}:{seq}`) are allocated inside the transaction from `id_counters`,
 //! so two writers on one database can never hand out the same id.
@@ -11,6 +11,23 @@
 //! commit, so counts survive when the size cap prunes the oldest events.
 //! When the channel closes, everything received is committed before the
 //! thread ends: nothing read from the kernel is lost on a clean stop.
+//!
+//! The size cap (`--max-db`) bounds what is on disk: the database file
+//! and its WAL. The WAL gets an eighth of the cap (checkpointed past it,
+//! truncated back to it), a transaction is sized to fit that budget, and
+//! from 80% of the cap the oldest events are deleted down to 60%, their
+//! pages returned (`incremental_vacuum` run to its end) and the file
+//! shrunk by a checkpoint; on exit a final checkpoint empties the WAL. A
+//! nearly full file system lowers the cap to what fits there. Should the
+//! disk fill anyway, a quarter of the oldest events go; if even that does
+//! not make room, the batch's events are dropped and counted
+//! ([`WriterStats::disk_full_dropped`]) and the writer goes on.
+//!
+//! Readers never delay a commit: checkpoints are passive (they never wait
+//! for a reader), the queue in front of the writer holds about a second
+//! (beyond that, back-pressure overflows the kernel's ring buffer, where
+//! losses are counted), and the writer thread runs at a higher priority
+//! than readers when it may.
 
 use std::fmt::Write as _;
 use std::{
@@ -33,10 +50,49 @@ use super::StoreError;
 pub const MAX_BATCH_ROWS: usize = 10_000;
 /// Longest time an event waits for its commit.
 pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
-/// How often the size cap is checked.
-const PRUNE_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Pruning brings the database down to this fraction of the cap.
-const PRUNE_TARGET: f64 = 0.9;
+/// Batches queued for the writer at most (the tracer hands one over per
+/// 50 ms drain tick): about a second of backlog. A writer that falls
+/// further behind holds the tracer back, so the kernel's ring buffer
+/// overflows and the loss is counted, instead of events waiting in memory
+/// for seconds (lost on a crash) with no bound on memory.
+const MAX_QUEUED_BATCHES: usize = 16;
+/// Nice value of the writer thread when it may raise its priority (root):
+/// readers of the database (the API) compete for the same CPUs and must
+/// not delay commits.
+const WRITER_NICE: i32 = -10;
+
+/// Raises the calling thread's scheduling priority to [`WRITER_NICE`]
+/// where permitted; silently keeps it otherwise.
+fn favour_this_thread() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id
+    // only changes its scheduling weight.
+    let done = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), WRITER_NICE)
+    };
+    if done != 0 {
+        log::debug!("the database writer keeps its normal priority (not root)");
+    }
+}
+
+/// Bytes an event takes in the database with its indexes, roughly: sizes
+/// transactions under a small cap.
+const BYTES_PER_EVENT: u64 = 200;
+/// Fewest events per transaction, whatever the cap.
+const MIN_BATCH_ROWS: usize = 256;
+/// Pruning starts when the files on disk (database and WAL) reach this
+/// fraction of the cap, leaving room for the pruning itself, which writes
+/// to the WAL before the file can shrink.
+const PRUNE_START: f64 = 0.8;
+/// Pruning brings the data (pages in use) down to this fraction of the cap.
+const PRUNE_TARGET: f64 = 0.6;
+/// Share of the cap the WAL may take before it is checkpointed and, once
+/// checkpointed, truncated back to.
+const WAL_SHARE: u64 = 8;
+/// Smallest WAL budget, whatever the cap (one transaction must fit).
+const MIN_WAL_BUDGET: u64 = 256 << 10;
+/// Oldest events deleted at once when the disk is full.
+const DISK_FULL_PRUNE: f64 = 0.25;
 
 /// One event, ready for the `events` table. 64-bit values (pointers,
 /// handles) are stored as SQLite's signed 64-bit integers.
@@ -119,7 +175,9 @@ pub struct DropCount {
     pub source: u8,
     /// Operation of the dropped events (`drops.op`).
     pub op: u8,
-    /// Why they were dropped: "ring_full" or "map_full" (`drops.reason`).
+    /// Why they were dropped: "ring_full" or "map_full" while tracing,
+    /// "stopping" for calls made while the probes were being removed
+    /// (`drops.reason`).
     pub reason: &'static str,
     /// Events dropped for this (source, op, reason) since the session started.
     pub count: u64,
@@ -199,6 +257,10 @@ pub struct WriterStats {
     pub pruned: AtomicU64,
     /// Transactions committed so far.
     pub commits: AtomicU64,
+    /// Events not stored because the disk was full and pruning could not
+    /// make room (the writer keeps going; later batches are stored again
+    /// as soon as there is room).
+    pub disk_full_dropped: AtomicU64,
 }
 
 /// What the writer thread needs to know about its session.
@@ -224,12 +286,15 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the writer thread on `conn`.
     pub fn spawn(conn: Connection, config: WriterConfig) -> Self {
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_BATCHES);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("ingero-writer".into())
-            .spawn(move || Writer::new(conn, config, thread_stats).run(rx))
+            .spawn(move || {
+                favour_this_thread();
+                Writer::new(conn, config, thread_stats).run(rx)
+            })
             .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
         Self { tx, handle, stats }
     }
@@ -278,17 +343,165 @@ struct Writer {
     conn: Connection,
     config: WriterConfig,
     stats: Arc<WriterStats>,
-    last_prune_check: Instant,
+    /// Events per transaction: [`MAX_BATCH_ROWS`], or fewer under a small
+    /// cap so one transaction fits the WAL's budget.
+    batch_rows: usize,
+    /// The database file and its WAL, whose sizes count against the cap.
+    files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Writer {
     fn new(conn: Connection, config: WriterConfig, stats: Arc<WriterStats>) -> Self {
-        Self {
+        let files = conn.path().filter(|p| !p.is_empty()).map(|p| {
+            let db = std::path::PathBuf::from(p);
+            let mut wal = db.as_os_str().to_owned();
+            wal.push("-wal");
+            (db, std::path::PathBuf::from(wal))
+        });
+        let batch_rows = config.max_db_size.map_or(MAX_BATCH_ROWS, |cap| {
+            usize::try_from(cap / WAL_SHARE / BYTES_PER_EVENT)
+                .unwrap_or(MAX_BATCH_ROWS)
+                .clamp(MIN_BATCH_ROWS, MAX_BATCH_ROWS)
+        });
+        let writer = Self {
             conn,
             config,
             stats,
-            last_prune_check: Instant::now(),
+            batch_rows,
+            files,
+        };
+        writer.limit_wal();
+        writer
+    }
+
+    /// Bounds the WAL: checkpointed past its budget (a share of the cap),
+    /// and truncated back to the budget once checkpointed, so the file on
+    /// disk does not keep its largest size.
+    fn limit_wal(&self) {
+        let budget = self.wal_budget();
+        let page = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(4096)
+            .max(512);
+        let pages = (i64::try_from(budget).unwrap_or(i64::MAX) / page).max(16);
+        let set = self
+            .conn
+            .query_row(&format!("PRAGMA journal_size_limit = {budget}"), [], |_| Ok(()));
+        let auto = self
+            .conn
+            .query_row(&format!("PRAGMA wal_autocheckpoint = {pages}"), [], |_| Ok(()));
+        if let Err(e) = set.and(auto) {
+            log::warn!("cannot bound the WAL: {e}");
         }
+    }
+
+    /// The WAL's budget in bytes (see [`Self::limit_wal`]).
+    fn wal_budget(&self) -> u64 {
+        self.config
+            .max_db_size
+            .map_or(4 << 20, |cap| (cap / WAL_SHARE).max(MIN_WAL_BUDGET))
+    }
+
+    /// Bytes free for us on the database's file system, if known.
+    fn free_bytes(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let (db, _) = self.files.as_ref()?;
+        let dir = db.parent().filter(|d| !d.as_os_str().is_empty())?;
+        let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::statvfs(c_dir.as_ptr(), &raw mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Bytes the database takes on disk: the file and its WAL.
+    fn disk_bytes(&self) -> u64 {
+        let Some((db, wal)) = &self.files else {
+            return used_bytes(&self.conn).unwrap_or(0);
+        };
+        let len = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        len(db) + len(wal)
+    }
+
+    /// Commits `batch`; when the disk is full, makes room by pruning and
+    /// tries once more, and otherwise drops the batch's events with a count
+    /// (keeping the rest: session row, drop counters) instead of stopping
+    /// the trace.
+    fn commit_or_drop(&mut self, mut batch: Batch) -> Result<(), StoreError> {
+        match self.commit(&batch) {
+            Err(e) if is_disk_full(&e) => {
+                self.make_room();
+                match self.commit(&batch) {
+                    Err(e) if is_disk_full(&e) => {
+                        let n = batch.events.len() as u64;
+                        // The small rest (session row, drop counters) may still fit.
+                        batch.events = Vec::new();
+                        if let Err(e) = self.commit(&batch) {
+                            log::debug!("committing without events on a full disk: {e}");
+                        }
+                        let before = self.stats.disk_full_dropped.fetch_add(n, Ordering::Relaxed);
+                        if before == 0 {
+                            log::warn!(
+                                "the disk holding the database is full: events are dropped (and counted) until there is room; lower --max-db or free space"
+                            );
+                        }
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The disk is full: deletes a quarter of the oldest events and gives
+    /// their pages back, as far as the full disk allows.
+    fn make_room(&mut self) {
+        if let Err(e) = self.prune_fraction(DISK_FULL_PRUNE) {
+            log::debug!("pruning on a full disk: {e}");
+        }
+        self.checkpoint();
+    }
+
+    /// Copies the WAL into the database without waiting for anyone (a
+    /// reader that still needs old pages keeps them), which also shrinks
+    /// the file after pruning and lets the WAL be truncated.
+    fn checkpoint(&self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            log::debug!("checkpoint: {e}");
+        }
+    }
+
+    /// Deletes the oldest `fraction` of the events and returns their pages
+    /// to the file system. Returns how many were deleted.
+    fn prune_fraction(&mut self, fraction: f64) -> rusqlite::Result<u64> {
+        let (min_rowid, max_rowid): (Option<i64>, Option<i64>) =
+            self.conn
+                .query_row("SELECT min(rowid), max(rowid) FROM events", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+        let (Some(lo), Some(hi)) = (min_rowid, max_rowid) else {
+            return Ok(0);
+        };
+        let rows = (hi - lo + 1).max(1);
+        let delete = ((rows as f64 * fraction).ceil() as i64).clamp(1, rows);
+        let deleted = self.conn.execute(
+            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?1)",
+            params![delete],
+        )?;
+        self.stats.pruned.fetch_add(deleted as u64, Ordering::Relaxed);
+        // Each step of the pragma frees one page: run it to the end.
+        let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        Ok(deleted as u64)
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Result<(), StoreError> {
@@ -304,14 +517,22 @@ impl Writer {
                 pending.absorb(batch);
             }
             let due = first_pending.is_some_and(|t| t.elapsed() >= MAX_BATCH_DELAY);
-            if closed || due || pending.events.len() >= MAX_BATCH_ROWS {
-                if !pending.is_empty() {
-                    self.commit(&std::mem::take(&mut pending))?;
+            if closed || due || pending.events.len() >= self.batch_rows {
+                // At most batch_rows events per transaction, the cap checked after each.
+                while !pending.is_empty() {
+                    let rest = if pending.events.len() > self.batch_rows {
+                        pending.events.split_off(self.batch_rows)
+                    } else {
+                        Vec::new()
+                    };
+                    self.commit_or_drop(std::mem::take(&mut pending))?;
+                    self.maybe_prune()?;
+                    pending.events = rest;
                 }
                 first_pending = None;
-                self.maybe_prune()?;
             }
             if closed {
+                self.close();
                 return Ok(());
             }
         }
@@ -396,46 +617,69 @@ impl Writer {
         Ok(())
     }
 
-    /// Keeps the database under its size cap by deleting the oldest events.
+    /// Keeps the database and its WAL under the size cap: from
+    /// [`PRUNE_START`] of the cap on disk, deletes the oldest events down to
+    /// [`PRUNE_TARGET`] of the cap in use, returns the pages and
+    /// checkpoints so the file shrinks.
     fn maybe_prune(&mut self) -> Result<(), StoreError> {
         let Some(cap) = self.config.max_db_size else {
             return Ok(());
         };
-        if self.last_prune_check.elapsed() < PRUNE_CHECK_EVERY {
+        let disk = self.disk_bytes();
+        // A nearly full file system lowers the cap to what fits, keeping a
+        // reserve for the WAL and the pruning itself: past that point a
+        // checkpoint could no longer grow the file, and nothing could be
+        // pruned or stored.
+        let cap = match self.free_bytes() {
+            Some(free) => cap.min((disk + free).saturating_sub(2 * self.wal_budget())),
+            None => cap,
+        };
+        if (disk as f64) < cap as f64 * PRUNE_START {
             return Ok(());
         }
-        self.last_prune_check = Instant::now();
         let sql = |context: &'static str| move |source| StoreError::Sql { context, source };
         let used = used_bytes(&self.conn).map_err(sql("measuring the database"))?;
-        if used <= cap {
-            return Ok(());
+        let target = cap as f64 * PRUNE_TARGET;
+        if (used as f64) > target {
+            let fraction = 1.0 - target / used as f64;
+            match self.prune_fraction(fraction) {
+                Ok(deleted) => log::info!(
+                    "database near its {cap}-byte cap ({disk} bytes on disk): pruned the {deleted} oldest events"
+                ),
+                Err(e) if is_disk_full_sql(&e) => {
+                    log::debug!("pruning on a full disk: {e}");
+                }
+                Err(e) => return Err(sql("pruning old events")(e)),
+            }
         }
-        let (min_rowid, max_rowid): (Option<i64>, Option<i64>) = self
-            .conn
-            .query_row("SELECT min(rowid), max(rowid) FROM events", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(sql("measuring the database"))?;
-        let (Some(lo), Some(hi)) = (min_rowid, max_rowid) else {
-            return Ok(());
-        };
-        let rows = (hi - lo + 1).max(1) as f64;
-        let excess = 1.0 - (cap as f64 * PRUNE_TARGET) / used as f64;
-        let delete = ((rows * excess).ceil() as i64).clamp(1, hi - lo + 1);
-        let deleted = self
-            .conn
-            .execute(
-                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?1)",
-                params![delete],
-            )
-            .map_err(sql("pruning old events"))?;
-        self.conn
-            .execute_batch("PRAGMA incremental_vacuum")
-            .map_err(sql("returning pruned pages"))?;
-        self.stats.pruned.fetch_add(deleted as u64, Ordering::Relaxed);
-        log::info!("database over its {cap}-byte cap: pruned the {deleted} oldest events");
+        self.checkpoint();
         Ok(())
     }
+
+    /// At the end: the cap once more, then a checkpoint that empties the
+    /// WAL, so what stays on disk after exit is within the cap.
+    fn close(&mut self) {
+        if let Err(e) = self.maybe_prune() {
+            log::warn!("{e}");
+        }
+        // A short wait for readers, not the 5 s busy timeout.
+        let _ = self.conn.busy_timeout(Duration::from_millis(500));
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            log::debug!("final checkpoint: {e}");
+        }
+    }
+}
+
+/// Whether a store error is SQLite's "database or disk is full".
+fn is_disk_full(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sql { source, .. } if is_disk_full_sql(source))
+}
+
+fn is_disk_full_sql(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 /// Bytes in use by the database file (excluding free pages).
@@ -664,6 +908,56 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_drops_events_with_a_count_and_the_writer_goes_on() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("full.db");
+        let conn = open_for_writing(&path)?;
+        let session_id = create_session(&conn, &SessionInfo::default())?;
+        // SQLite answers "database or disk is full" past max_page_count, as on a full disk.
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        conn.query_row(&format!("PRAGMA max_page_count = {}", pages + 40), [], |_| Ok(()))?;
+        let writer = StoreWriter::spawn(
+            conn,
+            WriterConfig {
+                node: "n1".into(),
+                session_id,
+                max_db_size: None,
+            },
+        );
+        let stats = Arc::clone(&writer.stats);
+        runtime().block_on(async {
+            let big = (0..5000).map(|i| event(i, driver_op::MEM_ALLOC)).collect();
+            writer
+                .send(Batch {
+                    events: big,
+                    ..Batch::default()
+                })
+                .await
+                .expect("send");
+            // Let the big one be committed (and refused) on its own: the
+            // writer commits what is due when the next batch (here empty) comes.
+            tokio::time::sleep(MAX_BATCH_DELAY * 2).await;
+            writer.send(Batch::default()).await.expect("send");
+            let small = (0..10).map(|i| event(10_000 + i, driver_op::MEM_ALLOC)).collect();
+            writer
+                .send(Batch {
+                    events: small,
+                    ..Batch::default()
+                })
+                .await
+                .expect("send");
+        });
+        writer.finish()?;
+        assert_eq!(stats.disk_full_dropped.load(Ordering::Relaxed), 5000);
+        assert_eq!(
+            stats.committed.load(Ordering::Relaxed),
+            10,
+            "later events are stored again"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn size_cap_prunes_oldest_first() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("cap.db");
@@ -681,16 +975,18 @@ mod tests {
                     })
                     .await
                     .expect("send");
-                // Let the once-a-second size check run during the test.
-                if chunk % 10 == 9 {
-                    tokio::time::sleep(PRUNE_CHECK_EVERY + Duration::from_millis(50)).await;
-                }
             }
         });
         let stats = Arc::clone(&writer.stats);
         writer.finish()?;
         let pruned = stats.pruned.load(Ordering::Relaxed);
         assert!(pruned > 0, "the cap must have been hit");
+        let wal = dir.path().join("cap.db-wal");
+        let disk = std::fs::metadata(&path)?.len() + std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert!(
+            disk <= cap,
+            "database and WAL under the cap after the end: {disk}"
+        );
         let conn = Connection::open(&path)?;
         let (n, oldest): (i64, i64) =
             conn.query_row("SELECT count(*), min(timestamp) FROM events", [], |r| {

@@ -16,7 +16,10 @@
 //!
 //! Stopping (Ctrl-C, SIGTERM, `--duration`, a closed `--json` pipe) detaches
 //! the programs first, then drains what is left in the ring buffer and
-//! commits it: every event read from the kernel is stored.
+//! commits it: every event read from the kernel is stored. Calls the kernel
+//! could not deliver while the probes were being removed are counted apart
+//! (`drops.reason` "stopping"), not as drops while tracing, and are no
+//! reason for a larger ring buffer.
 
 pub mod decode;
 pub mod discovery;
@@ -139,8 +142,18 @@ pub struct TraceOutcome {
     pub node: String,
     /// Events committed to the database.
     pub events: u64,
-    /// Events the kernel could not deliver (ring buffer or map full).
+    /// Events the kernel could not deliver while they were being read
+    /// (ring buffer or map full): a larger ring buffer helps.
     pub dropped: u64,
+    /// Calls made while the probes were being removed at the stop, when
+    /// the ring buffer is no longer read (`drops.reason` "stopping"): not a
+    /// matter of the ring buffer's size.
+    pub dropped_stopping: u64,
+    /// Events not stored because the disk was full and pruning could not
+    /// make room.
+    pub disk_full_dropped: u64,
+    /// Oldest events deleted to keep the database under `--max-db`.
+    pub pruned: u64,
     /// Wall-clock length of the run, in seconds.
     pub seconds: f64,
     /// Why tracing stopped, as a phrase (e.g. "stopped by Ctrl-C", "duration reached").

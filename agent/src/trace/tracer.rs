@@ -77,6 +77,8 @@ pub struct Tracer {
     ring: AsyncFd<RingBuf<MapData>>,
     pipeline: Pipeline,
     writer: StoreWriter,
+    /// Held until the writer has finished (released by the kernel on any exit).
+    lock: store::WriteLock,
     discovery: Discovery,
     signals: Signals,
     live: Arc<LiveStats>,
@@ -114,8 +116,17 @@ impl Tracer {
         config.capture_stack = u8::from(opts.stack);
         config.wakeup_bytes = opts.ringbuf_bytes / 4;
 
-        // Fail on an unwritable database before attaching anything.
-        let conn = store::open_for_writing(&opts.db)?;
+        // Fail on an unwritable, foreign or busy database before attaching
+        // anything. The lock comes first: a second tracer changes nothing.
+        let lock_file = store::lock_path(&opts.db);
+        let lock_existed = lock_file.exists();
+        let lock = store::lock_for_writing(&opts.db, clock::unix_ns())?;
+        let conn = store::open_for_writing(&opts.db).inspect_err(|_| {
+            if !lock_existed {
+                // Leave nothing beside a database we refused or could not open.
+                let _ = std::fs::remove_file(&lock_file);
+            }
+        })?;
 
         let ring_bytes =
             u32::try_from(opts.ringbuf_bytes).map_err(|_| TraceError::RingSize(opts.ringbuf_bytes))?;
@@ -225,6 +236,7 @@ impl Tracer {
             ring,
             pipeline,
             writer,
+            lock,
             discovery,
             signals,
             live,
@@ -360,6 +372,9 @@ impl Tracer {
                 stop.describe()
             );
         }
+        // What the kernel dropped while we were reading; anything counted
+        // after this is a call made while the probes were being removed.
+        let (while_tracing, dropped) = drops_of(&self.probes);
         let mut probes = self.probes;
         let detaching = std::thread::spawn(move || {
             probes.detach();
@@ -371,7 +386,8 @@ impl Tracer {
             drain(self.ring.get_mut(), &mut pipeline, &mut decode_errors);
             let (batch, _) = pipeline.take_batch();
             let _ = writer.send(batch).await;
-            tokio::time::sleep(DRAIN_EVERY).await;
+            // Faster than while tracing: the ring must not fill meanwhile.
+            tokio::time::sleep(DRAIN_EVERY / 10).await;
         }
         let probes = detaching
             .join()
@@ -383,8 +399,11 @@ impl Tracer {
             }
             true
         }) {}
-        let (drops, dropped) = drops_of(&probes);
-        pipeline.batch_mut().drops.extend(drops);
+        let (at_end, _) = drops_of(&probes);
+        let stopping = dropped_while_stopping(&while_tracing, &at_end);
+        let dropped_stopping = stopping.iter().map(|d| d.count).sum();
+        pipeline.batch_mut().drops.extend(while_tracing);
+        pipeline.batch_mut().drops.extend(stopping);
         let update = pipeline.session_update();
         update.stopped_at = Some(clock::unix_ns());
         update.events_dropped = Some(dropped);
@@ -392,7 +411,9 @@ impl Tracer {
         let _ = writer.send(batch).await;
         let stats = Arc::clone(&writer.stats);
         writer.finish()?;
+        drop(self.lock);
         let events = stats.committed.load(Relaxed);
+        let disk_full_dropped = stats.disk_full_dropped.load(Relaxed);
         if decode_errors > 0 {
             log::warn!("{decode_errors} ring-buffer records could not be decoded");
         }
@@ -402,11 +423,45 @@ impl Tracer {
             node: self.opts.node.clone(),
             events,
             dropped,
+            dropped_stopping,
+            disk_full_dropped,
+            pruned: stats.pruned.load(Relaxed),
             seconds: self.started.elapsed().as_secs_f64(),
             stop_reason: stop.describe(),
         })
     }
 }
+
+/// The kernel's drops counted after `before` was read, per probe, under
+/// the reason "stopping": calls made while the probes were being removed,
+/// when nothing reads the ring buffer any more.
+fn dropped_while_stopping(before: &[DropCount], after: &[DropCount]) -> Vec<DropCount> {
+    after
+        .iter()
+        .filter_map(|a| {
+            let earlier = before
+                .iter()
+                .find(|b| (b.source, b.op, b.reason) == (a.source, a.op, a.reason))
+                .map_or(0, |b| b.count);
+            let count = a.count.saturating_sub(earlier);
+            (count > 0).then_some(DropCount {
+                source: a.source,
+                op: a.op,
+                reason: STOPPING,
+                count,
+            })
+        })
+        .fold(Vec::new(), |mut out: Vec<DropCount>, d| {
+            match out.iter_mut().find(|o| (o.source, o.op) == (d.source, d.op)) {
+                Some(o) => o.count += d.count,
+                None => out.push(d),
+            }
+            out
+        })
+}
+
+/// `drops.reason` of the calls lost while the probes were being removed.
+const STOPPING: &str = "stopping";
 
 fn drops_of(probes: &Probes) -> (Vec<DropCount>, u64) {
     let drops: Vec<DropCount> = probes

@@ -12,6 +12,7 @@ mod config;
 mod fleet;
 mod hostile;
 mod hostile_misc;
+mod hostile_store;
 mod mcp;
 mod properties;
 mod trace;
