@@ -20,7 +20,10 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -83,6 +86,14 @@ pub enum QueryError {
     /// several statements at once; SQLite's message.
     #[error("SQL error: {0}")]
     Sql(String),
+    /// The database is locked or busy (another process holds a lock that
+    /// blocks reading): retry in a moment.
+    #[error("the database is busy (locked by another process); retry in a moment")]
+    Busy,
+    /// The work was abandoned (its client went away, or the agent is
+    /// stopping) and interrupted.
+    #[error("the query was cancelled because its client went away or the agent is stopping")]
+    Cancelled,
 }
 
 /// A query's result.
@@ -124,6 +135,50 @@ pub struct ReadOnlyDb {
     conn: Connection,
     denied: Arc<Mutex<Option<String>>>,
     deadline: Arc<Mutex<Option<Instant>>>,
+    cancel: Arc<Vec<Arc<AtomicBool>>>,
+    max_bytes: usize,
+}
+
+/// Cost in answer bytes of one value, as JSON (an upper bound for text
+/// without escapes; close enough to cap memory and the answer).
+fn json_size(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::String(s) => s.len() + 3,
+        serde_json::Value::Number(_) => 21,
+        _ => 5,
+    }
+}
+
+/// What one authorizer action is, in words, for a refusal.
+fn action_words(action: &AuthAction<'_>) -> String {
+    match action {
+        AuthAction::CreateIndex { index_name, .. } => format!("CREATE INDEX {index_name}"),
+        AuthAction::CreateTable { table_name } => format!("CREATE TABLE {table_name}"),
+        AuthAction::CreateTempIndex { index_name, .. } => format!("CREATE TEMP INDEX {index_name}"),
+        AuthAction::CreateTempTable { table_name } => format!("CREATE TEMP TABLE {table_name}"),
+        AuthAction::CreateTempTrigger { trigger_name, .. } => format!("CREATE TEMP TRIGGER {trigger_name}"),
+        AuthAction::CreateTempView { view_name } => format!("CREATE TEMP VIEW {view_name}"),
+        AuthAction::CreateTrigger { trigger_name, .. } => format!("CREATE TRIGGER {trigger_name}"),
+        AuthAction::CreateView { view_name } => format!("CREATE VIEW {view_name}"),
+        AuthAction::DropIndex { index_name, .. } | AuthAction::DropTempIndex { index_name, .. } => {
+            format!("DROP INDEX {index_name}")
+        }
+        AuthAction::DropTable { table_name } | AuthAction::DropTempTable { table_name } => {
+            format!("DROP TABLE {table_name}")
+        }
+        AuthAction::DropTrigger { trigger_name, .. } | AuthAction::DropTempTrigger { trigger_name, .. } => {
+            format!("DROP TRIGGER {trigger_name}")
+        }
+        AuthAction::DropView { view_name } | AuthAction::DropTempView { view_name } => {
+            format!("DROP VIEW {view_name}")
+        }
+        AuthAction::AlterTable { table_name, .. } => format!("ALTER TABLE {table_name}"),
+        AuthAction::Reindex { .. } => "REINDEX".into(),
+        AuthAction::Analyze { .. } => "ANALYZE".into(),
+        AuthAction::CreateVtable { table_name, .. } => format!("CREATE VIRTUAL TABLE {table_name}"),
+        AuthAction::DropVtable { table_name, .. } => format!("DROP VIRTUAL TABLE {table_name}"),
+        _ => "a statement that is not a read".into(),
+    }
 }
 
 /// What the authorizer says about one action.
@@ -158,7 +213,7 @@ pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
             Err("transactions are not allowed".into())
         }
-        other => Err(format!("{other:?} is not a read")),
+        other => Err(format!("{} is not allowed", action_words(other))),
     }
 }
 
@@ -167,10 +222,23 @@ impl ReadOnlyDb {
     /// `events` table with a TEMP view over that time range, so any query
     /// is filtered transparently.
     pub fn open(path: &Path, window: Option<(i64, i64)>) -> Result<Self, QueryError> {
+        Self::open_cancellable(path, window, Vec::new())
+    }
+
+    /// Like [`ReadOnlyDb::open`], and any statement is interrupted
+    /// ([`QueryError::Cancelled`]) as soon as one of `cancel` is set.
+    pub fn open_cancellable(
+        path: &Path,
+        window: Option<(i64, i64)>,
+        cancel: Vec<Arc<AtomicBool>>,
+    ) -> Result<Self, QueryError> {
         let shown = path.display().to_string();
-        let open_err = |source| QueryError::Open {
-            path: shown.clone(),
-            source,
+        let open_err = |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => QueryError::Busy,
+            _ => QueryError::Open {
+                path: shown.clone(),
+                source,
+            },
         };
         if !path.is_file() {
             return Err(QueryError::Open {
@@ -195,7 +263,7 @@ impl ReadOnlyDb {
             ))
             .map_err(open_err)?;
         }
-        Self::guard(conn).map_err(open_err)
+        Self::guard(conn, cancel).map_err(open_err)
     }
 
     /// An in-memory database with one table `name` holding `rows` under
@@ -232,11 +300,11 @@ impl ReadOnlyDb {
             }
             conn.execute_batch("COMMIT").map_err(err)?;
         }
-        Self::guard(conn).map_err(err)
+        Self::guard(conn, Vec::new()).map_err(err)
     }
 
     /// Installs the authorizer, the deadline and the SQL length limit.
-    fn guard(mut conn: Connection) -> rusqlite::Result<Self> {
+    fn guard(mut conn: Connection, cancel: Vec<Arc<AtomicBool>>) -> rusqlite::Result<Self> {
         conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
         let denied = Arc::new(Mutex::new(None));
         let hook_denied = Arc::clone(&denied);
@@ -251,21 +319,39 @@ impl ReadOnlyDb {
         }))?;
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let hook_deadline = Arc::clone(&deadline);
+        let cancel = Arc::new(cancel);
+        let hook_cancel = Arc::clone(&cancel);
         conn.progress_handler(
             1_000,
             Some(move || {
-                hook_deadline
-                    .lock()
-                    .ok()
-                    .and_then(|d| *d)
-                    .is_some_and(|d| Instant::now() > d)
+                hook_cancel.iter().any(|c| c.load(Ordering::Relaxed))
+                    || hook_deadline
+                        .lock()
+                        .ok()
+                        .and_then(|d| *d)
+                        .is_some_and(|d| Instant::now() > d)
             }),
         )?;
         Ok(Self {
             conn,
             denied,
             deadline,
+            cancel,
+            max_bytes: usize::MAX,
         })
+    }
+
+    /// Caps the bytes of an answer: rows past `max_bytes` (counted as JSON)
+    /// are cut and the result marked `truncated`; SQLite refuses to build a
+    /// single string or blob larger than that.
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        let limit = i32::try_from(max_bytes).unwrap_or(i32::MAX).max(1024);
+        let _ = self
+            .conn
+            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, limit);
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Runs one statement within `limits`.
@@ -290,17 +376,22 @@ impl ReadOnlyDb {
         let n = columns.len();
         let mut rows = Vec::new();
         let mut truncated = false;
+        let mut bytes = columns.iter().map(|c| c.len() + 3).sum::<usize>();
         let mut cursor = stmt.query([])?;
         while let Some(row) = cursor.next()? {
             if rows.len() == limits.max_rows {
                 truncated = true;
                 break;
             }
-            rows.push(
-                (0..n)
-                    .map(|i| row.get_ref(i).map(to_json))
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
+            let values = (0..n)
+                .map(|i| row.get_ref(i).map(to_json))
+                .collect::<Result<Vec<_>, _>>()?;
+            bytes = bytes.saturating_add(values.iter().map(json_size).sum::<usize>() + 3);
+            if bytes > self.max_bytes {
+                truncated = true;
+                break;
+            }
+            rows.push(values);
         }
         Ok(QueryResult {
             columns,
@@ -316,9 +407,26 @@ impl ReadOnlyDb {
             return QueryError::Denied(why);
         }
         match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::OperationInterrupted
+                    && self.cancel.iter().any(|c| c.load(Ordering::Relaxed)) =>
+            {
+                QueryError::Cancelled
+            }
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted => {
                 QueryError::Timeout(timeout)
             }
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                QueryError::Busy
+            }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::TooBig => QueryError::Sql(
+                "a value is larger than an answer may be; select less (substr, length) or raise the answer cap".into(),
+            ),
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly => {
                 QueryError::Denied("the database is opened read-only".into())
             }

@@ -1,7 +1,10 @@
 //! The endpoint handlers. Database work runs on blocking threads; every
 //! failure is an [`ApiError`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use axum::{
     Extension, Json,
@@ -18,7 +21,7 @@ use ingero_api::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, Arrival};
+use super::{ApiError, ApiState, Arrival, CancelOnDrop, REQUEST_TIMEOUT, db_error};
 use crate::{
     analysis::{self, NodeReport},
     clock::unix_ns,
@@ -64,9 +67,10 @@ pub async fn query(
             "the body must be {{\"sql\": \"...\", \"limit\": N}}: {e}"
         ))
     })?;
-    let permit = Arc::clone(&state.query_slots)
-        .try_acquire_owned()
-        .map_err(|_| ApiError::TooManyQueries(state.max_queries))?;
+    let permit = state.slot()?;
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let flags = vec![Arc::clone(&cancel.0), Arc::clone(&state.stopping)];
+    let max_bytes = state.limits.max_answer_bytes;
     let limits = Limits {
         timeout: request.timeout_ms.map_or(state.query_timeout, |ms| {
             Duration::from_millis(ms).min(state.query_timeout)
@@ -81,7 +85,7 @@ pub async fn query(
         let window = match since {
             None => None,
             Some(since) => {
-                let probe = ReadOnlyDb::open(&db, None)?;
+                let probe = ReadOnlyDb::open_cancellable(&db, None, flags.clone())?;
                 let range = crate::timewin::event_range(probe.connection())
                     .map_err(|e| QueryError::Sql(e.to_string()))?;
                 crate::timewin::resolve(range, Some(since), None, None)
@@ -89,10 +93,13 @@ pub async fn query(
                     .map(|w| (w.from, w.to))
             }
         };
-        ReadOnlyDb::open(&db, window)?.query(&request.sql, limits)
+        ReadOnlyDb::open_cancellable(&db, window, flags)?
+            .with_max_bytes(max_bytes)
+            .query(&request.sql, limits)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
+    drop(cancel);
     state.metrics.record_query(&result, started.elapsed());
     let r = result?;
     Ok(Json(QueryAnswer {
@@ -160,20 +167,21 @@ pub async fn ops(
 /// `GET /api/v1/overview`: event counts per source, time range, stored
 /// chains, the latest session and drops, plus live counters while tracing.
 pub async fn overview(State(state): State<Arc<ApiState>>) -> Result<Json<OverviewAnswer>, ApiError> {
-    let s = Arc::clone(&state);
-    let mut out = tokio::task::spawn_blocking(move || overview_from_db(&s))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut out = state.overview().await?;
     if let Some(live) = &state.live {
         out.live = live.info();
     }
     Ok(Json(out))
 }
 
-fn overview_from_db(state: &ApiState) -> Result<OverviewAnswer, ApiError> {
-    let conn = crate::store::open_read(&state.db)
-        .map_err(|e| ApiError::Internal(format!("cannot open the database: {e}")))?;
-    let err = |e: rusqlite::Error| ApiError::Internal(e.to_string());
+/// The database part of the overview, interrupted when `cancel` is set.
+pub(super) fn overview_from_db(
+    state: &ApiState,
+    cancel: &Arc<AtomicBool>,
+) -> Result<OverviewAnswer, ApiError> {
+    let mut conn = crate::store::open_read(&state.db).map_err(|e| db_error(&e))?;
+    state.watch(&mut conn, cancel, REQUEST_TIMEOUT)?;
+    let err = |e: rusqlite::Error| db_error(&e);
     let mut by_source = std::collections::BTreeMap::new();
     let mut total = 0i64;
     {
@@ -239,12 +247,19 @@ fn overview_from_db(state: &ApiState) -> Result<OverviewAnswer, ApiError> {
 /// the live tracer, or from the database under `ingero serve`.
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
     let s = Arc::clone(&state);
-    let counts = match &state.live {
-        Some(live) => live.counts(),
-        None => tokio::task::spawn_blocking(move || super::metrics::EventCounts::from_db(&s.db))
+    let counts = if let Some(live) = &state.live {
+        live.counts()
+    } else {
+        {
+            let permit = state.slot()?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                super::metrics::EventCounts::from_db(&s.db)
+            })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+        }
     };
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

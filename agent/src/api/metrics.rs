@@ -53,6 +53,8 @@ pub struct ApiMetrics {
     queries: Mutex<QueryStats>,
     /// TLS handshakes that failed since start; the server increments it.
     pub tls_handshake_failures: AtomicU64,
+    /// Connections closed at once because their address had too many open.
+    pub connections_refused: AtomicU64,
 }
 
 /// Event and drop counts to expose.
@@ -237,6 +239,16 @@ impl ApiMetrics {
             out,
             "ingero_tls_handshake_failures_total{{node=\"{node}\"}} {}",
             self.tls_handshake_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingero_connections_refused_total Connections closed at once: too many open from their address."
+        );
+        let _ = writeln!(out, "# TYPE ingero_connections_refused_total counter");
+        let _ = writeln!(
+            out,
+            "ingero_connections_refused_total{{node=\"{node}\"}} {}",
+            self.connections_refused.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "# HELP ingero_build_info The agent's version.");
         let _ = writeln!(out, "# TYPE ingero_build_info gauge");

@@ -11,6 +11,7 @@ mod common;
 mod config;
 mod fleet;
 mod hostile;
+mod hostile_api;
 mod mcp;
 mod properties;
 mod trace;
