@@ -52,7 +52,7 @@ pub async fn time(
 pub async fn query(
     State(state): State<Arc<ApiState>>,
     body: Result<axum::body::Bytes, BytesRejection>,
-) -> Result<Json<QueryAnswer>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     // The body is JSON whatever the Content-Type says (`curl -d` sends a
     // form type): the SQL is all that matters.
     let body = body.map_err(|e| {
@@ -80,6 +80,9 @@ pub async fn query(
     let since = request.since.and_then(Since::duration);
     let db = state.db.clone();
     let started = std::time::Instant::now();
+    let node = state.node.clone();
+    // Run and serialize on a blocking thread: a large answer must not hold
+    // up the async workers (and `/healthz`).
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let window = match since {
@@ -93,22 +96,28 @@ pub async fn query(
                     .map(|w| (w.from, w.to))
             }
         };
-        ReadOnlyDb::open_cancellable(&db, window, flags)?
+        let r = ReadOnlyDb::open_cancellable(&db, window, flags)?
             .with_max_bytes(max_bytes)
-            .query(&request.sql, limits)
+            .query(&request.sql, limits)?;
+        let elapsed_ms = r.elapsed_ms;
+        let body = serde_json::to_vec(&QueryAnswer {
+            node,
+            columns: r.columns,
+            rows: r.rows,
+            truncated: r.truncated,
+            elapsed_ms,
+        })
+        .map_err(|e| QueryError::Sql(format!("cannot encode the answer: {e}")))?;
+        Ok::<_, QueryError>((elapsed_ms, body))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     drop(cancel);
-    state.metrics.record_query(&result, started.elapsed());
-    let r = result?;
-    Ok(Json(QueryAnswer {
-        node: state.node.clone(),
-        columns: r.columns,
-        rows: r.rows,
-        truncated: r.truncated,
-        elapsed_ms: r.elapsed_ms,
-    }))
+    state
+        .metrics
+        .record_query(&result.as_ref().map(|(ms, _)| *ms), started.elapsed());
+    let (_, body) = result?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `?since=5m` (or `all`); without it, the agent's default window.

@@ -15,7 +15,7 @@ use std::{
 
 use agent_common::catalog::op_info;
 
-use crate::readonly::{QueryError, QueryResult};
+use crate::readonly::QueryError;
 
 /// Upper bounds (seconds) of the query latency histogram.
 const BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
@@ -124,11 +124,12 @@ impl ApiMetrics {
 
     /// Counts one SQL query by outcome (ok, refused, timeout, error) and
     /// adds its duration to the latency histogram.
-    pub fn record_query(&self, result: &Result<QueryResult, QueryError>, took: Duration) {
+    pub fn record_query<T>(&self, result: &Result<T, &QueryError>, took: Duration) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(QueryError::Denied(_)) => "refused",
             Err(QueryError::Timeout(_)) => "timeout",
+            Err(QueryError::Cancelled) => "cancelled",
             Err(_) => "error",
         };
         if let Ok(mut q) = self.queries.lock() {
@@ -268,7 +269,8 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = ApiMetrics::default();
-        let ok: Result<QueryResult, QueryError> = Err(QueryError::Sql("x".into()));
+        let err = QueryError::Sql("x".into());
+        let ok: Result<(), &QueryError> = Err(&err);
         m.record_query(&ok, Duration::from_millis(20));
         m.record_query(&ok, Duration::from_secs(2));
         let text = m.render("n\"1", &EventCounts::default());
