@@ -149,6 +149,10 @@ fn json_size(v: &serde_json::Value) -> usize {
     }
 }
 
+/// A refusal that a later, more precise one replaces (SQLite reports the
+/// write to its schema table before the statement that causes it).
+const SCHEMA_CHANGE: &str = "changing the schema (CREATE, DROP, ALTER)";
+
 /// What one authorizer action is, in words, for a refusal.
 fn action_words(action: &AuthAction<'_>) -> String {
     match action {
@@ -207,6 +211,13 @@ pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
         }
         AuthAction::Attach { .. } => Err("ATTACH is not allowed".into()),
         AuthAction::Detach { .. } => Err("DETACH is not allowed".into()),
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+            if table_name.to_ascii_lowercase().starts_with("sqlite_") =>
+        {
+            Err(SCHEMA_CHANGE.into())
+        }
         AuthAction::Insert { table_name } => Err(format!("INSERT into {table_name}")),
         AuthAction::Update { table_name, .. } => Err(format!("UPDATE of {table_name}")),
         AuthAction::Delete { table_name } => Err(format!("DELETE from {table_name}")),
@@ -311,8 +322,10 @@ impl ReadOnlyDb {
         conn.authorizer(Some(move |ctx: AuthContext<'_>| match authorize(&ctx.action) {
             Ok(()) => Authorization::Allow,
             Err(why) => {
-                if let Ok(mut d) = hook_denied.lock() {
-                    d.get_or_insert(why);
+                if let Ok(mut d) = hook_denied.lock()
+                    && d.as_deref().is_none_or(|first| first == SCHEMA_CHANGE)
+                {
+                    *d = Some(why);
                 }
                 Authorization::Deny
             }
@@ -580,6 +593,57 @@ mod tests {
             err.to_string().contains("DELETE from events"),
             "names what was denied: {err}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn every_refusal_names_the_action_in_words() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?;
+        for (sql, words) in [
+            (
+                "CREATE TEMP TRIGGER t AFTER INSERT ON events BEGIN SELECT 1; END",
+                "CREATE TEMP TRIGGER t",
+            ),
+            ("CREATE TEMP VIEW v AS SELECT 1", "changing the schema"),
+            ("CREATE INDEX i ON events(pid)", "refused: "),
+            ("DROP TABLE events", "refused: "),
+            ("ANALYZE", "refused: "),
+            ("REINDEX", "refused: "),
+        ] {
+            let err = db.query(sql, Limits::default()).expect_err(sql).to_string();
+            assert!(err.contains(words), "{sql}: {err}");
+            assert!(!err.contains('{') && !err.contains(".."), "{sql}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_locked_database_says_it_is_busy() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let holder = Connection::open(&path)?;
+        holder.execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE events SET duration = 1;",
+        )?;
+        let err = ReadOnlyDb::open(&path, None)
+            .and_then(|db| db.query("SELECT count(*) FROM events", Limits::default()))
+            .expect_err("locked");
+        assert!(matches!(err, QueryError::Busy), "{err}");
+        assert!(err.to_string().contains("busy"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn answers_are_capped_in_bytes() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?.with_max_bytes(4096);
+        let r = db.query("SELECT hex(zeroblob(1000)) FROM events", Limits::default())?;
+        assert_eq!(r.rows.len(), 2);
+        assert!(r.truncated);
+        let err = db
+            .query("SELECT hex(zeroblob(100000))", Limits::default())
+            .expect_err("too big");
+        assert!(err.to_string().contains("larger than an answer may be"), "{err}");
         Ok(())
     }
 

@@ -497,3 +497,23 @@ fn error_statuses_reach_the_client_over_http1_and_http2() -> anyhow::Result<()> 
     })?;
     Ok(())
 }
+
+/// Item 17: a database locked by another process is reported as busy
+/// (exit 1, one sentence), not as bad input.
+#[test]
+fn a_locked_database_is_busy_not_bad_input() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = sample(dir.path(), 1)?;
+    let holder = rusqlite::Connection::open(&db)?;
+    holder.execute_batch(
+        "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE events SET duration = duration;",
+    )?;
+    let db_s = db.display().to_string();
+    let (code, _, stderr) = crate::common::ingero(&["query", "--db", &db_s, "SELECT count(*) FROM events"])?;
+    ensure!(code == 1, "exit {code}: {stderr}");
+    ensure!(
+        stderr.contains("busy") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    Ok(())
+}
