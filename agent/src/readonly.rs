@@ -153,6 +153,18 @@ fn json_size(v: &serde_json::Value) -> usize {
 /// write to its schema table before the statement that causes it).
 const SCHEMA_CHANGE: &str = "changing the schema (CREATE, DROP, ALTER)";
 
+/// Why running a statement stopped: SQLite, or a callback of the caller.
+enum RunError {
+    Sql(rusqlite::Error),
+    Callback(QueryError),
+}
+
+impl From<rusqlite::Error> for RunError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
 /// What one authorizer action is, in words, for a refusal.
 fn action_words(action: &AuthAction<'_>) -> String {
     match action {
@@ -369,6 +381,39 @@ impl ReadOnlyDb {
 
     /// Runs one statement within `limits`.
     pub fn query(&self, sql: &str, limits: Limits) -> Result<QueryResult, QueryError> {
+        let mut columns = Vec::new();
+        let mut rows = Vec::new();
+        let (truncated, elapsed_ms) = self.query_each(
+            sql,
+            limits,
+            |c| {
+                columns = c.to_vec();
+                Ok(())
+            },
+            |row| {
+                rows.push(row);
+                Ok(())
+            },
+        )?;
+        Ok(QueryResult {
+            columns,
+            rows,
+            truncated,
+            elapsed_ms,
+        })
+    }
+
+    /// Runs one statement within `limits`, handing over the column names
+    /// once and then each row as it is read (nothing is kept), so a large
+    /// answer can be printed as it comes. Returns whether rows were cut and
+    /// the elapsed ms. An error of a callback (writing failed) stops it.
+    pub fn query_each(
+        &self,
+        sql: &str,
+        limits: Limits,
+        mut on_columns: impl FnMut(&[String]) -> Result<(), QueryError>,
+        mut on_row: impl FnMut(Vec<serde_json::Value>) -> Result<(), QueryError>,
+    ) -> Result<(bool, f64), QueryError> {
         let start = Instant::now();
         if let Ok(mut d) = self.denied.lock() {
             *d = None;
@@ -376,42 +421,55 @@ impl ReadOnlyDb {
         if let Ok(mut d) = self.deadline.lock() {
             *d = Some(start + limits.timeout);
         }
-        let result = self.run(sql, limits, start);
+        let mut failed = None;
+        let result = self.run(sql, limits, &mut on_columns, &mut |row| {
+            on_row(row).map_err(|e| {
+                failed = Some(e);
+                rusqlite::Error::InvalidQuery
+            })
+        });
         if let Ok(mut d) = self.deadline.lock() {
             *d = None;
         }
-        result.map_err(|e| self.explain_error(&e, limits.timeout))
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let truncated = result.map_err(|e| match e {
+            RunError::Callback(e) => e,
+            RunError::Sql(e) => self.explain_error(&e, limits.timeout),
+        })?;
+        Ok((truncated, start.elapsed().as_secs_f64() * 1e3))
     }
 
-    fn run(&self, sql: &str, limits: Limits, start: Instant) -> rusqlite::Result<QueryResult> {
+    fn run(
+        &self,
+        sql: &str,
+        limits: Limits,
+        on_columns: &mut dyn FnMut(&[String]) -> Result<(), QueryError>,
+        on_row: &mut dyn FnMut(Vec<serde_json::Value>) -> rusqlite::Result<()>,
+    ) -> Result<bool, RunError> {
         let mut stmt = self.conn.prepare(sql)?;
         let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        on_columns(&columns).map_err(RunError::Callback)?;
         let n = columns.len();
-        let mut rows = Vec::new();
-        let mut truncated = false;
+        let mut count = 0usize;
         let mut bytes = columns.iter().map(|c| c.len() + 3).sum::<usize>();
         let mut cursor = stmt.query([])?;
         while let Some(row) = cursor.next()? {
-            if rows.len() == limits.max_rows {
-                truncated = true;
-                break;
+            if count == limits.max_rows {
+                return Ok(true);
             }
             let values = (0..n)
                 .map(|i| row.get_ref(i).map(to_json))
                 .collect::<Result<Vec<_>, _>>()?;
             bytes = bytes.saturating_add(values.iter().map(json_size).sum::<usize>() + 3);
             if bytes > self.max_bytes {
-                truncated = true;
-                break;
+                return Ok(true);
             }
-            rows.push(values);
+            on_row(values)?;
+            count += 1;
         }
-        Ok(QueryResult {
-            columns,
-            rows,
-            truncated,
-            elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
-        })
+        Ok(false)
     }
 
     fn explain_error(&self, e: &rusqlite::Error, timeout: Duration) -> QueryError {
