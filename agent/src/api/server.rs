@@ -17,7 +17,10 @@ use std::{
     io,
     net::IpAddr,
     pin::Pin,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -42,25 +45,37 @@ use super::{ApiState, ConnLimits};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A stream closed with `TimedOut` when no byte went either way for its
-/// idle time.
+/// idle time. While a request is being handled (`busy` above zero) a
+/// silent client is not idle; a stalled write always is.
 struct Idle<I> {
     inner: I,
     limit: Duration,
     timer: Pin<Box<Sleep>>,
+    busy: Arc<AtomicUsize>,
 }
 
 impl<I> Idle<I> {
-    fn new(inner: I, limit: Duration) -> Self {
+    fn new(inner: I, limit: Duration, busy: Arc<AtomicUsize>) -> Self {
         Self {
             inner,
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
+            busy,
         }
     }
 
-    /// After a pending read or write: an error once the idle time is over.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.timer.as_mut().poll(cx).is_ready()
+    /// After a pending read or write: an error once the idle time is over
+    /// (for a read, only when no request is being handled).
+    fn expired(&mut self, cx: &mut Context<'_>, reading: bool) -> bool {
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if reading && self.busy.load(Ordering::Relaxed) > 0 {
+            self.progressed();
+            let _ = self.timer.as_mut().poll(cx);
+            return false;
+        }
+        true
     }
 
     fn progressed(&mut self) {
@@ -87,7 +102,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Idle<I> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending if self.expired(cx, true) => Poll::Ready(Err(idle_error())),
             other => other,
         }
     }
@@ -102,14 +117,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Idle<I> {
                 }
                 Poll::Ready(Ok(n))
             }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending if self.expired(cx, false) => Poll::Ready(Err(idle_error())),
             other => other,
         }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending if self.expired(cx, false) => Poll::Ready(Err(idle_error())),
             other => other,
         }
     }
@@ -157,11 +172,37 @@ impl Drop for Counted {
     }
 }
 
-async fn serve_connection<I>(io: I, router: Router, limits: ConnLimits)
+/// Counts a request being handled on its connection while alive.
+struct Handling(Arc<AtomicUsize>);
+
+impl Handling {
+    fn enter(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(busy))
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection<I>(io: I, router: Router, limits: ConnLimits, busy: Arc<AtomicUsize>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router);
+    let service = TowerToHyperService::new(tower::service_fn(
+        move |request: hyper::Request<hyper::body::Incoming>| {
+            let handling = Handling::enter(&busy);
+            let answer = tower::Service::call(&mut router.clone(), request);
+            async move {
+                let response = answer.await;
+                drop(handling);
+                response
+            }
+        },
+    ));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -208,13 +249,14 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let stream = Idle::new(stream, limits.idle_timeout);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let stream = Idle::new(stream, limits.idle_timeout, Arc::clone(&busy));
         let router = router.clone();
         match &acceptor {
             None => {
                 tokio::spawn(async move {
                     let _counted = counted;
-                    serve_connection(stream, router, limits).await;
+                    serve_connection(stream, router, limits, busy).await;
                 });
             }
             Some(acceptor) => {
@@ -223,7 +265,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _counted = counted;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, router, limits).await,
+                        Ok(Ok(tls)) => serve_connection(tls, router, limits, busy).await,
                         Ok(Err(e)) => {
                             state
                                 .metrics

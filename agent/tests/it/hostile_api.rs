@@ -191,13 +191,14 @@ fn database_work_shares_one_budget_and_stops_when_abandoned() -> anyhow::Result<
     let (daemon, addr) = serve(dir.path(), &["--max-queries", "2", "--query-timeout", "30s"])?;
     let overview = || request(addr, "GET /api/v1/overview HTTP/1.1", b"", Duration::from_secs(5));
     let busy = [endless_query(addr)?, endless_query(addr)?];
-    let took = wait_until(addr, Duration::from_secs(5), || {
+    let took = wait_until(addr, Duration::from_secs(10), || {
         let (status, text) = overview()?;
         Ok(status == 429 && text.to_ascii_lowercase().contains("retry-after: 1"))
     })?;
     eprintln!("overview refused with 429 after {took:?} while 2 queries run");
     drop(busy);
-    let freed = wait_until(addr, Duration::from_secs(5), || Ok(overview()?.0 == 200))?;
+    // Well before the queries' 30 s deadline.
+    let freed = wait_until(addr, Duration::from_secs(10), || Ok(overview()?.0 == 200))?;
     eprintln!("slots freed {freed:?} after the clients left");
 
     // 200 overviews at once (cached for a moment, else 429).
@@ -233,7 +234,7 @@ fn database_work_shares_one_budget_and_stops_when_abandoned() -> anyhow::Result<
 
     let _running = [endless_query(addr)?, endless_query(addr)?];
     std::thread::sleep(Duration::from_millis(2100)); // the cached overview expires
-    wait_until(addr, Duration::from_secs(5), || Ok(overview()?.0 == 429))?;
+    wait_until(addr, Duration::from_secs(10), || Ok(overview()?.0 == 429))?;
     let rss = peak_rss_kb(&daemon)?;
     ensure!(rss < RSS_BOUND_KB, "peak RSS {rss} KiB");
     let started = Instant::now();
@@ -410,6 +411,15 @@ fn slow_headers_idle_connections_and_floods_are_cut() -> anyhow::Result<()> {
     ensure!(cut < Duration::from_secs(5), "header cut after {cut:?}");
     wait_until(addr, Duration::from_secs(8), || Ok(closed(&mut silent)))?;
     wait_until(addr, Duration::from_secs(8), || Ok(flood.iter_mut().all(closed)))?;
+    // A request handled for longer than the idle limit is not idle.
+    let body = serde_json::json!({ "sql": ENDLESS_SQL, "timeout_ms": 4000 }).to_string();
+    let (status, text) = request(
+        addr,
+        "POST /api/v1/query HTTP/1.1",
+        body.as_bytes(),
+        Duration::from_secs(10),
+    )?;
+    ensure!(status == 408, "{status}: {text:.300}");
     // The address may connect again once its connections are gone.
     let (status, _) = request_from(
         [127, 0, 0, 3],
