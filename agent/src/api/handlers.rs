@@ -16,8 +16,7 @@ use axum::{
     response::IntoResponse,
 };
 use ingero_api::{
-    ChainsAnswer, LiveInfo, OpsAnswer, OverviewAnswer, QueryAnswer, QueryRequest, SessionInfo, Since, Span,
-    TimeAnswer,
+    ChainsAnswer, LiveInfo, OpsAnswer, OverviewAnswer, QueryRequest, SessionInfo, Since, Span, TimeAnswer,
 };
 use serde::Deserialize;
 
@@ -96,18 +95,40 @@ pub async fn query(
                     .map(|w| (w.from, w.to))
             }
         };
-        let r = ReadOnlyDb::open_cancellable(&db, window, flags)?
+        // Rows are written as JSON as they are read: the answer's memory is
+        // its bytes (capped), not a tree of values.
+        let out = std::cell::RefCell::new(Vec::with_capacity(4096));
+        let encode = |v: &dyn erased::Json| {
+            let mut out = out.borrow_mut();
+            v.write(&mut out)
+                .map_err(|e| QueryError::Sql(format!("cannot encode the answer: {e}")))
+        };
+        encode(&"{\"node\":")?;
+        encode(&serde_json::Value::from(node))?;
+        let mut first = true;
+        let (truncated, elapsed_ms) = ReadOnlyDb::open_cancellable(&db, window, flags)?
             .with_max_bytes(max_bytes)
-            .query(&request.sql, limits)?;
-        let elapsed_ms = r.elapsed_ms;
-        let body = serde_json::to_vec(&QueryAnswer {
-            node,
-            columns: r.columns,
-            rows: r.rows,
-            truncated: r.truncated,
-            elapsed_ms,
-        })
-        .map_err(|e| QueryError::Sql(format!("cannot encode the answer: {e}")))?;
+            .query_each(
+                &request.sql,
+                limits,
+                |columns| {
+                    encode(&",\"columns\":")?;
+                    encode(&serde_json::Value::from(columns.to_vec()))?;
+                    encode(&",\"rows\":[")
+                },
+                |row| {
+                    if !std::mem::take(&mut first) {
+                        encode(&",")?;
+                    }
+                    encode(&serde_json::Value::from(row))
+                },
+            )?;
+        encode(&"],\"truncated\":")?;
+        encode(&serde_json::Value::from(truncated))?;
+        encode(&",\"elapsed_ms\":")?;
+        encode(&serde_json::json!(elapsed_ms))?;
+        encode(&"}")?;
+        let body = out.into_inner();
         Ok::<_, QueryError>((elapsed_ms, body))
     })
     .await
@@ -118,6 +139,28 @@ pub async fn query(
         .record_query(&result.as_ref().map(|(ms, _)| *ms), started.elapsed());
     let (_, body) = result?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Pieces of an answer written as they come: raw JSON text, or a value.
+mod erased {
+    /// Something that writes itself as JSON text into a buffer.
+    pub trait Json {
+        /// Appends the JSON text.
+        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
+    }
+
+    impl Json for &str {
+        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+            out.extend_from_slice(self.as_bytes());
+            Ok(())
+        }
+    }
+
+    impl Json for serde_json::Value {
+        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+            serde_json::to_writer(out, self)
+        }
+    }
 }
 
 /// `?since=5m` (or `all`); without it, the agent's default window.
