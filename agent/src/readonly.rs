@@ -12,8 +12,14 @@
 //!    `VACUUM`, `ANALYZE`, virtual tables and pragma writes are denied while
 //!    the statement is prepared, so they never run;
 //! 3. a deadline: a progress handler interrupts a statement that runs past
-//!    it (a huge recursive CTE, a cross join), and a row cap stops reading
-//!    results after `limit` rows, saying so.
+//!    it (a huge recursive CTE, a cross join) or whose caller set a cancel
+//!    flag (the API's client went away, the agent is stopping); a row cap
+//!    and a byte cap ([`ReadOnlyDb::with_max_bytes`]) stop reading results,
+//!    saying so (`truncated`), and no single value may exceed the byte cap.
+//!
+//! Rows can be handed over one at a time ([`ReadOnlyDb::query_each`]) so
+//! a large answer is printed or encoded as it is read. A database locked
+//! by another process is [`QueryError::Busy`], not bad input.
 //!
 //! Extension loading is compiled out (rusqlite without `load_extension`).
 //! A rejected statement gets an error that names what was denied.

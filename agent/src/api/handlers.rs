@@ -46,8 +46,9 @@ pub async fn time(
 }
 
 /// `POST /api/v1/query`: runs one read-only SQL query, its limit and timeout
-/// capped by the agent's; 403 if refused, 400 if invalid, 408 past its
-/// deadline, 429 when all query slots are busy, 413 for an oversized body.
+/// capped by the agent's and its answer by `max_answer_bytes`; 403 if
+/// refused, 400 if invalid, 408 past its deadline, 429 when all query slots
+/// are busy, 503 when the database is locked, 413 for an oversized body.
 pub async fn query(
     State(state): State<Arc<ApiState>>,
     body: Result<axum::body::Bytes, BytesRejection>,

@@ -5,7 +5,7 @@
 //!   NTP-style clock offset estimation;
 //! - `POST /api/v1/query {sql, limit, timeout_ms, since}`: columns and rows,
 //!   through the same read-only guard, deadline and row cap as `ingero
-//!   query` (at most [`MAX_ROWS`] rows an answer);
+//!   query` (at most [`MAX_ROWS`] rows and `max_answer_bytes` an answer);
 //! - `GET /api/v1/chains?since=5m`, `GET /api/v1/ops?since=5m`: the causal
 //!   chain engine's chains, and per-op percentiles with the node's evidence;
 //! - `GET /api/v1/overview`: event counts, chains, node, rank, session, drops;
