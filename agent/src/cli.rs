@@ -158,6 +158,18 @@ pub struct ApiArgs {
     /// Deadline of an API query [default: agent.query_timeout, else 10s]
     #[arg(long, value_name = "DURATION")]
     pub query_timeout: Option<HumanDuration>,
+    /// Most bytes of one query answer; past it rows are cut (truncated) [default: agent.max_answer_size, else 16MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_answer_size: Option<ByteSize>,
+    /// Close an API connection with no traffic for this long [default: agent.idle_timeout, else 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// Longest a client may take to send a request's headers [default: agent.header_timeout, else 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub header_timeout: Option<HumanDuration>,
+    /// Most API connections open at once from one IP address [default: agent.max_connections_per_address, else 64]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
 }
 
 /// Ask the agents of a fleet instead of a local database.

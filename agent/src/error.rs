@@ -30,8 +30,8 @@ pub enum CliError {
     /// The database cannot be created or written: exit 73.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A read-only query failed: exit 1 when it ran past its deadline, 2
-    /// otherwise (refused or invalid SQL, missing or non-ingero database).
+    /// A read-only query failed: exit 1 when it ran past its deadline or
+    /// the database is busy, 2 otherwise (refused or invalid SQL, missing or non-ingero database).
     #[error(transparent)]
     Query(#[from] QueryError),
     /// Merging databases failed: exit 2 for a refused or unreadable input,
@@ -78,7 +78,7 @@ impl CliError {
             Self::Trace(TraceError::Store(StoreError::NotIngero { .. }))
             | Self::Store(StoreError::NotIngero { .. }) => 2,
             Self::Trace(TraceError::Store(_)) | Self::Store(_) => 73,
-            Self::Query(QueryError::Timeout(_)) => 1,
+            Self::Query(QueryError::Timeout(_) | QueryError::Busy | QueryError::Cancelled) => 1,
             Self::Query(_)
             | Self::BadInput(_)
             | Self::Merge(MergeError::Refused(_) | MergeError::Input { .. }) => 2,

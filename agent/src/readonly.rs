@@ -12,15 +12,24 @@
 //!    `VACUUM`, `ANALYZE`, virtual tables and pragma writes are denied while
 //!    the statement is prepared, so they never run;
 //! 3. a deadline: a progress handler interrupts a statement that runs past
-//!    it (a huge recursive CTE, a cross join), and a row cap stops reading
-//!    results after `limit` rows, saying so.
+//!    it (a huge recursive CTE, a cross join) or whose caller set a cancel
+//!    flag (the API's client went away, the agent is stopping); a row cap
+//!    and a byte cap ([`ReadOnlyDb::with_max_bytes`]) stop reading results,
+//!    saying so (`truncated`), and no single value may exceed the byte cap.
+//!
+//! Rows can be handed over one at a time ([`ReadOnlyDb::query_each`]) so
+//! a large answer is printed or encoded as it is read. A database locked
+//! by another process is [`QueryError::Busy`], not bad input.
 //!
 //! Extension loading is compiled out (rusqlite without `load_extension`).
 //! A rejected statement gets an error that names what was denied.
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -83,6 +92,14 @@ pub enum QueryError {
     /// several statements at once; SQLite's message.
     #[error("SQL error: {0}")]
     Sql(String),
+    /// The database is locked or busy (another process holds a lock that
+    /// blocks reading): retry in a moment.
+    #[error("the database is busy (locked by another process); retry in a moment")]
+    Busy,
+    /// The work was abandoned (its client went away, or the agent is
+    /// stopping) and interrupted.
+    #[error("the query was cancelled because its client went away or the agent is stopping")]
+    Cancelled,
 }
 
 /// A query's result.
@@ -124,6 +141,66 @@ pub struct ReadOnlyDb {
     conn: Connection,
     denied: Arc<Mutex<Option<String>>>,
     deadline: Arc<Mutex<Option<Instant>>>,
+    cancel: Arc<Vec<Arc<AtomicBool>>>,
+    max_bytes: usize,
+}
+
+/// Cost in answer bytes of one value, as JSON (an upper bound for text
+/// without escapes; close enough to cap memory and the answer).
+fn json_size(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::String(s) => s.len() + 3,
+        serde_json::Value::Number(_) => 21,
+        _ => 5,
+    }
+}
+
+/// A refusal that a later, more precise one replaces (SQLite reports the
+/// write to its schema table before the statement that causes it).
+const SCHEMA_CHANGE: &str = "changing the schema (CREATE, DROP, ALTER)";
+
+/// Why running a statement stopped: SQLite, or a callback of the caller.
+enum RunError {
+    Sql(rusqlite::Error),
+    Callback(QueryError),
+}
+
+impl From<rusqlite::Error> for RunError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+/// What one authorizer action is, in words, for a refusal.
+fn action_words(action: &AuthAction<'_>) -> String {
+    match action {
+        AuthAction::CreateIndex { index_name, .. } => format!("CREATE INDEX {index_name}"),
+        AuthAction::CreateTable { table_name } => format!("CREATE TABLE {table_name}"),
+        AuthAction::CreateTempIndex { index_name, .. } => format!("CREATE TEMP INDEX {index_name}"),
+        AuthAction::CreateTempTable { table_name } => format!("CREATE TEMP TABLE {table_name}"),
+        AuthAction::CreateTempTrigger { trigger_name, .. } => format!("CREATE TEMP TRIGGER {trigger_name}"),
+        AuthAction::CreateTempView { view_name } => format!("CREATE TEMP VIEW {view_name}"),
+        AuthAction::CreateTrigger { trigger_name, .. } => format!("CREATE TRIGGER {trigger_name}"),
+        AuthAction::CreateView { view_name } => format!("CREATE VIEW {view_name}"),
+        AuthAction::DropIndex { index_name, .. } | AuthAction::DropTempIndex { index_name, .. } => {
+            format!("DROP INDEX {index_name}")
+        }
+        AuthAction::DropTable { table_name } | AuthAction::DropTempTable { table_name } => {
+            format!("DROP TABLE {table_name}")
+        }
+        AuthAction::DropTrigger { trigger_name, .. } | AuthAction::DropTempTrigger { trigger_name, .. } => {
+            format!("DROP TRIGGER {trigger_name}")
+        }
+        AuthAction::DropView { view_name } | AuthAction::DropTempView { view_name } => {
+            format!("DROP VIEW {view_name}")
+        }
+        AuthAction::AlterTable { table_name, .. } => format!("ALTER TABLE {table_name}"),
+        AuthAction::Reindex { .. } => "REINDEX".into(),
+        AuthAction::Analyze { .. } => "ANALYZE".into(),
+        AuthAction::CreateVtable { table_name, .. } => format!("CREATE VIRTUAL TABLE {table_name}"),
+        AuthAction::DropVtable { table_name, .. } => format!("DROP VIRTUAL TABLE {table_name}"),
+        _ => "a statement that is not a read".into(),
+    }
 }
 
 /// What the authorizer says about one action.
@@ -152,13 +229,20 @@ pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
         }
         AuthAction::Attach { .. } => Err("ATTACH is not allowed".into()),
         AuthAction::Detach { .. } => Err("DETACH is not allowed".into()),
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+            if table_name.to_ascii_lowercase().starts_with("sqlite_") =>
+        {
+            Err(SCHEMA_CHANGE.into())
+        }
         AuthAction::Insert { table_name } => Err(format!("INSERT into {table_name}")),
         AuthAction::Update { table_name, .. } => Err(format!("UPDATE of {table_name}")),
         AuthAction::Delete { table_name } => Err(format!("DELETE from {table_name}")),
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
             Err("transactions are not allowed".into())
         }
-        other => Err(format!("{other:?} is not a read")),
+        other => Err(format!("{} is not allowed", action_words(other))),
     }
 }
 
@@ -167,10 +251,23 @@ impl ReadOnlyDb {
     /// `events` table with a TEMP view over that time range, so any query
     /// is filtered transparently.
     pub fn open(path: &Path, window: Option<(i64, i64)>) -> Result<Self, QueryError> {
+        Self::open_cancellable(path, window, Vec::new())
+    }
+
+    /// Like [`ReadOnlyDb::open`], and any statement is interrupted
+    /// ([`QueryError::Cancelled`]) as soon as one of `cancel` is set.
+    pub fn open_cancellable(
+        path: &Path,
+        window: Option<(i64, i64)>,
+        cancel: Vec<Arc<AtomicBool>>,
+    ) -> Result<Self, QueryError> {
         let shown = path.display().to_string();
-        let open_err = |source| QueryError::Open {
-            path: shown.clone(),
-            source,
+        let open_err = |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => QueryError::Busy,
+            _ => QueryError::Open {
+                path: shown.clone(),
+                source,
+            },
         };
         if !path.is_file() {
             return Err(QueryError::Open {
@@ -195,7 +292,7 @@ impl ReadOnlyDb {
             ))
             .map_err(open_err)?;
         }
-        Self::guard(conn).map_err(open_err)
+        Self::guard(conn, cancel).map_err(open_err)
     }
 
     /// An in-memory database with one table `name` holding `rows` under
@@ -232,44 +329,97 @@ impl ReadOnlyDb {
             }
             conn.execute_batch("COMMIT").map_err(err)?;
         }
-        Self::guard(conn).map_err(err)
+        Self::guard(conn, Vec::new()).map_err(err)
     }
 
     /// Installs the authorizer, the deadline and the SQL length limit.
-    fn guard(mut conn: Connection) -> rusqlite::Result<Self> {
+    fn guard(mut conn: Connection, cancel: Vec<Arc<AtomicBool>>) -> rusqlite::Result<Self> {
         conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
         let denied = Arc::new(Mutex::new(None));
         let hook_denied = Arc::clone(&denied);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| match authorize(&ctx.action) {
             Ok(()) => Authorization::Allow,
             Err(why) => {
-                if let Ok(mut d) = hook_denied.lock() {
-                    d.get_or_insert(why);
+                if let Ok(mut d) = hook_denied.lock()
+                    && d.as_deref().is_none_or(|first| first == SCHEMA_CHANGE)
+                {
+                    *d = Some(why);
                 }
                 Authorization::Deny
             }
         }))?;
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let hook_deadline = Arc::clone(&deadline);
+        let cancel = Arc::new(cancel);
+        let hook_cancel = Arc::clone(&cancel);
         conn.progress_handler(
             1_000,
             Some(move || {
-                hook_deadline
-                    .lock()
-                    .ok()
-                    .and_then(|d| *d)
-                    .is_some_and(|d| Instant::now() > d)
+                hook_cancel.iter().any(|c| c.load(Ordering::Relaxed))
+                    || hook_deadline
+                        .lock()
+                        .ok()
+                        .and_then(|d| *d)
+                        .is_some_and(|d| Instant::now() > d)
             }),
         )?;
         Ok(Self {
             conn,
             denied,
             deadline,
+            cancel,
+            max_bytes: usize::MAX,
         })
+    }
+
+    /// Caps the bytes of an answer: rows past `max_bytes` (counted as JSON)
+    /// are cut and the result marked `truncated`; SQLite refuses to build a
+    /// single string or blob larger than that.
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        let limit = i32::try_from(max_bytes).unwrap_or(i32::MAX).max(1024);
+        let _ = self
+            .conn
+            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, limit);
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Runs one statement within `limits`.
     pub fn query(&self, sql: &str, limits: Limits) -> Result<QueryResult, QueryError> {
+        let mut columns = Vec::new();
+        let mut rows = Vec::new();
+        let (truncated, elapsed_ms) = self.query_each(
+            sql,
+            limits,
+            |c| {
+                columns = c.to_vec();
+                Ok(())
+            },
+            |row| {
+                rows.push(row);
+                Ok(())
+            },
+        )?;
+        Ok(QueryResult {
+            columns,
+            rows,
+            truncated,
+            elapsed_ms,
+        })
+    }
+
+    /// Runs one statement within `limits`, handing over the column names
+    /// once and then each row as it is read (nothing is kept), so a large
+    /// answer can be printed as it comes. Returns whether rows were cut and
+    /// the elapsed ms. An error of a callback (writing failed) stops it.
+    pub fn query_each(
+        &self,
+        sql: &str,
+        limits: Limits,
+        mut on_columns: impl FnMut(&[String]) -> Result<(), QueryError>,
+        mut on_row: impl FnMut(Vec<serde_json::Value>) -> Result<(), QueryError>,
+    ) -> Result<(bool, f64), QueryError> {
         let start = Instant::now();
         if let Ok(mut d) = self.denied.lock() {
             *d = None;
@@ -277,37 +427,55 @@ impl ReadOnlyDb {
         if let Ok(mut d) = self.deadline.lock() {
             *d = Some(start + limits.timeout);
         }
-        let result = self.run(sql, limits, start);
+        let mut failed = None;
+        let result = self.run(sql, limits, &mut on_columns, &mut |row| {
+            on_row(row).map_err(|e| {
+                failed = Some(e);
+                rusqlite::Error::InvalidQuery
+            })
+        });
         if let Ok(mut d) = self.deadline.lock() {
             *d = None;
         }
-        result.map_err(|e| self.explain_error(&e, limits.timeout))
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let truncated = result.map_err(|e| match e {
+            RunError::Callback(e) => e,
+            RunError::Sql(e) => self.explain_error(&e, limits.timeout),
+        })?;
+        Ok((truncated, start.elapsed().as_secs_f64() * 1e3))
     }
 
-    fn run(&self, sql: &str, limits: Limits, start: Instant) -> rusqlite::Result<QueryResult> {
+    fn run(
+        &self,
+        sql: &str,
+        limits: Limits,
+        on_columns: &mut dyn FnMut(&[String]) -> Result<(), QueryError>,
+        on_row: &mut dyn FnMut(Vec<serde_json::Value>) -> rusqlite::Result<()>,
+    ) -> Result<bool, RunError> {
         let mut stmt = self.conn.prepare(sql)?;
         let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        on_columns(&columns).map_err(RunError::Callback)?;
         let n = columns.len();
-        let mut rows = Vec::new();
-        let mut truncated = false;
+        let mut count = 0usize;
+        let mut bytes = columns.iter().map(|c| c.len() + 3).sum::<usize>();
         let mut cursor = stmt.query([])?;
         while let Some(row) = cursor.next()? {
-            if rows.len() == limits.max_rows {
-                truncated = true;
-                break;
+            if count == limits.max_rows {
+                return Ok(true);
             }
-            rows.push(
-                (0..n)
-                    .map(|i| row.get_ref(i).map(to_json))
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
+            let values = (0..n)
+                .map(|i| row.get_ref(i).map(to_json))
+                .collect::<Result<Vec<_>, _>>()?;
+            bytes = bytes.saturating_add(values.iter().map(json_size).sum::<usize>() + 3);
+            if bytes > self.max_bytes {
+                return Ok(true);
+            }
+            on_row(values)?;
+            count += 1;
         }
-        Ok(QueryResult {
-            columns,
-            rows,
-            truncated,
-            elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
-        })
+        Ok(false)
     }
 
     fn explain_error(&self, e: &rusqlite::Error, timeout: Duration) -> QueryError {
@@ -316,9 +484,26 @@ impl ReadOnlyDb {
             return QueryError::Denied(why);
         }
         match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::OperationInterrupted
+                    && self.cancel.iter().any(|c| c.load(Ordering::Relaxed)) =>
+            {
+                QueryError::Cancelled
+            }
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted => {
                 QueryError::Timeout(timeout)
             }
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                QueryError::Busy
+            }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::TooBig => QueryError::Sql(
+                "a value is larger than an answer may be; select less (substr, length) or raise the answer cap".into(),
+            ),
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly => {
                 QueryError::Denied("the database is opened read-only".into())
             }
@@ -472,6 +657,57 @@ mod tests {
             err.to_string().contains("DELETE from events"),
             "names what was denied: {err}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn every_refusal_names_the_action_in_words() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?;
+        for (sql, words) in [
+            (
+                "CREATE TEMP TRIGGER t AFTER INSERT ON events BEGIN SELECT 1; END",
+                "CREATE TEMP TRIGGER t",
+            ),
+            ("CREATE TEMP VIEW v AS SELECT 1", "changing the schema"),
+            ("CREATE INDEX i ON events(pid)", "refused: "),
+            ("DROP TABLE events", "refused: "),
+            ("ANALYZE", "refused: "),
+            ("REINDEX", "refused: "),
+        ] {
+            let err = db.query(sql, Limits::default()).expect_err(sql).to_string();
+            assert!(err.contains(words), "{sql}: {err}");
+            assert!(!err.contains('{') && !err.contains(".."), "{sql}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_locked_database_says_it_is_busy() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let holder = Connection::open(&path)?;
+        holder.execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE events SET duration = 1;",
+        )?;
+        let err = ReadOnlyDb::open(&path, None)
+            .and_then(|db| db.query("SELECT count(*) FROM events", Limits::default()))
+            .expect_err("locked");
+        assert!(matches!(err, QueryError::Busy), "{err}");
+        assert!(err.to_string().contains("busy"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn answers_are_capped_in_bytes() -> anyhow::Result<()> {
+        let (_d, path) = fixture()?;
+        let db = ReadOnlyDb::open(&path, None)?.with_max_bytes(4096);
+        let r = db.query("SELECT hex(zeroblob(1000)) FROM events", Limits::default())?;
+        assert_eq!(r.rows.len(), 2);
+        assert!(r.truncated);
+        let err = db
+            .query("SELECT hex(zeroblob(100000))", Limits::default())
+            .expect_err("too big");
+        assert!(err.to_string().contains("larger than an answer may be"), "{err}");
         Ok(())
     }
 

@@ -121,13 +121,20 @@ fn csv_field(v: &serde_json::Value) -> String {
 /// RFC 4180 CSV with a header row.
 #[must_use]
 pub fn render_csv(r: &QueryResult) -> String {
-    let mut out = String::new();
     let header: Vec<serde_json::Value> = r.columns.iter().map(|c| c.clone().into()).collect();
-    for row in std::iter::once(&header).chain(&r.rows) {
-        out.push_str(&row.iter().map(csv_field).collect::<Vec<_>>().join(","));
-        out.push_str("\r\n");
+    let mut out = csv_line(&header);
+    for row in &r.rows {
+        out.push_str(&csv_line(row));
     }
     out
+}
+
+/// One RFC 4180 CSV line (with its CRLF), for printing rows as they come.
+#[must_use]
+pub fn csv_line(row: &[serde_json::Value]) -> String {
+    let mut line = row.iter().map(csv_field).collect::<Vec<_>>().join(",");
+    line.push_str("\r\n");
+    line
 }
 
 #[cfg(test)]

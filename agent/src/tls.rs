@@ -153,6 +153,86 @@ pub struct ServerTls {
     pub cert_path: PathBuf,
     /// True when clients must present a certificate signed by the CA (mutual TLS).
     pub mutual: bool,
+    /// Sentences about certificates in use that have expired or expire
+    /// within [`EXPIRY_NOTICE`], for the agent to print at start.
+    pub warnings: Vec<String>,
+}
+
+/// One DER element at the start of `data`: its tag, its contents and what
+/// follows it.
+fn der_element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = data.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The `notAfter` of an X.509 certificate (DER), read from its validity.
+fn not_after(der: &[u8]) -> Option<time::OffsetDateTime> {
+    let (_, cert, _) = der_element(der)?;
+    let (_, tbs, _) = der_element(cert)?;
+    let (tag, _, mut rest) = der_element(tbs)?;
+    if tag == 0xa0 {
+        // Explicit version; the serial number follows.
+        rest = der_element(rest)?.2;
+    }
+    let rest = der_element(rest)?.2; // signature algorithm
+    let rest = der_element(rest)?.2; // issuer
+    let (_, validity, _) = der_element(rest)?;
+    let (_, _, after) = der_element(validity)?;
+    let (tag, text, _) = der_element(after)?;
+    let text = std::str::from_utf8(text).ok()?;
+    let digits = |range: std::ops::Range<usize>| text.get(range)?.parse::<i32>().ok();
+    let (year, at) = match tag {
+        0x17 => {
+            let yy = digits(0..2)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
+        }
+        0x18 => (digits(0..4)?, 4),
+        _ => return None,
+    };
+    let field = |i: usize| digits(at + 2 * i..at + 2 * i + 2).and_then(|v| u8::try_from(v).ok());
+    let month = time::Month::try_from(field(0)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, field(1)?).ok()?;
+    let clock = time::Time::from_hms(field(2)?, field(3)?, field(4)?).ok()?;
+    Some(time::PrimitiveDateTime::new(date, clock).assume_utc())
+}
+
+/// How soon before a certificate expires the agent says so at start.
+pub const EXPIRY_NOTICE: time::Duration = time::Duration::days(7);
+
+/// A sentence when the certificate `der` (read from `path`) has expired at
+/// `now` or expires within [`EXPIRY_NOTICE`]; `None` otherwise (or when it
+/// cannot be parsed: rustls reports that).
+#[must_use]
+pub fn expiry_warning(der: &CertificateDer<'_>, path: &Path, now: time::OffsetDateTime) -> Option<String> {
+    let not_after = not_after(der)?;
+    let date = not_after.date();
+    if not_after <= now {
+        Some(format!(
+            "the certificate {} expired on {date}: clients will refuse it; renew it (ingero certs) and restart the agent",
+            path.display()
+        ))
+    } else if not_after - now <= EXPIRY_NOTICE {
+        Some(format!(
+            "the certificate {} expires on {date} (in {} days): renew it (ingero certs) before then",
+            path.display(),
+            (not_after - now).whole_days()
+        ))
+    } else {
+        None
+    }
 }
 
 /// The server configuration: TLS 1.3 only; client certificates required
@@ -165,6 +245,8 @@ pub fn server_config(identity: &ServerIdentity, ca: Option<&Path>) -> Result<Ser
     let chain = load_certs(&cert_path)?;
     let key = load_key(&key_path)?;
     let fp = fingerprint(&chain[0]);
+    let now = time::OffsetDateTime::now_utc();
+    let mut warnings: Vec<String> = expiry_warning(&chain[0], &cert_path, now).into_iter().collect();
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -172,6 +254,7 @@ pub fn server_config(identity: &ServerIdentity, ca: Option<&Path>) -> Result<Ser
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in load_certs(ca)? {
+                warnings.extend(expiry_warning(&c, ca, now));
                 roots
                     .add(c)
                     .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
@@ -192,6 +275,7 @@ pub fn server_config(identity: &ServerIdentity, ca: Option<&Path>) -> Result<Ser
         fingerprint: fp,
         cert_path,
         mutual: ca.is_some(),
+        warnings,
     })
 }
 
@@ -394,6 +478,31 @@ pub fn issue(dir: &Path, role: &Role, force: bool) -> Result<(PathBuf, PathBuf),
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn expired_and_expiring_certificates_are_announced() -> anyhow::Result<()> {
+        let key = rcgen::KeyPair::generate()?;
+        let now = time::OffsetDateTime::now_utc();
+        let cert_until = |days: i64| -> anyhow::Result<CertificateDer<'static>> {
+            let mut params = CertificateParams::new(vec!["node".to_owned()])?;
+            params.not_before = now - time::Duration::days(400);
+            params.not_after = now + time::Duration::days(days);
+            Ok(params.self_signed(&key)?.der().clone())
+        };
+        let path = Path::new("/etc/ingero/node.pem");
+        let expired = expiry_warning(&cert_until(-2)?, path, now).expect("expired");
+        assert!(
+            expired.contains("expired on") && expired.contains("renew"),
+            "{expired}"
+        );
+        let soon = expiry_warning(&cert_until(3)?, path, now).expect("soon");
+        assert!(
+            soon.contains("expires on") && soon.contains("in 2 days") || soon.contains("in 3 days"),
+            "{soon}"
+        );
+        assert_eq!(expiry_warning(&cert_until(30)?, path, now), None);
+        Ok(())
+    }
 
     #[test]
     fn names_that_would_replace_the_ca_or_are_not_host_names_are_refused() -> anyhow::Result<()> {

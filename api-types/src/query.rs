@@ -35,7 +35,8 @@ pub struct QueryAnswer {
     pub columns: Vec<String>,
     /// Rows of JSON scalars (null, integer, real, text; blobs as hex text).
     pub rows: Vec<Vec<serde_json::Value>>,
-    /// More rows existed than the limit allowed.
+    /// More rows existed than the limit allowed, or than the agent's cap on
+    /// the bytes of an answer (`agent.max_answer_size`) let through.
     pub truncated: bool,
     /// Time the statement took on the agent.
     #[serde(default)]

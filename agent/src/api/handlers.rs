@@ -1,7 +1,10 @@
 //! The endpoint handlers. Database work runs on blocking threads; every
 //! failure is an [`ApiError`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use axum::{
     Extension, Json,
@@ -13,12 +16,11 @@ use axum::{
     response::IntoResponse,
 };
 use ingero_api::{
-    ChainsAnswer, LiveInfo, OpsAnswer, OverviewAnswer, QueryAnswer, QueryRequest, SessionInfo, Since, Span,
-    TimeAnswer,
+    ChainsAnswer, LiveInfo, OpsAnswer, OverviewAnswer, QueryRequest, SessionInfo, Since, Span, TimeAnswer,
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, Arrival};
+use super::{ApiError, ApiState, Arrival, CancelOnDrop, REQUEST_TIMEOUT, db_error};
 use crate::{
     analysis::{self, NodeReport},
     clock::unix_ns,
@@ -44,12 +46,13 @@ pub async fn time(
 }
 
 /// `POST /api/v1/query`: runs one read-only SQL query, its limit and timeout
-/// capped by the agent's; 403 if refused, 400 if invalid, 408 past its
-/// deadline, 429 when all query slots are busy, 413 for an oversized body.
+/// capped by the agent's and its answer by `max_answer_bytes`; 403 if
+/// refused, 400 if invalid, 408 past its deadline, 429 when all query slots
+/// are busy, 503 when the database is locked, 413 for an oversized body.
 pub async fn query(
     State(state): State<Arc<ApiState>>,
     body: Result<axum::body::Bytes, BytesRejection>,
-) -> Result<Json<QueryAnswer>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     // The body is JSON whatever the Content-Type says (`curl -d` sends a
     // form type): the SQL is all that matters.
     let body = body.map_err(|e| {
@@ -64,9 +67,10 @@ pub async fn query(
             "the body must be {{\"sql\": \"...\", \"limit\": N}}: {e}"
         ))
     })?;
-    let permit = Arc::clone(&state.query_slots)
-        .try_acquire_owned()
-        .map_err(|_| ApiError::TooManyQueries(state.max_queries))?;
+    let permit = state.slot()?;
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let flags = vec![Arc::clone(&cancel.0), Arc::clone(&state.stopping)];
+    let max_bytes = state.limits.max_answer_bytes;
     let limits = Limits {
         timeout: request.timeout_ms.map_or(state.query_timeout, |ms| {
             Duration::from_millis(ms).min(state.query_timeout)
@@ -76,12 +80,15 @@ pub async fn query(
     let since = request.since.and_then(Since::duration);
     let db = state.db.clone();
     let started = std::time::Instant::now();
+    let node = state.node.clone();
+    // Run and serialize on a blocking thread: a large answer must not hold
+    // up the async workers (and `/healthz`).
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let window = match since {
             None => None,
             Some(since) => {
-                let probe = ReadOnlyDb::open(&db, None)?;
+                let probe = ReadOnlyDb::open_cancellable(&db, None, flags.clone())?;
                 let range = crate::timewin::event_range(probe.connection())
                     .map_err(|e| QueryError::Sql(e.to_string()))?;
                 crate::timewin::resolve(range, Some(since), None, None)
@@ -89,19 +96,72 @@ pub async fn query(
                     .map(|w| (w.from, w.to))
             }
         };
-        ReadOnlyDb::open(&db, window)?.query(&request.sql, limits)
+        // Rows are written as JSON as they are read: the answer's memory is
+        // its bytes (capped), not a tree of values.
+        let out = std::cell::RefCell::new(Vec::with_capacity(4096));
+        let encode = |v: &dyn erased::Json| {
+            let mut out = out.borrow_mut();
+            v.write(&mut out)
+                .map_err(|e| QueryError::Sql(format!("cannot encode the answer: {e}")))
+        };
+        encode(&"{\"node\":")?;
+        encode(&serde_json::Value::from(node))?;
+        let mut first = true;
+        let (truncated, elapsed_ms) = ReadOnlyDb::open_cancellable(&db, window, flags)?
+            .with_max_bytes(max_bytes)
+            .query_each(
+                &request.sql,
+                limits,
+                |columns| {
+                    encode(&",\"columns\":")?;
+                    encode(&serde_json::Value::from(columns.to_vec()))?;
+                    encode(&",\"rows\":[")
+                },
+                |row| {
+                    if !std::mem::take(&mut first) {
+                        encode(&",")?;
+                    }
+                    encode(&serde_json::Value::from(row))
+                },
+            )?;
+        encode(&"],\"truncated\":")?;
+        encode(&serde_json::Value::from(truncated))?;
+        encode(&",\"elapsed_ms\":")?;
+        encode(&serde_json::json!(elapsed_ms))?;
+        encode(&"}")?;
+        let body = out.into_inner();
+        Ok::<_, QueryError>((elapsed_ms, body))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.metrics.record_query(&result, started.elapsed());
-    let r = result?;
-    Ok(Json(QueryAnswer {
-        node: state.node.clone(),
-        columns: r.columns,
-        rows: r.rows,
-        truncated: r.truncated,
-        elapsed_ms: r.elapsed_ms,
-    }))
+    drop(cancel);
+    state
+        .metrics
+        .record_query(&result.as_ref().map(|(ms, _)| *ms), started.elapsed());
+    let (_, body) = result?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Pieces of an answer written as they come: raw JSON text, or a value.
+mod erased {
+    /// Something that writes itself as JSON text into a buffer.
+    pub trait Json {
+        /// Appends the JSON text.
+        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
+    }
+
+    impl Json for &str {
+        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+            out.extend_from_slice(self.as_bytes());
+            Ok(())
+        }
+    }
+
+    impl Json for serde_json::Value {
+        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+            serde_json::to_writer(out, self)
+        }
+    }
 }
 
 /// `?since=5m` (or `all`); without it, the agent's default window.
@@ -160,20 +220,21 @@ pub async fn ops(
 /// `GET /api/v1/overview`: event counts per source, time range, stored
 /// chains, the latest session and drops, plus live counters while tracing.
 pub async fn overview(State(state): State<Arc<ApiState>>) -> Result<Json<OverviewAnswer>, ApiError> {
-    let s = Arc::clone(&state);
-    let mut out = tokio::task::spawn_blocking(move || overview_from_db(&s))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut out = state.overview().await?;
     if let Some(live) = &state.live {
         out.live = live.info();
     }
     Ok(Json(out))
 }
 
-fn overview_from_db(state: &ApiState) -> Result<OverviewAnswer, ApiError> {
-    let conn = crate::store::open_read(&state.db)
-        .map_err(|e| ApiError::Internal(format!("cannot open the database: {e}")))?;
-    let err = |e: rusqlite::Error| ApiError::Internal(e.to_string());
+/// The database part of the overview, interrupted when `cancel` is set.
+pub(super) fn overview_from_db(
+    state: &ApiState,
+    cancel: &Arc<AtomicBool>,
+) -> Result<OverviewAnswer, ApiError> {
+    let mut conn = crate::store::open_read(&state.db).map_err(|e| db_error(&e))?;
+    state.watch(&mut conn, cancel, REQUEST_TIMEOUT)?;
+    let err = |e: rusqlite::Error| db_error(&e);
     let mut by_source = std::collections::BTreeMap::new();
     let mut total = 0i64;
     {
@@ -239,12 +300,19 @@ fn overview_from_db(state: &ApiState) -> Result<OverviewAnswer, ApiError> {
 /// the live tracer, or from the database under `ingero serve`.
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
     let s = Arc::clone(&state);
-    let counts = match &state.live {
-        Some(live) => live.counts(),
-        None => tokio::task::spawn_blocking(move || super::metrics::EventCounts::from_db(&s.db))
+    let counts = if let Some(live) = &state.live {
+        live.counts()
+    } else {
+        {
+            let permit = state.slot()?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                super::metrics::EventCounts::from_db(&s.db)
+            })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+        }
     };
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

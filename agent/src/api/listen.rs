@@ -131,6 +131,9 @@ pub async fn start(opts: &ListenOptions, state: Arc<ApiState>) -> Result<Running
     })?;
     match &tls {
         Some(t) => {
+            for warning in &t.warnings {
+                eprintln!("ingero: warning: {warning}");
+            }
             eprintln!(
                 "ingero: API on https://{addr} (TLS 1.3, {}); certificate {} SHA-256 {}",
                 if t.mutual {

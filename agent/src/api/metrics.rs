@@ -15,7 +15,7 @@ use std::{
 
 use agent_common::catalog::op_info;
 
-use crate::readonly::{QueryError, QueryResult};
+use crate::readonly::QueryError;
 
 /// Upper bounds (seconds) of the query latency histogram.
 const BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
@@ -53,6 +53,8 @@ pub struct ApiMetrics {
     queries: Mutex<QueryStats>,
     /// TLS handshakes that failed since start; the server increments it.
     pub tls_handshake_failures: AtomicU64,
+    /// Connections closed at once because their address had too many open.
+    pub connections_refused: AtomicU64,
 }
 
 /// Event and drop counts to expose.
@@ -122,11 +124,12 @@ impl ApiMetrics {
 
     /// Counts one SQL query by outcome (ok, refused, timeout, error) and
     /// adds its duration to the latency histogram.
-    pub fn record_query(&self, result: &Result<QueryResult, QueryError>, took: Duration) {
+    pub fn record_query<T>(&self, result: &Result<T, &QueryError>, took: Duration) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(QueryError::Denied(_)) => "refused",
             Err(QueryError::Timeout(_)) => "timeout",
+            Err(QueryError::Cancelled) => "cancelled",
             Err(_) => "error",
         };
         if let Ok(mut q) = self.queries.lock() {
@@ -238,6 +241,16 @@ impl ApiMetrics {
             "ingero_tls_handshake_failures_total{{node=\"{node}\"}} {}",
             self.tls_handshake_failures.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP ingero_connections_refused_total Connections closed at once: too many open from their address."
+        );
+        let _ = writeln!(out, "# TYPE ingero_connections_refused_total counter");
+        let _ = writeln!(
+            out,
+            "ingero_connections_refused_total{{node=\"{node}\"}} {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP ingero_build_info The agent's version.");
         let _ = writeln!(out, "# TYPE ingero_build_info gauge");
         let _ = writeln!(
@@ -256,7 +269,8 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = ApiMetrics::default();
-        let ok: Result<QueryResult, QueryError> = Err(QueryError::Sql("x".into()));
+        let err = QueryError::Sql("x".into());
+        let ok: Result<(), &QueryError> = Err(&err);
         m.record_query(&ok, Duration::from_millis(20));
         m.record_query(&ok, Duration::from_secs(2));
         let text = m.render("n\"1", &EventCounts::default());

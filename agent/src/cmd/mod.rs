@@ -101,6 +101,28 @@ pub fn api_options(
             max_rows: crate::api::MAX_ROWS,
             token,
             default_since,
+            limits: crate::api::ConnLimits {
+                max_answer_bytes: usize::try_from(
+                    args.max_answer_size
+                        .or(file.agent.max_answer_size)
+                        .unwrap_or(defaults::MAX_ANSWER_BYTES)
+                        .0,
+                )
+                .unwrap_or(usize::MAX),
+                idle_timeout: args
+                    .idle_timeout
+                    .or(file.agent.idle_timeout)
+                    .map_or(defaults::IDLE_TIMEOUT, |d| d.0),
+                header_timeout: args
+                    .header_timeout
+                    .or(file.agent.header_timeout)
+                    .map_or(defaults::HEADER_TIMEOUT, |d| d.0),
+                max_connections_per_address: args
+                    .max_connections_per_address
+                    .or(file.agent.max_connections_per_address)
+                    .unwrap_or(defaults::MAX_CONNECTIONS_PER_ADDRESS)
+                    .max(1),
+            },
         },
     )))
 }

@@ -53,9 +53,84 @@ pub fn run(args: &QueryArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let window = super::window(probe.connection(), &args.window)?;
     drop(probe);
     let db = ReadOnlyDb::open(&path, window.map(|w| (w.from, w.to)))?;
+    if args.csv || args.json {
+        return stream(args, &db, limits);
+    }
     let result = db.query(&args.sql, limits)?;
     print_result(args, &result, &table::footer(&result, limits.max_rows), None)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `--csv` or `--json` rows as they are read, keeping none: the
+/// memory used does not grow with the answer. JSON is one object on one
+/// line: `{"columns": [...], "rows": [...], "truncated": b, "elapsed_ms": x}`.
+/// A reader that goes away (`| head`) ends the query quietly.
+fn stream(args: &QueryArgs, db: &ReadOnlyDb, limits: Limits) -> Result<ExitCode, CliError> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let mut failed: Option<std::io::Error> = None;
+    let mut first = true;
+    let mut write = |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, text: &[u8]| {
+        out.write_all(text).map_err(|e| {
+            failed = Some(e);
+            crate::readonly::QueryError::Cancelled
+        })
+    };
+    let json = args.json;
+    let result = {
+        let out = std::cell::RefCell::new(&mut out);
+        let write = std::cell::RefCell::new(&mut write);
+        db.query_each(
+            &args.sql,
+            limits,
+            |columns| {
+                let text = if json {
+                    format!("{{\"columns\":{},\"rows\":[", Value::from(columns.to_vec()))
+                } else {
+                    table::csv_line(
+                        &columns
+                            .iter()
+                            .map(|c| Value::from(c.as_str()))
+                            .collect::<Vec<_>>(),
+                    )
+                };
+                (write.borrow_mut())(&mut out.borrow_mut(), text.as_bytes())
+            },
+            |row| {
+                let text = if json {
+                    let sep = if first { "" } else { "," };
+                    first = false;
+                    format!("{sep}{}", Value::from(row))
+                } else {
+                    table::csv_line(&row)
+                };
+                (write.borrow_mut())(&mut out.borrow_mut(), text.as_bytes())
+            },
+        )
+    };
+    let finished = match result {
+        Ok((truncated, elapsed_ms)) if json => out
+            .write_all(
+                format!(
+                    "],\"truncated\":{truncated},\"elapsed_ms\":{}}}\n",
+                    json!(elapsed_ms)
+                )
+                .as_bytes(),
+            )
+            .and_then(|()| out.flush()),
+        Ok(_) => out.flush(),
+        Err(e) => match failed.take() {
+            Some(io) => Err(io),
+            None => return Err(e.into()),
+        },
+    };
+    match finished.or_else(|e| failed.take().map_or(Err(e), Err)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(CliError::Failed(format!(
+            "cannot write the output: {e}; check the disk or the pipe it goes to"
+        ))),
+    }
 }
 
 fn print_result(

@@ -21,6 +21,18 @@ pub const STACK: bool = false;
 pub const MAX_QUERIES: usize = 4;
 /// API: deadline of one query (`agent.query_timeout`, `--query-timeout`).
 pub const API_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// API: most bytes of one query answer, as JSON; past it rows are cut and
+/// the answer says `truncated` (`agent.max_answer_size`, `--max-answer-size`).
+pub const MAX_ANSWER_BYTES: ByteSize = ByteSize(16 << 20);
+/// API: a connection with no byte either way for this long is closed
+/// (`agent.idle_timeout`, `--idle-timeout`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// API: longest a client may take to send a request's headers
+/// (`agent.header_timeout`, `--header-timeout`).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// API: connections open at once from one IP address; more are closed
+/// before TLS (`agent.max_connections_per_address`, `--max-connections-per-address`).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 /// API: the window `/chains` and `/ops` analyse without `since`, while
 /// tracing (a stored database is analysed whole).
 pub const LIVE_WINDOW: Duration = Duration::from_secs(300);

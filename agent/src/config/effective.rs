@@ -99,6 +99,26 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
             show(a.query_timeout),
             fmt_duration(defaults::API_QUERY_TIMEOUT),
         ),
+        (
+            "agent.max_answer_size",
+            show(a.max_answer_size),
+            defaults::MAX_ANSWER_BYTES.to_string(),
+        ),
+        (
+            "agent.idle_timeout",
+            show(a.idle_timeout),
+            fmt_duration(defaults::IDLE_TIMEOUT),
+        ),
+        (
+            "agent.header_timeout",
+            show(a.header_timeout),
+            fmt_duration(defaults::HEADER_TIMEOUT),
+        ),
+        (
+            "agent.max_connections_per_address",
+            show(a.max_connections_per_address),
+            defaults::MAX_CONNECTIONS_PER_ADDRESS.to_string(),
+        ),
         ("trace.cuda_lib", list(&cuda), "- (discovered)".into()),
         ("trace.cudart_lib", list(&cudart), "- (discovered)".into()),
         ("trace.stack", show(t.stack), defaults::STACK.to_string()),

@@ -108,6 +108,14 @@ pub struct AgentSection {
     pub max_queries: Option<usize>,
     /// API: deadline of one query.
     pub query_timeout: Option<HumanDuration>,
+    /// API: most bytes of one query answer.
+    pub max_answer_size: Option<ByteSize>,
+    /// API: close a connection with no traffic for this long.
+    pub idle_timeout: Option<HumanDuration>,
+    /// API: longest a client may take to send a request's headers.
+    pub header_timeout: Option<HumanDuration>,
+    /// API: connections open at once from one IP address.
+    pub max_connections_per_address: Option<usize>,
 }
 
 /// `ingero query` settings.

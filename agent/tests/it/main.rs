@@ -13,6 +13,7 @@ mod fleet;
 mod hostile;
 mod hostile_misc;
 mod hostile_store;
+mod hostile_api;
 mod mcp;
 mod properties;
 mod trace;
