@@ -280,14 +280,16 @@ pub(super) fn overview_from_db(
             },
         )
         .ok();
+    // Integer timestamps only, through the index: one bad row spoils nothing.
+    let range = crate::timewin::event_range(&conn).ok().flatten();
     Ok(OverviewAnswer {
         node: state.node.clone(),
         rank: session.as_ref().and_then(|s| s.rank),
         world_size: session.as_ref().and_then(|s| s.world_size),
         events: total,
         events_by_source: by_source,
-        first_event: scalar("SELECT min(timestamp) FROM events"),
-        last_event: scalar("SELECT max(timestamp) FROM events"),
+        first_event: range.map(|r| r.0),
+        last_event: range.map(|r| r.1),
         chains_stored: scalar("SELECT count(*) FROM causal_chains").unwrap_or(0),
         sessions: scalar("SELECT count(*) FROM sessions").unwrap_or(0),
         dropped: scalar("SELECT sum(events_dropped) FROM sessions").unwrap_or(0),
