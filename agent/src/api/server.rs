@@ -41,6 +41,25 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{ApiState, ConnLimits};
 
+/// How long a refused TLS client is given to read our alert.
+const LINGER: Duration = Duration::from_millis(250);
+
+/// Closes a connection whose handshake failed so that the client reads the
+/// alert (which names the reason, e.g. "certificate required"): our side
+/// is shut down, then what the client already sent is read and dropped for
+/// a moment. Closing a socket with unread data would send a reset, and a
+/// client whose TLS 1.3 handshake looked finished (it sends its request at
+/// once) would then see only "connection reset".
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while io.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+}
+
 /// Longest a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -264,14 +283,17 @@ pub async fn serve(
                 let state = Arc::clone(&state);
                 tokio::spawn(async move {
                     let _counted = counted;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream).into_fallible())
+                        .await
+                    {
                         Ok(Ok(tls)) => serve_connection(tls, router, limits, busy).await,
-                        Ok(Err(e)) => {
+                        Ok(Err((e, mut io))) => {
                             state
                                 .metrics
                                 .tls_handshake_failures
                                 .fetch_add(1, Ordering::Relaxed);
                             log::info!("TLS handshake with {peer} failed: {e}");
+                            linger(&mut io).await;
                         }
                         Err(_) => {
                             state
