@@ -128,13 +128,7 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        give_to_invoking_user(dir);
-    }
+    create_parent_dir(path)?;
     let existed = path.exists();
     let conn = Connection::open_with_flags(
         path,
@@ -228,13 +222,7 @@ pub fn lock_for_writing(db: &Path, started_at_ns: i64) -> Result<WriteLock, Stor
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = lock_path(db);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        give_to_invoking_user(dir);
-    }
+    create_parent_dir(&path)?;
     let lock_err = |source| StoreError::LockFile {
         path: path.clone(),
         source,
@@ -288,6 +276,19 @@ pub fn open_read(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// Creates the directory `path` goes in, if missing (handed to the
+/// invoking user under sudo).
+fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        give_to_invoking_user(dir);
+    }
+    Ok(())
 }
 
 /// Under sudo, hands a file we created to the user who ran sudo.

@@ -68,6 +68,8 @@ fn real_agent(dir: &std::path::Path) -> anyhow::Result<(Daemon, String)> {
 
 #[test]
 fn an_endless_answer_fails_its_node_and_the_others_rows_are_kept() -> anyhow::Result<()> {
+    // A server writing as fast as it can: not alongside the tracer tests.
+    let _guard = crate::common::serial();
     let dir = tempfile::tempdir()?;
     let (_agent, good) = real_agent(dir.path())?;
     let bad = fake_agent(endless)?;

@@ -187,6 +187,8 @@ fn endless_query(addr: SocketAddr) -> anyhow::Result<TcpStream> {
 /// running statements.
 #[test]
 fn database_work_shares_one_budget_and_stops_when_abandoned() -> anyhow::Result<()> {
+    // Heavy load: not alongside the timing-sensitive tracer tests.
+    let _guard = crate::common::serial();
     let dir = tempfile::tempdir()?;
     let (daemon, addr) = serve(dir.path(), &["--max-queries", "2", "--query-timeout", "30s"])?;
     let overview = || request(addr, "GET /api/v1/overview HTTP/1.1", b"", Duration::from_secs(5));
@@ -272,6 +274,8 @@ fn closed(s: &mut TcpStream) -> bool {
 /// the agent's peak RSS stays under the bound.
 #[test]
 fn answers_are_capped_in_bytes_and_slow_readers_are_cut_off() -> anyhow::Result<()> {
+    // Heavy load: not alongside the timing-sensitive tracer tests.
+    let _guard = crate::common::serial();
     let dir = tempfile::tempdir()?;
     let (daemon, addr) = serve(dir.path(), &["--idle-timeout", "3s"])?;
     let post = |sql: &str| {
@@ -371,6 +375,8 @@ fn answers_are_capped_in_bytes_and_slow_readers_are_cut_off() -> anyhow::Result<
 /// throughout.
 #[test]
 fn slow_headers_idle_connections_and_floods_are_cut() -> anyhow::Result<()> {
+    // Heavy load: not alongside the timing-sensitive tracer tests.
+    let _guard = crate::common::serial();
     let dir = tempfile::tempdir()?;
     let (_daemon, addr) = serve(
         dir.path(),
@@ -532,6 +538,8 @@ fn a_locked_database_is_busy_not_bad_input() -> anyhow::Result<()> {
 /// 40 MB of output in well under 40 MB of memory, and the JSON is whole.
 #[test]
 fn query_output_is_streamed() -> anyhow::Result<()> {
+    // Heavy load: not alongside the timing-sensitive tracer tests.
+    let _guard = crate::common::serial();
     let dir = tempfile::tempdir()?;
     let db = sample(dir.path(), 1)?;
     let db_s = db.display().to_string();
