@@ -10,6 +10,7 @@
 //! releases when the process ends, however it ends. A SQLite file that has
 //! tables but no ingero `events` table is refused before a byte is written.
 
+pub mod batch;
 pub mod schema;
 pub mod writer;
 
