@@ -85,6 +85,7 @@ pub async fn query(
     // up the async workers (and `/healthz`).
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        super::reader_thread();
         let window = match since {
             None => None,
             Some(since) => {
@@ -309,6 +310,7 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResp
             let permit = state.slot()?;
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
+                super::reader_thread();
                 super::metrics::EventCounts::from_db(&s.db)
             })
             .await

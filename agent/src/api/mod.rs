@@ -336,6 +336,7 @@ impl ApiState {
         let state = Arc::clone(self);
         let answer = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            reader_thread();
             handlers::overview_from_db(&state, &flag)
         })
         .await
@@ -367,6 +368,7 @@ impl ApiState {
         let state = Arc::clone(self);
         let reports = tokio::task::spawn_blocking(move || -> Result<Vec<NodeReport>, ApiError> {
             let _permit = permit;
+            reader_thread();
             let mut conn = crate::store::open_read(&state.db).map_err(|e| db_error(&e))?;
             state.watch(&mut conn, &flag, REQUEST_TIMEOUT)?;
             let range = crate::timewin::event_range(&conn).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -391,6 +393,24 @@ pub fn db_error(e: &rusqlite::Error) -> ApiError {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => ApiError::Busy,
         Some(rusqlite::ErrorCode::OperationInterrupted) => ApiError::RequestTimeout,
         _ => ApiError::Internal(format!("cannot read the database: {e}")),
+    }
+}
+
+/// Nice value of the threads that read the database for the API: below
+/// the writer and the traced job, so a flood of reads costs the training
+/// job and the tracer's commits as little CPU as the scheduler allows.
+const READER_NICE: i32 = 10;
+
+/// Lowers the calling (blocking-pool) thread to [`READER_NICE`]. The pool
+/// runs only the API's database work, so the thread keeps it.
+pub(crate) fn reader_thread() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread
+    // id only changes its scheduling weight (lowering needs no privilege).
+    unsafe {
+        let tid = libc::gettid();
+        if libc::getpriority(libc::PRIO_PROCESS, tid.cast_unsigned()) < READER_NICE {
+            libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), READER_NICE);
+        }
     }
 }
 

@@ -26,8 +26,8 @@
 //! Readers never delay a commit: checkpoints are passive (they never wait
 //! for a reader), the queue in front of the writer holds about a second
 //! (beyond that, back-pressure overflows the kernel's ring buffer, where
-//! losses are counted), and the writer thread runs at a higher priority
-//! than readers when it may.
+//! losses are counted), and the API's readers run at a lower priority
+//! than the writer (and the traced job): the agent stays a guest.
 
 use std::fmt::Write as _;
 use std::{
@@ -57,25 +57,6 @@ pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
 /// overflows and the loss is counted, instead of events waiting in memory
 /// for seconds (lost on a crash) with no bound on memory.
 const MAX_QUEUED_BATCHES: usize = 16;
-/// Nice value of the writer thread when it may raise its priority (root):
-/// readers of the database (the API) compete for the same CPUs and must
-/// not delay commits.
-const WRITER_NICE: i32 = -10;
-
-/// Raises the calling thread's scheduling priority to [`WRITER_NICE`]
-/// where permitted; silently keeps it otherwise.
-fn favour_this_thread() {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id
-    // only changes its scheduling weight.
-    let done = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), WRITER_NICE)
-    };
-    if done != 0 {
-        log::debug!("the database writer keeps its normal priority (not root)");
-    }
-}
-
 /// Bytes an event takes in the database with its indexes, roughly: sizes
 /// transactions under a small cap.
 const BYTES_PER_EVENT: u64 = 200;
@@ -138,10 +119,7 @@ impl StoreWriter {
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("ingero-writer".into())
-            .spawn(move || {
-                favour_this_thread();
-                Writer::new(conn, config, thread_stats).run(rx)
-            })
+            .spawn(move || Writer::new(conn, config, thread_stats).run(rx))
             .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
         Self { tx, handle, stats }
     }
