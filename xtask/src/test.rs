@@ -1,6 +1,6 @@
 //! `cargo xtask test`: builds everything and runs every test of the
 //! workspace. Tests that need root (real eBPF) skip with a printed reason
-//! when not root; in CI (root) they all run. The output is cargo's, passed
+//! when not root; in CI (root) they all run, one at a time. The output is cargo's, passed
 //! through as it comes, followed by one closing line with the totals of
 //! every test binary (`tests: N passed, N failed, N skipped`, skipped being
 //! cargo's ignored), so the last
@@ -57,8 +57,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["test", "--workspace", "--exclude", "agent-ebpf"]);
+    // One test at a time: the tracer tests measure timings on a 2-core
+    // machine, and any test beside them (a flood of requests, a merge)
+    // is noise in what they measure.
+    cmd.args(["--", "--test-threads=1"]);
     if let Some(f) = &opts.filter {
-        cmd.args(["--", f]);
+        cmd.arg(f);
     }
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -362,21 +362,27 @@ fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyh
 
     // With the one query slot taken, a second query is told to retry; other endpoints still answer.
     let (second, health) = rt.block_on(async {
-        let long = tokio::spawn({
+        let start_long = || {
             let (http, url) = (http.clone(), url.clone());
-            async move {
+            tokio::spawn(async move {
                 http.post(&url)
                     .json(&json!({ "sql": endless, "timeout_ms": 3000 }))
                     .send()
                     .await
-            }
-        });
+            })
+        };
+        let mut long = start_long();
         // Once the long query holds the slot, the next one is told to retry.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        // (A probe can win the race for the slot; the long query then got
+        // the 429 itself, and is sent again.)
+        let deadline = Instant::now() + Duration::from_secs(5);
         let second = loop {
             let r = http.post(&url).json(&json!({ "sql": "SELECT 1" })).send().await?;
             if r.status().as_u16() == 429 || Instant::now() > deadline {
                 break r;
+            }
+            if long.is_finished() {
+                long = start_long();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
