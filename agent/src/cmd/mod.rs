@@ -126,3 +126,26 @@ pub fn api_options(
         },
     )))
 }
+
+/// Writes a daemon's ready file (see [`crate::ready`]): `served` is the
+/// running API and how it listens, when there is one.
+pub(crate) fn announce(
+    path: &Path,
+    node: &str,
+    db: &Path,
+    session_id: Option<i64>,
+    served: Option<(&crate::api::listen::RunningApi, &ListenOptions)>,
+) -> Result<(), CliError> {
+    crate::ready::announce(
+        path,
+        &crate::ready::Ready {
+            pid: std::process::id(),
+            node,
+            db,
+            session_id,
+            listen: served.map(|(running, _)| running.addr),
+            scheme: served.map(|(_, listen)| if listen.tls.is_some() { "https" } else { "http" }),
+        },
+    )
+    .map_err(|e| CliError::Failed(format!("cannot write the ready file {}: {e}", path.display())))
+}

@@ -45,13 +45,11 @@ pub fn run(args: &ServeArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     })?;
     let runtime = crate::runtime()?;
     runtime.block_on(async {
-        let settings_copy = settings.clone();
         let state = ApiState::new(settings, None);
         let running = listen::start(&listen, state).await?;
         eprintln!("ingero: serving {} as node {node}; Ctrl-C to stop", db.display());
         if let Some(path) = &args.ready_file {
-            let api = (listen.clone(), settings_copy);
-            super::trace::announce(path, &node, &db, None, Some(&running), Some(&api))?;
+            super::announce(path, &node, &db, None, Some((&running, &listen)))?;
         }
         let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::Failed(e.to_string()))?;
         tokio::select! {

@@ -3,14 +3,13 @@
 //! closing summary. The tracer and the API do not know each other: this
 //! command starts both and hands the tracer's live counters to the API.
 
-use std::{path::Path, process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc};
 
 use crate::{
     api::{self, ApiSettings, ApiState, LiveView, listen::ListenOptions, metrics::EventCounts},
     cli::TraceArgs,
     config::{self, FileConfig, defaults},
     error::CliError,
-    ready::{self, Ready},
     trace::{LiveStats, TraceOptions, Tracer, live::group_digits, probes::Families},
 };
 
@@ -116,14 +115,8 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
             None => None,
         };
         if let Some(path) = &args.ready_file {
-            announce(
-                path,
-                &opts.node,
-                &opts.db,
-                Some(tracer.session_id()),
-                running.as_ref(),
-                api.as_ref(),
-            )?;
+            let served = running.as_ref().zip(api.as_ref().map(|(listen, _)| listen));
+            super::announce(path, &opts.node, &opts.db, Some(tracer.session_id()), served)?;
         }
         let stop = tracer.run().await;
         let outcome = tracer.shutdown(stop).await;
@@ -171,27 +164,4 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes the ready file (see [`crate::ready`]).
-pub(super) fn announce(
-    path: &Path,
-    node: &str,
-    db: &Path,
-    session_id: Option<i64>,
-    running: Option<&api::listen::RunningApi>,
-    api: Option<&(ListenOptions, ApiSettings)>,
-) -> Result<(), CliError> {
-    ready::announce(
-        path,
-        &Ready {
-            pid: std::process::id(),
-            node,
-            db,
-            session_id,
-            listen: running.map(|r| r.addr),
-            scheme: api.map(|(l, _)| if l.tls.is_some() { "https" } else { "http" }),
-        },
-    )
-    .map_err(|e| CliError::Failed(format!("cannot write the ready file {}: {e}", path.display())))
 }
