@@ -19,6 +19,9 @@ pub mod source {
     pub const DRIVER: u8 = 4;
     /// Block I/O requests, tracepoints.
     pub const IO: u8 = 5;
+    /// NCCL calls (libnccl uprobes): collectives, point-to-point, groups and
+    /// communicator set-up.
+    pub const NCCL: u8 = 6;
 }
 
 /// Operations of [`source::CUDA`].
@@ -103,6 +106,112 @@ pub mod io_op {
     pub const FLUSH: u8 = 4;
 }
 
+/// Operations of [`source::NCCL`]. Collectives and point-to-point calls
+/// are numbered below [`nccl_op::GROUP_START`]; see [`nccl_op::is_collective`].
+pub mod nccl_op {
+    /// ncclAllReduce
+    pub const ALL_REDUCE: u8 = 1;
+    /// ncclAllGather
+    pub const ALL_GATHER: u8 = 2;
+    /// ncclReduceScatter
+    pub const REDUCE_SCATTER: u8 = 3;
+    /// ncclBroadcast
+    pub const BROADCAST: u8 = 4;
+    /// ncclBcast (in-place broadcast)
+    pub const BCAST: u8 = 5;
+    /// ncclReduce
+    pub const REDUCE: u8 = 6;
+    /// ncclAlltoAll
+    pub const ALL_TO_ALL: u8 = 7;
+    /// ncclGather
+    pub const GATHER: u8 = 8;
+    /// ncclScatter
+    pub const SCATTER: u8 = 9;
+    /// ncclSend
+    pub const SEND: u8 = 10;
+    /// ncclRecv
+    pub const RECV: u8 = 11;
+    /// ncclGroupStart
+    pub const GROUP_START: u8 = 20;
+    /// ncclGroupEnd
+    pub const GROUP_END: u8 = 21;
+    /// ncclCommInitRank
+    pub const COMM_INIT_RANK: u8 = 30;
+    /// ncclCommInitRankConfig
+    pub const COMM_INIT_RANK_CONFIG: u8 = 31;
+    /// ncclCommInitAll (one record per communicator created)
+    pub const COMM_INIT_ALL: u8 = 32;
+    /// ncclCommSplit
+    pub const COMM_SPLIT: u8 = 33;
+    /// ncclCommDestroy
+    pub const COMM_DESTROY: u8 = 34;
+    /// ncclCommAbort
+    pub const COMM_ABORT: u8 = 35;
+
+    /// Whether `op` moves data on a communicator (a collective or a
+    /// point-to-point call) and so takes a sequence number.
+    #[must_use]
+    pub const fn is_collective(op: u8) -> bool {
+        op >= ALL_REDUCE && op <= RECV
+    }
+
+    /// Whether `op` creates a communicator.
+    #[must_use]
+    pub const fn is_init(op: u8) -> bool {
+        op >= COMM_INIT_RANK && op <= COMM_SPLIT
+    }
+
+    /// Size in bytes of one element of `ncclDataType_t` `datatype`, 0 if unknown.
+    #[must_use]
+    pub const fn datatype_size(datatype: i32) -> u64 {
+        match datatype {
+            // int8, uint8, and the two fp8 formats
+            0 | 1 | 10 | 11 => 1,
+            // float16, bfloat16
+            6 | 9 => 2,
+            // int32, uint32, float32
+            2 | 3 | 7 => 4,
+            // int64, uint64, float64
+            4 | 5 | 8 => 8,
+            _ => 0,
+        }
+    }
+
+    /// Name of `ncclDataType_t` `datatype`.
+    #[must_use]
+    pub const fn datatype_name(datatype: i32) -> &'static str {
+        match datatype {
+            0 => "int8",
+            1 => "uint8",
+            2 => "int32",
+            3 => "uint32",
+            4 => "int64",
+            5 => "uint64",
+            6 => "float16",
+            7 => "float32",
+            8 => "float64",
+            9 => "bfloat16",
+            10 => "float8e4m3",
+            11 => "float8e5m2",
+            _ => "",
+        }
+    }
+
+    /// Name of `ncclRedOp_t` `redop` (user-defined operations are "custom").
+    #[must_use]
+    pub const fn redop_name(redop: i32) -> &'static str {
+        match redop {
+            0 => "sum",
+            1 => "prod",
+            2 => "max",
+            3 => "min",
+            4 => "avg",
+            r if r > 4 => "custom",
+            _ => "",
+        }
+    }
+}
+
 /// `arg1` of copies: the `cudaMemcpyKind` enum.
 pub mod memcpy_kind {
     /// `cudaMemcpyHostToHost`
@@ -161,6 +270,11 @@ pub const SOURCES: &[SourceInfo] = &[
         id: source::IO,
         name: "io",
         description: "Block I/O requests issued by traced processes; duration = issue to completion",
+    },
+    SourceInfo {
+        id: source::NCCL,
+        name: "nccl",
+        description: "NCCL calls (libnccl uprobes): collectives, point-to-point, groups, communicator set-up; duration = host call time (collectives are asynchronous: the GPU work is not included); details in nccl_collectives and nccl_comms",
     },
 ];
 
@@ -382,6 +496,120 @@ pub const OPS: &[OpInfo] = &[
         "block_flush",
         "cache flush request (fsync); arg2 = device (major << 20 | minor)",
     ),
+    op(
+        source::NCCL,
+        nccl_op::ALL_REDUCE,
+        "ncclAllReduce",
+        "all-reduce; arg0 = bytes (count x datatype size), arg1 = communicator id (nccl_comms.comm_id), arg2 = sequence number on the communicator; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::ALL_GATHER,
+        "ncclAllGather",
+        "all-gather; arg0 = bytes sent by this rank (sendcount x datatype size), arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::REDUCE_SCATTER,
+        "ncclReduceScatter",
+        "reduce-scatter; arg0 = bytes received by this rank (recvcount x datatype size), arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::BROADCAST,
+        "ncclBroadcast",
+        "broadcast from root (nccl_collectives.peer); arg0 = bytes, arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::BCAST,
+        "ncclBcast",
+        "in-place broadcast from root (nccl_collectives.peer); arg0 = bytes, arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::REDUCE,
+        "ncclReduce",
+        "reduce to root (nccl_collectives.peer); arg0 = bytes, arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::ALL_TO_ALL,
+        "ncclAlltoAll",
+        "all-to-all; arg0 = bytes per peer (count x datatype size), arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::GATHER,
+        "ncclGather",
+        "gather to root (nccl_collectives.peer); arg0 = bytes sent by this rank, arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::SCATTER,
+        "ncclScatter",
+        "scatter from root (nccl_collectives.peer); arg0 = bytes received by this rank, arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::SEND,
+        "ncclSend",
+        "send to a peer (nccl_collectives.peer); arg0 = bytes, arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::RECV,
+        "ncclRecv",
+        "receive from a peer (nccl_collectives.peer); arg0 = bytes, arg1 = communicator id, arg2 = sequence number; stream",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::GROUP_START,
+        "ncclGroupStart",
+        "opens a group of NCCL calls; arg0 = group id (nccl_collectives.group_id of the calls in it), arg1 = nesting depth after the call",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::GROUP_END,
+        "ncclGroupEnd",
+        "closes a group (the outermost one launches its calls); arg0 = group id, arg1 = nesting depth after the call",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::COMM_INIT_RANK,
+        "ncclCommInitRank",
+        "joins a communicator (blocks until every rank has joined); arg0 = number of ranks, arg1 = communicator id (hash of the ncclUniqueId, the same on every rank), arg2 = this rank",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::COMM_INIT_RANK_CONFIG,
+        "ncclCommInitRankConfig",
+        "joins a communicator with a configuration (PyTorch's way); arg0 = number of ranks, arg1 = communicator id, arg2 = this rank",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::COMM_INIT_ALL,
+        "ncclCommInitAll",
+        "creates a communicator over several GPUs of one process; one event per rank created: arg0 = number of ranks, arg1 = communicator id, arg2 = rank",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::COMM_SPLIT,
+        "ncclCommSplit",
+        "creates a communicator from the ranks of a parent with the same color; arg0 = color, arg1 = new communicator id (derived from the parent's id and the color), arg2 = key",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::COMM_DESTROY,
+        "ncclCommDestroy",
+        "frees a communicator; arg1 = communicator id",
+    ),
+    op(
+        source::NCCL,
+        nccl_op::COMM_ABORT,
+        "ncclCommAbort",
+        "aborts a communicator's pending work and frees it; arg1 = communicator id",
+    ),
 ];
 
 /// A function to probe in a CUDA library, and the operation it records.
@@ -389,7 +617,7 @@ pub const OPS: &[OpInfo] = &[
 pub struct ProbeSymbol {
     /// Exported symbol name to attach the uprobe to (e.g. "cudaMalloc").
     pub symbol: &'static str,
-    /// Source recorded for calls of the symbol ([`source::CUDA`] or [`source::DRIVER`]).
+    /// Source recorded for calls of the symbol ([`source::CUDA`], [`source::DRIVER`] or [`source::NCCL`]).
     pub source: u8,
     /// Operation recorded for calls of the symbol (a [`cuda_op`] or [`driver_op`] constant).
     pub op: u8,
@@ -444,6 +672,82 @@ pub const DRIVER_SYMBOLS: &[ProbeSymbol] = &[
     sym("cuMemAllocAsync", source::DRIVER, driver_op::MEM_ALLOC_ASYNC),
 ];
 
+/// NCCL functions (libnccl). The exported `nccl*` names are weak aliases of
+/// `pnccl*` (the profiling interface): either name resolves to the same code.
+pub const NCCL_SYMBOLS: &[ProbeSymbol] = &[
+    sym("ncclAllReduce", source::NCCL, nccl_op::ALL_REDUCE),
+    sym("ncclAllGather", source::NCCL, nccl_op::ALL_GATHER),
+    sym("ncclReduceScatter", source::NCCL, nccl_op::REDUCE_SCATTER),
+    sym("ncclBroadcast", source::NCCL, nccl_op::BROADCAST),
+    sym("ncclBcast", source::NCCL, nccl_op::BCAST),
+    sym("ncclReduce", source::NCCL, nccl_op::REDUCE),
+    sym("ncclAlltoAll", source::NCCL, nccl_op::ALL_TO_ALL),
+    sym("ncclGather", source::NCCL, nccl_op::GATHER),
+    sym("ncclScatter", source::NCCL, nccl_op::SCATTER),
+    sym("ncclSend", source::NCCL, nccl_op::SEND),
+    sym("ncclRecv", source::NCCL, nccl_op::RECV),
+    sym("ncclGroupStart", source::NCCL, nccl_op::GROUP_START),
+    sym("ncclGroupEnd", source::NCCL, nccl_op::GROUP_END),
+    sym("ncclCommInitRank", source::NCCL, nccl_op::COMM_INIT_RANK),
+    sym(
+        "ncclCommInitRankConfig",
+        source::NCCL,
+        nccl_op::COMM_INIT_RANK_CONFIG,
+    ),
+    sym("ncclCommInitAll", source::NCCL, nccl_op::COMM_INIT_ALL),
+    sym("ncclCommSplit", source::NCCL, nccl_op::COMM_SPLIT),
+    sym("ncclCommDestroy", source::NCCL, nccl_op::COMM_DESTROY),
+    sym("ncclCommAbort", source::NCCL, nccl_op::COMM_ABORT),
+];
+
+/// Communicator ids (`nccl_comms.comm_id`): 63-bit hashes, so they stay
+/// positive in SQL. Every rank of a communicator computes the same id from
+/// what it knows: the `ncclUniqueId` bytes, or the parent's id and the
+/// split color.
+pub mod comm_id {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    const MASK: u64 = 0x7fff_ffff_ffff_ffff;
+
+    /// Folds one 64-bit word into an FNV-1a state, a byte at a time.
+    #[must_use]
+    pub const fn fold(mut state: u64, word: u64) -> u64 {
+        let mut i = 0;
+        while i < 8 {
+            state ^= (word >> (8 * i)) & 0xff;
+            state = state.wrapping_mul(FNV_PRIME);
+            i += 1;
+        }
+        state
+    }
+
+    /// The start state of [`fold`].
+    #[must_use]
+    pub const fn start() -> u64 {
+        FNV_OFFSET
+    }
+
+    /// The id of a communicator from the state after folding every word of
+    /// its `ncclUniqueId` (the eBPF probe folds the 16 words).
+    #[must_use]
+    pub const fn finish(state: u64) -> u64 {
+        state & MASK
+    }
+
+    /// The id of the communicator created by `ncclCommSplit(parent, color, ..)`.
+    #[must_use]
+    pub const fn split(parent: u64, color: i32) -> u64 {
+        finish(fold(fold(start(), parent), color as u32 as u64))
+    }
+
+    /// The id of a communicator created by `ncclCommInitAll` in process
+    /// `pid` at `ts_ns`: private to one process, so any unique value works.
+    #[must_use]
+    pub const fn init_all(pid: u32, ts_ns: u64) -> u64 {
+        finish(fold(fold(start(), pid as u64), ts_ns))
+    }
+}
+
 /// Whether `arg0` of an operation is a byte count (allocations, copies,
 /// block I/O), so sizes can be summed and compared.
 #[must_use]
@@ -468,6 +772,7 @@ pub fn arg0_is_bytes(src: u8, op: u8) -> bool {
                 | driver_op::MEM_ALLOC_ASYNC
         ),
         source::IO => true,
+        source::NCCL => nccl_op::is_collective(op),
         _ => false,
     }
 }
@@ -525,10 +830,39 @@ mod tests {
 
     #[test]
     fn cookies_round_trip_for_every_probe() {
-        for p in RUNTIME_SYMBOLS.iter().chain(DRIVER_SYMBOLS) {
+        for p in RUNTIME_SYMBOLS.iter().chain(DRIVER_SYMBOLS).chain(NCCL_SYMBOLS) {
             assert_eq!(split_cookie(cookie(p.source, p.op)), (p.source, p.op));
             assert!(op_info(p.source, p.op).is_some(), "{} has no ops row", p.symbol);
         }
+    }
+
+    #[test]
+    fn split_ids_differ_by_parent_and_color_and_stay_positive() {
+        let a = comm_id::split(1, 0);
+        assert_ne!(a, comm_id::split(1, 1));
+        assert_ne!(a, comm_id::split(2, 0));
+        assert_eq!(a, comm_id::split(1, 0));
+        assert!(i64::try_from(a).is_ok());
+        assert!(i64::try_from(comm_id::finish(u64::MAX)).is_ok());
+    }
+
+    #[test]
+    fn every_nccl_op_is_probed_and_classified() {
+        for o in OPS.iter().filter(|o| o.source == source::NCCL) {
+            assert!(
+                NCCL_SYMBOLS.iter().any(|p| p.op == o.op && p.symbol == o.name),
+                "{} is not probed",
+                o.name
+            );
+            assert_eq!(
+                arg0_is_bytes(o.source, o.op),
+                nccl_op::is_collective(o.op),
+                "{}",
+                o.name
+            );
+        }
+        assert_eq!(nccl_op::datatype_size(7), 4);
+        assert_eq!(nccl_op::datatype_size(99), 0);
     }
 
     #[test]

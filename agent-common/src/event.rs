@@ -15,6 +15,8 @@ pub const MAX_STACK_DEPTH: usize = 32;
 pub const KIND_EVENT: u8 = 0;
 /// An event followed by a [`StackTail`].
 pub const KIND_STACK: u8 = 1;
+/// An NCCL event followed by an [`NcclTail`].
+pub const KIND_NCCL: u8 = 2;
 
 /// `Event::stream` holds a CUDA stream handle (0 is the default stream).
 pub const FLAG_HAS_STREAM: u8 = 1 << 0;
@@ -83,6 +85,45 @@ pub struct StackEvent {
     pub stack: StackTail,
 }
 
+/// Follows an [`Event`] of kind [`KIND_NCCL`]: what an NCCL call says
+/// beyond the event's columns. Fields whose meaning depends on the
+/// operation say so; -1 marks a value the operation does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NcclTail {
+    /// The communicator handle (`ncclComm_t`) the call used, or created
+    /// (init and split: the handle written through the out-pointer).
+    pub comm: u64,
+    /// Collectives: the element count argument. Init: number of ranks.
+    /// Split: the parent's handle.
+    pub count: u64,
+    /// Collectives: sequence number on the communicator, from 0 (the
+    /// kernel counts per process and handle). Init: the communicator id
+    /// (`catalog::comm_id`) folded from the `ncclUniqueId`.
+    pub seq: u64,
+    /// Group id: the start time of the outermost open `ncclGroupStart` on
+    /// the thread, 0 outside a group.
+    pub group: u64,
+    /// Root or peer rank of the call. Init: this rank. Split: the key.
+    pub peer: i32,
+    /// `ncclDataType_t` of a collective. Split: the color.
+    pub datatype: i32,
+    /// `ncclRedOp_t` of a reducing collective.
+    pub redop: i32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+
+/// An [`Event`] with its [`NcclTail`], as reserved in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NcclEvent {
+    /// The event itself, with `kind` set to [`KIND_NCCL`].
+    pub event: Event,
+    /// The NCCL-specific part.
+    pub tail: NcclTail,
+}
+
 /// Per-process page-allocation counters kept in the kernel
 /// (`kmem/mm_page_alloc`) and summarised by user space every second.
 #[repr(C)]
@@ -107,6 +148,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(Event, pid), 48);
         assert_eq!(core::mem::offset_of!(Event, source), 68);
         assert_eq!(core::mem::offset_of!(Event, comm), 72);
+        assert_eq!(core::mem::size_of::<NcclTail>(), 48);
+        assert_eq!(core::mem::size_of::<NcclEvent>(), 136);
         assert_eq!(core::mem::size_of::<StackEvent>(), 88 + 8 + 8 * MAX_STACK_DEPTH);
     }
 }

@@ -41,7 +41,7 @@ pub fn cuda_exit(ctx: RetProbeContext) -> u32 {
     }
 }
 
-fn cookie_of<C: EbpfContext>(ctx: &C) -> u64 {
+pub(crate) fn cookie_of<C: EbpfContext>(ctx: &C) -> u64 {
     // SAFETY: the helper only reads the program's attach cookie.
     unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
@@ -140,7 +140,7 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
 }
 
 /// Argument `n` (0-based) of the probed function, registers or stack.
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+pub(crate) fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     if let Some(value) = ctx.arg::<u64>(n) {
         return value;
     }
@@ -165,6 +165,20 @@ fn stack_arg(ctx: &ProbeContext, n: usize) -> u64 {
     }
 }
 
+/// The stack pointer at the probed instruction (0 where not supported):
+/// at a function's entry it points at the return address, with arguments
+/// passed in memory just above it.
+#[cfg(bpf_target_arch = "x86_64")]
+pub(crate) fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` is the probe's pt_regs.
+    unsafe { (*ctx.regs).rsp }
+}
+
+#[cfg(not(bpf_target_arch = "x86_64"))]
+pub(crate) fn stack_pointer(_ctx: &ProbeContext) -> u64 {
+    0
+}
+
 #[cfg(not(bpf_target_arch = "x86_64"))]
 fn stack_arg(_ctx: &ProbeContext, _n: usize) -> u64 {
     0
@@ -179,7 +193,7 @@ fn high(x: u64) -> u64 {
 }
 
 /// Reads a user `u64` at `addr`, 0 if unreadable.
-fn user_u64(addr: u64) -> u64 {
+pub(crate) fn user_u64(addr: u64) -> u64 {
     // SAFETY: user memory read through the checked helper.
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
 }

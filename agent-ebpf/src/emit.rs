@@ -18,7 +18,7 @@ use aya_ebpf::{
 
 use crate::maps::{EVENTS, count_drop, setting};
 
-fn wakeup_flag() -> u64 {
+pub(crate) fn wakeup_flag() -> u64 {
     if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= setting!(wakeup_bytes) {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {

@@ -3,6 +3,8 @@
 //! - `cuda_enter` / `cuda_exit`: one uprobe/uretprobe pair attached to every
 //!   probed CUDA runtime and driver function; the attach cookie names the
 //!   operation, so the programs know which call they measure.
+//! - `nccl_enter` / `nccl_exit`: the same for NCCL (collectives, groups,
+//!   communicator set-up), with a per-communicator sequence number.
 //! - `sched_switch`: off-CPU time of every thread of a traced process.
 //! - `block_rq_issue` / `block_rq_complete`: block request latency.
 //! - `task_newtask`, `process_exec`, `process_exit`: process lifecycle;
@@ -23,6 +25,7 @@ mod cuda;
 mod emit;
 mod maps;
 mod memory;
+mod nccl;
 mod process;
 mod sched;
 

@@ -5,7 +5,11 @@
 //! never completes, cannot leak an entry for ever. Sizes are defaults; user
 //! space may resize them before loading.
 
-use agent_common::{config::Config, drops, event::MemCounters};
+use agent_common::{
+    config::Config,
+    drops,
+    event::{MemCounters, NcclTail},
+};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -61,6 +65,53 @@ pub struct CallStart {
 
 #[map]
 pub static CALLS: LruHashMap<CallKey, CallStart> = LruHashMap::with_max_entries(65536, 0);
+
+/// What the NCCL entry probe saw.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NcclStart {
+    pub ts_ns: u64,
+    pub stream: u64,
+    /// Where an init or split call writes the new communicator handle(s).
+    pub out_ptr: u64,
+    pub tail: NcclTail,
+}
+
+#[map]
+pub static NCCL_CALLS: LruHashMap<CallKey, NcclStart> = LruHashMap::with_max_entries(16384, 0);
+
+/// A communicator handle in one process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CommKey {
+    pub tgid: u32,
+    pub pad: u32,
+    pub comm: u64,
+}
+
+/// Next sequence number of each communicator: the same collective gets the
+/// same number on every rank, since NCCL requires every rank to issue a
+/// communicator's calls in the same order.
+#[map]
+pub static NCCL_SEQ: LruHashMap<CommKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Open `ncclGroupStart` nesting of a thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GroupState {
+    pub depth: u64,
+    /// Start time of the outermost open group: the group's id.
+    pub id: u64,
+}
+
+/// The outermost probed NCCL call in progress on each thread (its cookie):
+/// NCCL calls its own entry points (`ncclBcast` calls `ncclBroadcast`),
+/// and a call made inside another is not the application's.
+#[map]
+pub static NCCL_ACTIVE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static NCCL_GROUP: LruHashMap<u32, GroupState> = LruHashMap::with_max_entries(16384, 0);
 
 /// GPU selected by each thread with `cudaSetDevice`.
 #[map]

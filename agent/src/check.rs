@@ -174,16 +174,17 @@ pub fn render(report: &Report) -> String {
             c.detail
         ));
     }
-    for kind in [LibKind::Runtime, LibKind::Driver] {
+    for kind in [LibKind::Runtime, LibKind::Driver, LibKind::Nccl] {
         let label = match kind {
             LibKind::Runtime => "cuda runtime",
             LibKind::Driver => "cuda driver",
+            LibKind::Nccl => "nccl",
         };
         let found: Vec<_> = report.libraries.iter().filter(|l| l.kind == kind).collect();
         if found.is_empty() {
             out.push_str(&format!(
                 "{label:<12} -    none installed where ingero looks; a process that loads one is probed anyway (or pass --{})\n",
-                if kind == LibKind::Runtime { "cudart-lib" } else { "cuda-lib" }
+                &kind.flag()[2..]
             ));
         }
         for l in found {

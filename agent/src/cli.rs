@@ -102,6 +102,9 @@ pub struct TraceArgs {
     /// Also probe this CUDA runtime library (libcudart.so*) (repeatable)
     #[arg(long = "cudart-lib", value_name = "PATH")]
     pub cudart_lib: Vec<PathBuf>,
+    /// Also probe this NCCL library (libnccl.so*) (repeatable)
+    #[arg(long = "nccl-lib", value_name = "PATH")]
+    pub nccl_lib: Vec<PathBuf>,
     /// Stream every event to stdout as one JSON object per line
     #[arg(long)]
     pub json: bool,

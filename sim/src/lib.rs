@@ -70,4 +70,22 @@ pub fn libcudart() -> Option<PathBuf> {
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     (out.status.success() && path.exists()).then_some(path)
 }
+
+/// The real `libnccl.so.2` of the `nvidia-nccl-cu12` wheel: `$INGERO_NCCL`
+/// if set, else where `python3` imports it from.
+#[must_use]
+pub fn libnccl_real() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("INGERO_NCCL") {
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import nvidia.nccl as m, os; print(os.path.join(list(m.__path__)[0], 'lib', 'libnccl.so.2'))",
+        ])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && path.exists()).then_some(path)
+}
 pub mod cluster;

@@ -44,6 +44,12 @@ fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, Cl
             .chain(&t.cudart_lib)
             .map(|p| config::expand_home(p))
             .collect(),
+        nccl_libs: args
+            .nccl_lib
+            .iter()
+            .chain(&t.nccl_lib)
+            .map(|p| config::expand_home(p))
+            .collect(),
         json: args.json,
         ringbuf_bytes: args
             .ringbuf_size

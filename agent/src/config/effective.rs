@@ -51,6 +51,7 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
     let (a, t, q, f) = (&file.agent, &file.trace, &file.query, &file.fleet);
     let cuda: Vec<String> = t.cuda_lib.iter().map(|p| p.display().to_string()).collect();
     let cudart: Vec<String> = t.cudart_lib.iter().map(|p| p.display().to_string()).collect();
+    let nccl: Vec<String> = t.nccl_lib.iter().map(|p| p.display().to_string()).collect();
     let rows: Vec<(&'static str, Option<String>, String)> = vec![
         (
             "agent.node",
@@ -121,6 +122,7 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
         ),
         ("trace.cuda_lib", list(&cuda), "- (discovered)".into()),
         ("trace.cudart_lib", list(&cudart), "- (discovered)".into()),
+        ("trace.nccl_lib", list(&nccl), "- (discovered)".into()),
         ("trace.stack", show(t.stack), defaults::STACK.to_string()),
         (
             "trace.ringbuf_size",

@@ -136,6 +136,8 @@ pub struct TraceSection {
     pub cuda_lib: Vec<PathBuf>,
     /// More CUDA runtime libraries (libcudart.so*) to probe, added to `--cudart-lib`.
     pub cudart_lib: Vec<PathBuf>,
+    /// More NCCL libraries (libnccl.so*) to probe, added to `--nccl-lib`.
+    pub nccl_lib: Vec<PathBuf>,
     /// Capture the user stack of every CUDA call (default: false).
     pub stack: Option<bool>,
     /// Kernel-to-user ring buffer size in bytes, a power of two (default: 8 MiB).

@@ -1,6 +1,6 @@
 //! What the tracer hands the writer: a [`Batch`] of rows for every table
 //! the tracer writes (`events`, `stack_traces`, `system_snapshots`,
-//! `drops`) and the session's changes, in the shape the schema stores
+//! `drops`, `nccl_comms`, `nccl_collectives`) and the session's changes, in the shape the schema stores
 //! them. Batches merge: the writer absorbs several into one transaction.
 
 /// One event, ready for the `events` table. 64-bit values (pointers,
@@ -107,6 +107,76 @@ pub struct Batch {
     pub drops: Vec<DropCount>,
     /// Changes to this session's `sessions` row, if any.
     pub session: Option<SessionUpdate>,
+    /// Communicators created (`nccl_comms`).
+    pub comms: Vec<CommRow>,
+    /// Communicators freed: (pid, communicator id, Unix ns).
+    pub comms_freed: Vec<(u32, i64, i64)>,
+    /// NCCL collective and point-to-point calls (`nccl_collectives`).
+    pub collectives: Vec<CollectiveRow>,
+}
+
+/// A communicator one traced process joined (`nccl_comms`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommRow {
+    /// The process (`nccl_comms.pid`).
+    pub pid: u32,
+    /// The id every rank of the communicator shares (`catalog::comm_id`).
+    pub comm_id: i64,
+    /// The `ncclComm_t` handle in the process.
+    pub handle: u64,
+    /// This process's rank in the communicator, when the call says it.
+    pub rank: Option<i64>,
+    /// Ranks in the communicator, when the call says it.
+    pub size: Option<i64>,
+    /// The process's `RANK` in the job (torchrun), when known.
+    pub world_rank: Option<i64>,
+    /// The parent's id (split), when known.
+    pub parent_id: Option<i64>,
+    /// The split color.
+    pub color: Option<i32>,
+    /// The split key.
+    pub split_key: Option<i32>,
+    /// When the call returned, Unix ns.
+    pub created: i64,
+    /// The NCCL function that created it.
+    pub how: &'static str,
+}
+
+/// One NCCL collective or point-to-point call (`nccl_collectives`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectiveRow {
+    /// When the call returned, Unix ns (like `events.timestamp`).
+    pub timestamp: i64,
+    /// How long the call took on the host, ns.
+    pub duration: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// `catalog::nccl_op` of the call.
+    pub op: u8,
+    /// The communicator's id; `None` when its creation was not seen.
+    pub comm_id: Option<i64>,
+    /// The `ncclComm_t` handle.
+    pub handle: u64,
+    /// Sequence number on the communicator in this process, from 0.
+    pub seq: u64,
+    /// Group id, `None` outside `ncclGroupStart`/`ncclGroupEnd`.
+    pub group_id: Option<u64>,
+    /// The element count argument.
+    pub count: u64,
+    /// `ncclDataType_t`.
+    pub datatype: i32,
+    /// `count` times the datatype's size.
+    pub bytes: u64,
+    /// `ncclRedOp_t` of reducing collectives.
+    pub redop: Option<i32>,
+    /// Root or peer rank, where the call has one.
+    pub peer: Option<i32>,
+    /// The CUDA stream.
+    pub stream: u64,
+    /// `ncclResult_t`.
+    pub ret_code: i32,
 }
 
 impl Batch {
@@ -117,6 +187,9 @@ impl Batch {
             && self.snapshots.is_empty()
             && self.drops.is_empty()
             && self.session.is_none()
+            && self.comms.is_empty()
+            && self.comms_freed.is_empty()
+            && self.collectives.is_empty()
     }
 
     pub(super) fn absorb(&mut self, other: Batch) {
@@ -125,6 +198,9 @@ impl Batch {
         self.names.extend(other.names);
         self.snapshots.extend(other.snapshots);
         self.drops.extend(other.drops);
+        self.comms.extend(other.comms);
+        self.comms_freed.extend(other.comms_freed);
+        self.collectives.extend(other.collectives);
         if let Some(update) = other.session {
             self.session
                 .get_or_insert_with(SessionUpdate::default)

@@ -11,6 +11,7 @@
 //! tables but no ingero `events` table is refused before a byte is written.
 
 pub mod batch;
+mod nccl;
 pub mod schema;
 pub mod writer;
 

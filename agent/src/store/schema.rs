@@ -155,6 +155,45 @@ pub const DDL: &[&str] = &[
          node TEXT PRIMARY KEY,
          next_seq INTEGER NOT NULL
      )",
+    "CREATE TABLE IF NOT EXISTS nccl_comms(
+         node TEXT NOT NULL DEFAULT '',
+         session_id INTEGER,
+         pid INTEGER NOT NULL,
+         comm_id INTEGER NOT NULL,
+         handle INTEGER NOT NULL,
+         rank INTEGER,
+         size INTEGER,
+         world_rank INTEGER,
+         parent_id INTEGER,
+         color INTEGER,
+         split_key INTEGER,
+         created INTEGER NOT NULL,
+         destroyed INTEGER,
+         how TEXT NOT NULL,
+         PRIMARY KEY(node, pid, comm_id, created)
+     )",
+    "CREATE TABLE IF NOT EXISTS nccl_collectives(
+         node TEXT NOT NULL DEFAULT '',
+         session_id INTEGER,
+         timestamp INTEGER NOT NULL,
+         duration INTEGER NOT NULL,
+         pid INTEGER NOT NULL,
+         tid INTEGER NOT NULL,
+         op INTEGER NOT NULL,
+         comm_id INTEGER,
+         handle INTEGER NOT NULL,
+         seq INTEGER NOT NULL,
+         group_id INTEGER,
+         count INTEGER NOT NULL,
+         datatype INTEGER NOT NULL,
+         bytes INTEGER NOT NULL,
+         redop INTEGER,
+         peer INTEGER,
+         stream INTEGER NOT NULL,
+         ret_code INTEGER NOT NULL
+     )",
+    "CREATE INDEX IF NOT EXISTS idx_nccl_collectives_comm ON nccl_collectives(comm_id, seq)",
+    "CREATE INDEX IF NOT EXISTS idx_nccl_collectives_timestamp ON nccl_collectives(timestamp)",
 ];
 
 /// Columns this tracer adds to tables that older databases may lack.
@@ -281,6 +320,8 @@ pub const TABLES: &[&str] = &[
     "system_snapshots",
     "id_counters",
     "causal_chains",
+    "nccl_comms",
+    "nccl_collectives",
 ];
 
 /// Whether a table or view named `name` exists (temporary ones included).

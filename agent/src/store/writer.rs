@@ -45,7 +45,9 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::mpsc;
 
 use super::StoreError;
-pub use super::batch::{Batch, DropCount, EventRow, SessionUpdate, StackRow, SystemSnapshot};
+pub use super::batch::{
+    Batch, CollectiveRow, CommRow, DropCount, EventRow, SessionUpdate, StackRow, SystemSnapshot,
+};
 
 /// Events per transaction at most.
 pub const MAX_BATCH_ROWS: usize = 10_000;
@@ -322,6 +324,7 @@ impl Writer {
             params![delete],
         )?;
         self.stats.pruned.fetch_add(deleted as u64, Ordering::Relaxed);
+        super::nccl::prune_before_events(&self.conn)?;
         // Each step of the pragma frees one page: run it to the end.
         let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
         let mut rows = stmt.query([])?;
@@ -436,6 +439,8 @@ impl Writer {
         if let Some(update) = &batch.session {
             apply_session_update(&tx, self.config.session_id, update).map_err(sql("updating the session"))?;
         }
+        super::nccl::insert(&tx, &self.config.node, self.config.session_id, batch)
+            .map_err(sql("inserting NCCL calls"))?;
         tx.commit().map_err(sql("committing"))?;
         self.stats.committed.fetch_add(n as u64, Ordering::Relaxed);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //! decoding is a size check and an unaligned copy. A record of an
 //! unexpected size is reported, never guessed at.
 
-use agent_common::event::{Event, KIND_STACK, StackEvent};
+use agent_common::event::{Event, KIND_NCCL, KIND_STACK, NcclEvent, NcclTail, StackEvent};
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,8 @@ pub enum Record {
     Event(Event),
     /// An event with the user stack (innermost frame first).
     WithStack(Event, Vec<u64>),
+    /// An NCCL call with what it says beyond the event's columns.
+    Nccl(Event, NcclTail),
 }
 
 /// A ring-buffer record too short for the layout its kind announces;
@@ -32,6 +34,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     // SAFETY: at least size_of::<Event>() bytes; Event is plain data for
     // which every bit pattern is valid.
     let event: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if event.kind == KIND_NCCL {
+        if bytes.len() < size_of::<NcclEvent>() {
+            return Err(DecodeError(bytes.len()));
+        }
+        // SAFETY: as above, for NcclEvent.
+        let full: NcclEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        return Ok(Record::Nccl(event, full.tail));
+    }
     if event.kind != KIND_STACK {
         return Ok(Record::Event(event));
     }
@@ -84,6 +94,26 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn nccl_records_carry_their_tail() {
+        let event = Event {
+            kind: KIND_NCCL,
+            source: 6,
+            op: 1,
+            ..Event::default()
+        };
+        let tail = NcclTail {
+            comm: 0xabc,
+            count: 1024,
+            seq: 3,
+            datatype: 7,
+            ..NcclTail::default()
+        };
+        let bytes = bytes_of(&NcclEvent { event, tail });
+        assert_eq!(decode(&bytes), Ok(Record::Nccl(event, tail)));
+        assert_eq!(decode(&bytes[..100]), Err(DecodeError(100)));
     }
 
     #[test]

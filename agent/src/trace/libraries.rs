@@ -1,7 +1,7 @@
-//! Finding CUDA libraries and the functions to probe in them.
+//! Finding CUDA and NCCL libraries and the functions to probe in them.
 //!
 //! Sources, in order: paths given on the command line (`--cuda-lib`,
-//! `--cudart-lib`), the dynamic loader's paths (`ldconfig -p`,
+//! `--cudart-lib`, `--nccl-lib`), the dynamic loader's paths (`ldconfig -p`,
 //! `LD_LIBRARY_PATH`, the usual CUDA install directories), Python
 //! site-packages (pip wheels such as `nvidia/cuda_runtime/lib`, and
 //! `torch/lib`), and, while tracing, `/proc/PID/maps` of traced processes.
@@ -18,7 +18,7 @@ use std::{
     process::Command,
 };
 
-use agent_common::catalog::{DRIVER_SYMBOLS, ProbeSymbol, RUNTIME_SYMBOLS};
+use agent_common::catalog::{DRIVER_SYMBOLS, NCCL_SYMBOLS, ProbeSymbol, RUNTIME_SYMBOLS};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// Which CUDA API a library implements.
@@ -29,6 +29,8 @@ pub enum LibKind {
     Runtime,
     /// libcuda: the driver API.
     Driver,
+    /// libnccl: collective communication.
+    Nccl,
 }
 
 impl LibKind {
@@ -38,13 +40,34 @@ impl LibKind {
         match self {
             Self::Runtime => RUNTIME_SYMBOLS,
             Self::Driver => DRIVER_SYMBOLS,
+            Self::Nccl => NCCL_SYMBOLS,
+        }
+    }
+
+    /// The flag that names a library of this kind explicitly.
+    #[must_use]
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Runtime => "--cudart-lib",
+            Self::Driver => "--cuda-lib",
+            Self::Nccl => "--nccl-lib",
+        }
+    }
+
+    /// Short name shown to users ("runtime", "driver", "nccl").
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime",
+            Self::Driver => "driver",
+            Self::Nccl => "nccl",
         }
     }
 }
 
 /// The kind of a library from its file name: `libcudart*.so*` is the
 /// runtime (including torch's `libcudart-<hash>.so.12`), `libcuda.so*` the
-/// driver. Link-time stubs (`.../stubs/libcuda.so`) are not libraries to
+/// driver, `libnccl.so*` NCCL. Link-time stubs (`.../stubs/libcuda.so`) are not libraries to
 /// trace.
 #[must_use]
 pub fn classify(path: &Path) -> Option<LibKind> {
@@ -56,6 +79,8 @@ pub fn classify(path: &Path) -> Option<LibKind> {
         Some(LibKind::Runtime)
     } else if name.starts_with("libcuda.so") {
         Some(LibKind::Driver)
+    } else if name.starts_with("libnccl.so") {
+        Some(LibKind::Nccl)
     } else {
         None
     }
@@ -102,7 +127,7 @@ pub struct Library {
 #[derive(Debug, thiserror::Error)]
 pub enum LibraryError {
     /// The file does not exist.
-    #[error("{path}: no such file; check the path given to --cuda-lib/--cudart-lib")]
+    #[error("{path}: no such file; check the path given to --cuda-lib/--cudart-lib/--nccl-lib")]
     NotFound {
         /// The path as given.
         path: PathBuf,

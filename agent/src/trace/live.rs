@@ -15,8 +15,14 @@ pub fn summary_line(
     processes: usize,
 ) -> String {
     let secs = elapsed.as_secs();
+    // NCCL shows once a process uses it: most single-GPU jobs never do.
+    let nccl = if per_sec.nccl > 0 {
+        format!("  nccl {}/s", format_count(per_sec.nccl as f64))
+    } else {
+        String::new()
+    };
     format!(
-        "[{:02}:{:02}] cuda {}/s  driver {}/s  host {}/s  io {}/s | {} stored | {} dropped | {} traced process{}",
+        "[{:02}:{:02}] cuda {}/s  driver {}/s  host {}/s  io {}/s{nccl} | {} stored | {} dropped | {} traced process{}",
         secs / 60,
         secs % 60,
         format_count(per_sec.cuda as f64),
@@ -57,6 +63,7 @@ mod tests {
                 driver: 3400,
                 host: 210,
                 io: 0,
+                nccl: 0,
             },
             18_221,
             0,

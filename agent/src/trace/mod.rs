@@ -21,6 +21,7 @@
 //! (`drops.reason` "stopping"), not as drops while tracing, and are no
 //! reason for a larger ring buffer.
 
+mod comms;
 pub mod decode;
 pub mod discovery;
 pub mod libraries;
@@ -119,6 +120,8 @@ pub struct TraceOptions {
     pub cuda_libs: Vec<PathBuf>,
     /// Runtime libraries (libcudart.so*) to probe besides the ones discovered.
     pub cudart_libs: Vec<PathBuf>,
+    /// NCCL libraries (libnccl.so*) to probe besides the ones discovered.
+    pub nccl_libs: Vec<PathBuf>,
     /// Also write every event to stdout as one JSON object per line.
     pub json: bool,
     /// Ring buffer size in bytes: a power of two from 4 KiB to 1 GiB.
@@ -184,6 +187,7 @@ pub(crate) fn preflight(opts: &TraceOptions) -> Result<Vec<Library>, TraceError>
     for (kind, paths) in [
         (LibKind::Driver, &opts.cuda_libs),
         (LibKind::Runtime, &opts.cudart_libs),
+        (LibKind::Nccl, &opts.nccl_libs),
     ] {
         for path in paths {
             libs.push(libraries::inspect(kind, path, path)?);
@@ -197,10 +201,7 @@ pub(crate) fn describe_library(lib: &Library) -> String {
         "probing {} ({} {} functions{})",
         lib.path.display(),
         lib.symbols.len(),
-        match lib.kind {
-            LibKind::Runtime => "runtime",
-            LibKind::Driver => "driver",
-        },
+        lib.kind.name(),
         if lib.missing.is_empty() {
             String::new()
         } else {

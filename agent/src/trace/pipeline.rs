@@ -21,6 +21,7 @@ use agent_common::{
 use crate::clock::WallClock;
 
 use super::{
+    comms::Comms,
     decode::Record,
     procs::{self, RankInfo},
     symbolize::{Symbolizer, stack_hash},
@@ -38,13 +39,15 @@ pub struct SourceCounts {
     pub host: u64,
     /// Block I/O requests (and events of any unknown source).
     pub io: u64,
+    /// NCCL calls (libnccl).
+    pub nccl: u64,
 }
 
 impl SourceCounts {
     /// Events of every source together.
     #[must_use]
     pub fn total(&self) -> u64 {
-        self.cuda + self.driver + self.host + self.io
+        self.cuda + self.driver + self.host + self.io + self.nccl
     }
 }
 
@@ -63,6 +66,7 @@ pub struct Pipeline {
     names: HashMap<u32, String>,
     stacks_seen: HashSet<u64>,
     symbolizer: Option<Symbolizer>,
+    comms: Comms,
     session_rank_known: bool,
     batch: Batch,
     counts: SourceCounts,
@@ -90,6 +94,7 @@ fn source_name(src: u8) -> &'static str {
         source::DRIVER => "driver",
         source::HOST => "host",
         source::IO => "io",
+        source::NCCL => "nccl",
         _ => "unknown",
     }
 }
@@ -113,6 +118,7 @@ impl Pipeline {
             names: HashMap::new(),
             stacks_seen: HashSet::new(),
             symbolizer: stacks.then(Symbolizer::default),
+            comms: Comms::default(),
             session_rank_known: false,
             batch: Batch::default(),
             counts: SourceCounts::default(),
@@ -171,12 +177,18 @@ impl Pipeline {
     /// Adds one record. Returns `false` if `--json` output failed (closed
     /// pipe): the caller should stop tracing.
     pub fn push(&mut self, record: Record) -> bool {
-        let (event, stack) = match record {
-            Record::Event(e) => (e, None),
-            Record::WithStack(e, ips) => (e, Some(ips)),
+        let (event, stack, nccl) = match record {
+            Record::Event(e) => (e, None, None),
+            Record::WithStack(e, ips) => (e, Some(ips), None),
+            Record::Nccl(e, tail) => (e, None, Some(tail)),
         };
         let timestamp = self.clock.to_unix(event.ts_ns);
         let mut row = self.row(&event, timestamp);
+        if let Some(tail) = nccl.filter(|_| event.source == source::NCCL) {
+            let world_rank = row.rank;
+            self.comms
+                .note(&event, &tail, &mut row, world_rank, &mut self.batch);
+        }
         if let Some(ips) = stack.filter(|ips| !ips.is_empty()) {
             row.stack_hash = stack_hash(&ips);
             if self.stacks_seen.insert(row.stack_hash) {
@@ -188,6 +200,7 @@ impl Pipeline {
             source::CUDA => self.counts.cuda += 1,
             source::DRIVER => self.counts.driver += 1,
             source::HOST => self.counts.host += 1,
+            source::NCCL => self.counts.nccl += 1,
             _ => self.counts.io += 1,
         }
         self.total += 1;
@@ -263,6 +276,7 @@ impl Pipeline {
                 if let Some(s) = self.symbolizer.as_mut() {
                     s.forget(e.pid);
                 }
+                self.comms.forget(e.pid);
             }
             host_op::OOM_KILL => self.remember_name(e.pid, comm, timestamp),
             _ => {}

@@ -26,7 +26,7 @@ use aya::{
 
 use super::{
     TraceError,
-    libraries::{FileId, Library},
+    libraries::{FileId, LibKind, Library},
 };
 
 /// The compiled eBPF programs.
@@ -103,10 +103,10 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(load_err)?;
-        for name in ["cuda_enter", "empty_enter"] {
+        for name in ["cuda_enter", "nccl_enter", "empty_enter"] {
             uprobe(&mut ebpf, name)?.load().map_err(load_err)?;
         }
-        for name in ["cuda_exit", "empty_exit"] {
+        for name in ["cuda_exit", "nccl_exit", "empty_exit"] {
             uprobe(&mut ebpf, name)?.load().map_err(load_err)?;
         }
         let drops = ebpf
@@ -190,7 +190,11 @@ impl Probes {
         if self.attached.contains_key(&lib.id) {
             return Ok(0);
         }
-        self.attach_pair(lib, "cuda_enter", "cuda_exit")?;
+        let (enter, exit) = match lib.kind {
+            LibKind::Nccl => ("nccl_enter", "nccl_exit"),
+            LibKind::Runtime | LibKind::Driver => ("cuda_enter", "cuda_exit"),
+        };
+        self.attach_pair(lib, enter, exit)?;
         self.attached.insert(
             lib.id,
             AttachedLibrary {
