@@ -621,6 +621,21 @@ fn copy_known(
             _ => None,
         },
     )?;
+    // NCCL tables refer to sessions by id like events do; a call of an
+    // unknown session keeps a NULL session.
+    for (table, verb) in [("nccl_comms", "INSERT OR IGNORE"), ("nccl_collectives", "INSERT")] {
+        let node = node_expr(table)?;
+        copy(
+            table,
+            verb,
+            "LEFT JOIN temp.session_map m ON m.old = t.session_id",
+            &|c: &str| match c {
+                "node" => Some(node.clone()),
+                "session_id" => Some("m.new".into()),
+                _ => None,
+            },
+        )?;
+    }
     if src_tables.contains("event_aggregates") {
         let node = node_expr("event_aggregates")?;
         let pid = if columns(conn, "src", "event_aggregates")?
