@@ -284,6 +284,9 @@ pub struct ExplainArgs {
     /// Do not record the chains in the database's causal_chains table
     #[arg(long)]
     pub no_save: bool,
+    /// Report a collective some ranks entered and others did not for this long as hung [default: fleet.hang_after, else 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub hang_after: Option<HumanDuration>,
     /// The agents to ask instead of the local database.
     #[command(flatten)]
     pub fleet: FleetArgs,

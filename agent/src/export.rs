@@ -8,7 +8,11 @@
 //! thread ("off-CPU: preempted by X" or "off-CPU: waiting"); block requests
 //! are async slices on the node; process lifecycle events and causal chains
 //! are instant markers, chains coloured by severity with the root cause and
-//! fixes in their args; page allocations and CPU load are counters.
+//! fixes in their args; page allocations and CPU load are counters. NCCL
+//! collective calls are slices on their thread ("ncclAllReduce #12"), and
+//! the calls of one collective on every rank (same communicator and
+//! sequence number) are joined by a flow from the first rank to arrive to
+//! the last.
 //!
 //! Events are streamed from SQLite to the file one row at a time: memory
 //! stays flat whatever the database size. Timestamps are microseconds from
@@ -43,6 +47,8 @@ pub struct ExportReport {
     pub markers: u64,
     /// Counter samples: page-allocation rates and CPU busy %.
     pub counters: u64,
+    /// NCCL collective calls (slices), joined across ranks by flows.
+    pub collectives: u64,
 }
 
 /// Why an export failed; the output file may be incomplete.
@@ -77,6 +83,84 @@ impl<W: Write> TraceWriter<W> {
         self.first = false;
         serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)
     }
+}
+
+/// The NCCL collective calls of the window as slices, each collective's
+/// calls joined across ranks by a flow in arrival order. Calls are read in
+/// (communicator, sequence) order, so one collective's rows are adjacent
+/// and memory holds one collective at a time.
+fn collectives<W: Write>(
+    conn: &Connection,
+    w: &mut TraceWriter<W>,
+    nodes: &HashMap<String, NodeTrack>,
+    window: Option<Window>,
+    us: &dyn Fn(i64, &NodeTrack) -> f64,
+    report: &mut ExportReport,
+) -> Result<(), ExportError> {
+    if !table_exists(conn, "nccl_collectives")? {
+        return Ok(());
+    }
+    let (from, to) = window.map_or((i64::MIN, i64::MAX), |w| (w.from, w.to));
+    let mut stmt = conn.prepare(
+        "SELECT node, tid, comm_id, seq, op, timestamp - duration, duration, bytes, count, datatype, peer, pid
+         FROM nccl_collectives
+         WHERE comm_id IS NOT NULL AND ret_code = 0 AND timestamp BETWEEN ?1 AND ?2
+         ORDER BY comm_id, seq",
+    )?;
+    let mut rows = stmt.query([from, to])?;
+    // (track pid, tid, start in µs) of the collective being read.
+    let mut group: Vec<(u32, u32, f64)> = Vec::new();
+    let mut key: Option<(i64, i64)> = None;
+    let mut flows = 0u64;
+    let mut flush = |group: &mut Vec<(u32, u32, f64)>,
+                     w: &mut TraceWriter<W>,
+                     name: &str|
+     -> std::io::Result<()> {
+        if group.len() >= 2 {
+            group.sort_by(|a, b| a.2.total_cmp(&b.2));
+            flows += 1;
+            let last = group.len() - 1;
+            for (i, (pid, tid, ts)) in group.iter().enumerate() {
+                let ph = match i {
+                    0 => "s",
+                    i if i == last => "f",
+                    _ => "t",
+                };
+                w.event(&json!({"ph": ph, "bp": "e", "id": flows, "name": name, "cat": "nccl", "pid": pid, "tid": tid, "ts": ts}))?;
+            }
+        }
+        group.clear();
+        Ok(())
+    };
+    let mut name = String::new();
+    while let Some(r) = rows.next()? {
+        let node: String = r.get(0)?;
+        let Some(track) = nodes.get(&node) else { continue };
+        let (comm, seq): (i64, i64) = (r.get(2)?, r.get(3)?);
+        if key != Some((comm, seq)) {
+            flush(&mut group, w, &name)?;
+            key = Some((comm, seq));
+        }
+        let op: u8 = r.get(4)?;
+        let op_name = agent_common::catalog::op_info(source::NCCL, op).map_or("nccl", |o| o.name);
+        name = format!("{op_name} #{seq}");
+        let tid = r.get::<_, i64>(1)? as u32;
+        let start = us(r.get(5)?, track);
+        let datatype: i32 = r.get(9)?;
+        report.collectives += 1;
+        w.event(&json!({
+            "ph": "X", "name": name, "cat": "nccl", "pid": track.pid, "tid": tid, "ts": start,
+            "dur": r.get::<_, i64>(6)?.max(0) as f64 / 1000.0,
+            "args": {
+                "comm": crate::analysis::nccl_data::comm_hex(comm), "seq": seq, "bytes": r.get::<_, i64>(7)?,
+                "count": r.get::<_, i64>(8)?, "datatype": agent_common::catalog::nccl_op::datatype_name(datatype),
+                "peer": r.get::<_, Option<i64>>(10)?, "pid": r.get::<_, i64>(11)?,
+            },
+        }))?;
+        group.push((track.pid, tid, start));
+    }
+    flush(&mut group, w, &name)?;
+    Ok(())
 }
 
 /// Exports `conn` to `out`. `offsets` shifts each node's clock (ns to
@@ -283,6 +367,7 @@ pub fn export(
             }
         }
     }
+    collectives(conn, &mut w, &nodes, window, &us, &mut report)?;
     for c in crate::analysis::chain::load_stored(conn, i64::MIN).unwrap_or_default() {
         let Some(track) = nodes.get(&c.node) else { continue };
         if window.is_some_and(|w| c.peak_at < w.from || c.peak_at > w.to) {

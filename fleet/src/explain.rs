@@ -2,12 +2,17 @@
 //!
 //! Each agent runs the causal-chain engine on its own data
 //! (`/api/v1/chains`, `/api/v1/ops`). The client's part is only to fetch
-//! both, learn the node's name, and move every instant of the chains onto
+//! them, learn the node's name, and move every instant of the chains onto
 //! this machine's clock by the agent's estimated offset, so chains from
-//! different nodes line up. Comparing the nodes (the straggler verdict) is
+//! different nodes line up. Collective calls (`/api/v1/collectives`) stay on
+//! each agent's clock: matching them across ranks needs the offset's error
+//! bound too, which the engine applies. Comparing the nodes (the straggler verdict) is
 //! the engine's work, not the client's.
 
-use ingero_api::{Chain, ChainsAnswer, ChainsEndpoint, NodeOps, OpsAnswer, OpsEndpoint, Since};
+use ingero_api::{
+    Chain, ChainsAnswer, ChainsEndpoint, CollectivesAnswer, CollectivesEndpoint, NodeOps, OpsAnswer,
+    OpsEndpoint, Since,
+};
 
 use crate::{Fleet, NodeAnswer};
 
@@ -18,6 +23,11 @@ pub struct NodeExplain {
     pub chains: ChainsAnswer,
     /// Its figures (one entry per node its database holds).
     pub ops: OpsAnswer,
+    /// Its NCCL collective calls, on the agent's own clock (the analysis
+    /// moves them with the offset and its error bound); `Err` with the
+    /// reason when the agent could not give them (an agent older than the
+    /// endpoint, an answer past the size cap): explain goes on without.
+    pub collectives: Result<CollectivesAnswer, String>,
 }
 
 impl Fleet {
@@ -26,21 +36,27 @@ impl Fleet {
     pub async fn explain(&self, since: Option<Since>) -> Vec<NodeAnswer<NodeExplain>> {
         let answers = self
             .run(move |client| async move {
-                tokio::try_join!(
+                let (chains, ops, collectives) = tokio::join!(
                     client.get::<ChainsEndpoint>(since),
-                    client.get::<OpsEndpoint>(since)
-                )
+                    client.get::<OpsEndpoint>(since),
+                    client.get::<CollectivesEndpoint>(since)
+                );
+                Ok((chains?, ops?, collectives.map_err(|e| e.to_string())))
             })
             .await;
         let mut answers = answers
             .into_iter()
             .map(|a| {
                 let offset = a.clock.map_or(0, |c| c.offset_ns);
-                let result = a.result.map(|(mut chains, ops)| {
+                let result = a.result.map(|(mut chains, ops, collectives)| {
                     for c in &mut chains.chains {
                         c.shift_clock(offset);
                     }
-                    NodeExplain { chains, ops }
+                    NodeExplain {
+                        chains,
+                        ops,
+                        collectives,
+                    }
                 });
                 let node = a
                     .node

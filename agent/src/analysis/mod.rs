@@ -18,6 +18,7 @@ pub mod chain;
 pub mod dataset;
 mod describe;
 pub mod evidence;
+pub mod nccl_data;
 pub mod rules;
 mod spans;
 pub mod stats;

@@ -302,27 +302,79 @@ impl Verdict {
             self.nodes - 1,
             self.peers_wait_share * 100.0,
         );
-        if self.causes.is_empty() {
-            s.push_str("; no host stress stands out on it (look at its GPU work and input pipeline)");
-        } else {
-            let causes: Vec<String> = self
-                .causes
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{}: {} {} vs {}",
-                        c.stress.class(),
-                        c.stress.describe(),
-                        c.stress.format(c.value),
-                        c.stress.format(c.peers_median)
-                    )
-                })
-                .collect();
-            s.push_str("; ");
-            s.push_str(&causes.join("; "));
-        }
+        s.push_str(&causes_text(&self.causes));
         s
     }
+}
+
+/// `; I/O: written 386 MiB/s vs 0; CPU: ...`, or what to look at when no
+/// host stress stands out: the end of a straggler's headline.
+#[must_use]
+pub fn causes_text(causes: &[Cause]) -> String {
+    if causes.is_empty() {
+        return "; no host stress stands out on it (look at its GPU work and input pipeline)".to_owned();
+    }
+    let causes: Vec<String> = causes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {} {} vs {}",
+                c.stress.class(),
+                c.stress.describe(),
+                c.stress.format(c.value),
+                c.stress.format(c.peers_median)
+            )
+        })
+        .collect();
+    format!("; {}", causes.join("; "))
+}
+
+/// The host stress that stands out on `node` against the other nodes
+/// (strongest first): the causes named for a straggler, whichever
+/// evidence named it.
+#[must_use]
+pub fn causes_of(nodes: &[NodeFigures], node: &str) -> Vec<Cause> {
+    let nodes: Vec<&NodeFigures> = nodes.iter().filter(|n| n.window_ns > 0).collect();
+    match nodes.iter().position(|n| n.node == node) {
+        Some(i) if nodes.len() >= 2 => stress_of(&nodes, i),
+        _ => Vec::new(),
+    }
+}
+
+/// The outlying stress of `nodes[i]`, strongest first.
+fn stress_of(nodes: &[&NodeFigures], i: usize) -> Vec<Cause> {
+    let others = |values: &[f64]| -> Vec<f64> {
+        values
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let mut causes: Vec<Cause> = Stress::ALL
+        .iter()
+        .filter_map(|&stress| {
+            let values: Vec<f64> = nodes.iter().map(|n| n.signal(stress)).collect();
+            let rest = others(&values);
+            let peers_median = median(&rest);
+            let score = robust_score(values[i], &rest, stress.min_scale());
+            (score >= OUTLIER_SCORE
+                && values[i] >= stress.floor()
+                && values[i] >= MIN_STRESS_RATIO * peers_median)
+                .then_some(Cause {
+                    stress,
+                    value: values[i],
+                    peers_median,
+                    score,
+                })
+        })
+        .collect();
+    causes.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then((a.stress as u8).cmp(&(b.stress as u8)))
+    });
+    causes
 }
 
 /// The straggler among `nodes`, if one stands out.
@@ -357,29 +409,7 @@ pub fn find(nodes: &[NodeFigures]) -> Option<Verdict> {
         }
     }
     let (i, score, peers_wait) = best?;
-    let mut causes: Vec<Cause> = Stress::ALL
-        .iter()
-        .filter_map(|&stress| {
-            let values: Vec<f64> = nodes.iter().map(|n| n.signal(stress)).collect();
-            let rest = others(&values, i);
-            let peers_median = median(&rest);
-            let score = robust_score(values[i], &rest, stress.min_scale());
-            (score >= OUTLIER_SCORE
-                && values[i] >= stress.floor()
-                && values[i] >= MIN_STRESS_RATIO * peers_median)
-                .then_some(Cause {
-                    stress,
-                    value: values[i],
-                    peers_median,
-                    score,
-                })
-        })
-        .collect();
-    causes.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then((a.stress as u8).cmp(&(b.stress as u8)))
-    });
+    let causes = stress_of(&nodes, i);
     // The call the peers wait in: the most common among them.
     let mut sync_ops: Vec<&str> = nodes
         .iter()

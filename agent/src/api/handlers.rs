@@ -218,6 +218,15 @@ pub async fn ops(
     }))
 }
 
+/// `GET /api/v1/collectives?since=`: the NCCL collective calls in the
+/// window, the communicators, and what the ranks' threads are doing.
+pub async fn collectives(
+    State(state): State<Arc<ApiState>>,
+    param: Result<Query<SinceParam>, QueryRejection>,
+) -> Result<Json<ingero_api::CollectivesAnswer>, ApiError> {
+    Ok(Json(state.collectives(SinceParam::window(param, &state)?).await?))
+}
+
 /// `GET /api/v1/overview`: event counts per source, time range, stored
 /// chains, the latest session and drops, plus live counters while tracing.
 pub async fn overview(State(state): State<Arc<ApiState>>) -> Result<Json<OverviewAnswer>, ApiError> {

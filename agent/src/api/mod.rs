@@ -24,6 +24,7 @@
 //! sent. A bearer token, when configured, is checked in constant time.
 //! Transport (TLS or not) is [`server`]'s business.
 
+mod activity;
 pub mod handlers;
 pub mod listen;
 pub mod metrics;
@@ -387,6 +388,60 @@ impl ApiState {
     }
 }
 
+impl ApiState {
+    /// `/api/v1/collectives`: the NCCL calls of the last `since` of
+    /// recorded data (the newest [`MAX_COLLECTIVE_CALLS`]), the
+    /// communicators, and, while tracing, what the ranks' threads are doing.
+    pub async fn collectives(
+        self: &Arc<Self>,
+        since: Option<Duration>,
+    ) -> Result<ingero_api::CollectivesAnswer, ApiError> {
+        let permit = self.slot()?;
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = Arc::clone(&cancel.0);
+        let state = Arc::clone(self);
+        let answer =
+            tokio::task::spawn_blocking(move || -> Result<ingero_api::CollectivesAnswer, ApiError> {
+                let _permit = permit;
+                reader_thread();
+                let mut conn = crate::store::open_read(&state.db).map_err(|e| db_error(&e))?;
+                state.watch(&mut conn, &flag, REQUEST_TIMEOUT)?;
+                let range =
+                    crate::timewin::event_range(&conn).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let window =
+                    crate::timewin::resolve(range, since, None, None).map_err(ApiError::BadRequest)?;
+                let data = crate::analysis::nccl_data::load(&conn, window, MAX_COLLECTIVE_CALLS)
+                    .map_err(|e| db_error(&e))?;
+                let now_ns = crate::clock::unix_ns();
+                let activity = if state.live.is_some() {
+                    activity::activity(&conn, &state.node, &data.members, now_ns - ACTIVITY_LOOKBACK_NS)
+                        .map_err(|e| db_error(&e))?
+                } else {
+                    Vec::new()
+                };
+                Ok(ingero_api::CollectivesAnswer {
+                    node: state.node.clone(),
+                    now_ns,
+                    calls: data.calls,
+                    members: data.members,
+                    activity,
+                    truncated: data.truncated,
+                })
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        drop(cancel);
+        Ok(answer)
+    }
+}
+
+/// Collective calls in one `/api/v1/collectives` answer at most (about
+/// 250 bytes each in JSON: well under the client's answer cap).
+pub const MAX_COLLECTIVE_CALLS: usize = 40_000;
+
+/// How far back the last call of each thread is looked for.
+const ACTIVITY_LOOKBACK_NS: i64 = 600_000_000_000;
+
 /// A database error as an API error: busy is 503, the rest 500.
 pub fn db_error(e: &rusqlite::Error) -> ApiError {
     match e.sqlite_error_code() {
@@ -577,6 +632,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/chains", get(handlers::chains))
         .route("/api/v1/ops", get(handlers::ops))
         .route("/api/v1/overview", get(handlers::overview))
+        .route("/api/v1/collectives", get(handlers::collectives))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))

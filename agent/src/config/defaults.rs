@@ -51,6 +51,9 @@ pub const CONCURRENCY: usize = 32;
 /// Fleet: warn when an agent's clock is off by more than this
 /// (`fleet.clock_skew_threshold`, `--clock-skew-threshold`).
 pub const CLOCK_SKEW_THRESHOLD: Duration = Duration::from_millis(10);
+/// A collective some ranks entered and others did not for this long is
+/// hung (`fleet.hang_after`, `explain --hang-after`).
+pub const HANG_AFTER: Duration = Duration::from_secs(30);
 /// Fleet: largest answer read from one agent; past it that node fails and
 /// the others' answers are kept (`fleet.max_answer_size`, `--max-answer`).
 pub const MAX_ANSWER: ByteSize = ByteSize(256 << 20);

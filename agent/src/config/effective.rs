@@ -174,6 +174,11 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
             fmt_duration(defaults::CLOCK_SKEW_THRESHOLD),
         ),
         (
+            "fleet.hang_after",
+            show(f.hang_after),
+            fmt_duration(defaults::HANG_AFTER),
+        ),
+        (
             "fleet.tls.ca_cert",
             path(f.tls.ca_cert.as_ref()),
             "- (system roots: none)".into(),

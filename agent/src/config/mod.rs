@@ -169,6 +169,9 @@ pub struct FleetSection {
     /// Warn when an agent's clock differs from ours by more than this
     /// (default: 10 ms).
     pub clock_skew_threshold: Option<HumanDuration>,
+    /// A collective some ranks entered and others did not for this long
+    /// is reported as hung by explain (default: 30 s).
+    pub hang_after: Option<HumanDuration>,
     /// `fleet.tls:`: certificates for reaching the agents.
     pub tls: FleetTls,
 }
