@@ -71,6 +71,8 @@ fn main() {
     );
     // Must not link the stub driver (see native/cudart.c).
     compile(&out, "ingero-sim-cudart", &["cudart.c"], &["-ldl"]);
+    // Opens the real libnccl.so.2 given on its command line.
+    compile(&out, "ingero-sim-nccl-loop", &["nccl_loop.c"], &["-ldl"]);
     compile(
         &out,
         "ingero-sim-rank",

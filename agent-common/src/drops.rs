@@ -14,7 +14,7 @@ pub const REASON_MAP_FULL: u32 = 1;
 /// Number of drop reasons (`REASON_*` constants).
 pub const REASONS: u32 = 2;
 const SOURCES: u32 = 8;
-const OPS: u32 = 32;
+const OPS: u32 = 64;
 
 /// Number of slots in the `DROPS` array.
 pub const SLOTS: u32 = REASONS * SOURCES * OPS;

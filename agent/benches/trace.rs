@@ -49,15 +49,29 @@ struct Run {
 
 impl Run {
     fn start(calls: u64, per_sec: u64) -> anyhow::Result<Self> {
-        let mut child = Command::new(ingero_sim::workload())
-            .args([
-                "rate",
-                "--calls",
-                &calls.to_string(),
-                "--per-sec",
-                &per_sec.to_string(),
-                "--wait",
-            ])
+        let mut cmd = Command::new(ingero_sim::workload());
+        cmd.args([
+            "rate",
+            "--calls",
+            &calls.to_string(),
+            "--per-sec",
+            &per_sec.to_string(),
+            "--wait",
+        ]);
+        Self::spawn(cmd)
+    }
+
+    /// `calls` x ncclAllReduce of the real libnccl at `lib`.
+    fn nccl(lib: &std::path::Path, calls: u64) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(ingero_sim::dir().join("ingero-sim-nccl-loop"));
+        cmd.arg("--lib")
+            .arg(lib)
+            .args(["--calls", &calls.to_string(), "--wait"]);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -146,6 +160,28 @@ fn traced(run: Run, calls: u64) -> anyhow::Result<Traced> {
     })
 }
 
+/// Calls in each NCCL round.
+const NCCL_CALLS: u64 = 100_000;
+
+/// Median seconds per ncclAllReduce call: (no probe, empty probe, traced).
+fn nccl_per_call(lib_path: &std::path::Path) -> anyhow::Result<(f64, f64, f64)> {
+    let mut lib = inspect(LibKind::Nccl, lib_path, lib_path)?;
+    lib.symbols.retain(|(s, _)| s.symbol == "ncclAllReduce");
+    let (mut none, mut empty, mut full) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        none.push(Run::nccl(lib_path, NCCL_CALLS)?.go()? / NCCL_CALLS as f64);
+        {
+            let mut probes = Probes::load(&Config::default(), 1 << 20)?;
+            probes.attach_library_empty(&lib)?;
+            empty.push(Run::nccl(lib_path, NCCL_CALLS)?.go()? / NCCL_CALLS as f64);
+        }
+        let t = traced(Run::nccl(lib_path, NCCL_CALLS)?, NCCL_CALLS)?;
+        full.push(t.seconds / NCCL_CALLS as f64);
+        eprintln!("  NCCL round {}/{ROUNDS} done", round + 1);
+    }
+    Ok((median(none), median(empty), median(full)))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -220,6 +256,7 @@ fn main() -> anyhow::Result<()> {
         full_drops += t.dropped;
         eprintln!("  round {}/{ROUNDS} done", round + 1);
     }
+    let nccl = ingero_sim::libnccl_real().map(|path| nccl_per_call(&path)).transpose()?;
     let (n, e, f) = (median(none), median(empty), median(full));
     println!("  no probe      {:>7.3} us/call", n * 1e6);
     println!(
@@ -233,6 +270,21 @@ fn main() -> anyhow::Result<()> {
         f / n,
         f / e
     );
+
+    match nccl {
+        Some((n, e, f)) => {
+            println!("NCCL: {NCCL_CALLS} x ncclAllReduce (real libnccl.so.2, null communicator), {ROUNDS} rounds, medians");
+            println!("  no probe      {:>7.3} us/call", n * 1e6);
+            println!("  empty probe   {:>7.3} us/call   {:>5.2}x no probe", e * 1e6, e / n);
+            println!(
+                "  ingero trace  {:>7.3} us/call   {:>5.2}x no probe   {:>5.2}x empty probe",
+                f * 1e6,
+                f / n,
+                f / e
+            );
+        }
+        None => println!("NCCL: skipped (no libnccl.so.2 from nvidia-nccl-cu12; cargo xtask setup installs it)"),
+    }
 
     let raw = raw_writer_rate(1_000_000)?;
     println!(

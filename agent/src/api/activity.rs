@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn this_process_is_seen_with_its_main_thread() -> rusqlite::Result<()> {
         let conn = Connection::open_in_memory()?;
-        crate::store::schema::init(&conn).map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?;
+        crate::store::schema::init(&conn).expect("schema");
         let pid = std::process::id();
         let member = CommMember {
             node: "n".into(),
