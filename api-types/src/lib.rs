@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod chain;
+mod collectives;
 mod duration;
 mod ops;
 mod overview;
@@ -23,6 +24,9 @@ mod time;
 mod window;
 
 pub use chain::{Chain, Severity, TimelineEntry};
+pub use collectives::{
+    CollectiveCall, CollectivesAnswer, CollectivesEndpoint, CommMember, RankActivity, ThreadState,
+};
 pub use duration::parse_duration;
 pub use ops::{CpuEvidence, Evidence, IoEvidence, MemEvidence, NodeOps, OpSummary, OpsAnswer};
 pub use overview::{LiveInfo, OverviewAnswer, SessionInfo};
