@@ -121,9 +121,8 @@ fn collective_types_refuse_unknown_fields() {
 #[test]
 fn unknown_ranks_may_be_left_out() {
     // An agent that does not know a rank may omit the optional fields.
-    let m: CommMember = serde_json::from_str(
-        r#"{"node": "n", "pid": 1, "comm_id": "00000000000000ff", "created_ns": 5}"#,
-    )
-    .expect("optional fields may be absent");
+    let m: CommMember =
+        serde_json::from_str(r#"{"node": "n", "pid": 1, "comm_id": "00000000000000ff", "created_ns": 5}"#)
+            .expect("optional fields may be absent");
     assert_eq!((m.world_rank, m.comm_rank, m.comm_size), (None, None, None));
 }
