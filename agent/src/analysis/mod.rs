@@ -15,6 +15,7 @@
 //! every chain (severity, then the straggler's, then score).
 
 pub mod chain;
+pub mod collectives;
 pub mod dataset;
 mod describe;
 pub mod evidence;
