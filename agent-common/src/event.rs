@@ -98,7 +98,8 @@ pub struct NcclTail {
     /// Split: the parent's handle.
     pub count: u64,
     /// Collectives: sequence number on the communicator, from 0 (the
-    /// kernel counts per process and handle). Init: the communicator id
+    /// kernel counts per process and handle; `ncclSend`/`ncclRecv` carry
+    /// the number of the next collective and do not advance it). Init: the communicator id
     /// (`catalog::comm_id`) folded from the `ncclUniqueId`.
     pub seq: u64,
     /// Group id: the start time of the outermost open `ncclGroupStart` on

@@ -85,7 +85,9 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
         };
         // SAFETY: the value is copied.
         let seq = unsafe { NCCL_SEQ.get(key) }.copied().unwrap_or(0);
-        if NCCL_SEQ.insert(key, seq + 1, 0).is_err() {
+        // Point-to-point calls involve two ranks, not all: they do not
+        // advance the communicator's numbering.
+        if !matches!(op, nccl_op::SEND | nccl_op::RECV) && NCCL_SEQ.insert(key, seq + 1, 0).is_err() {
             count_drop(REASON_MAP_FULL, src, op);
         }
         start.tail.seq = seq;
@@ -322,7 +324,7 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
             event.flags = FLAG_HAS_ARG2;
         }
         op if nccl_op::is_collective(op) => {
-            if ret != 0 {
+            if ret != 0 && !matches!(op, nccl_op::SEND | nccl_op::RECV) {
                 // A refused call enqueues nothing: give its number back, so
                 // this rank's numbering stays in step with its peers'.
                 let key = CommKey {

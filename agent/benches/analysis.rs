@@ -160,7 +160,7 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let reports = analysis::explain(&conn, None, 0)?;
     let explain_rate = rate(total, start);
-    let chains = analysis::compare_reports(&reports).chains;
+    let chains = analysis::compare_reports(&reports, None).chains;
     let start = Instant::now();
     let out = std::fs::File::create(dir.path().join("trace.json"))?;
     let exported = ingero::export::export(&conn, out, None, &std::collections::HashMap::default())?;

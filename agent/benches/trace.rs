@@ -71,10 +71,7 @@ impl Run {
     }
 
     fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let ready: serde_json::Value = serde_json::from_str(&lines.next().context("no ready line")??)?;
         let pid = ready["ready"].as_u64().context("pid")? as u32;
@@ -256,7 +253,9 @@ fn main() -> anyhow::Result<()> {
         full_drops += t.dropped;
         eprintln!("  round {}/{ROUNDS} done", round + 1);
     }
-    let nccl = ingero_sim::libnccl_real().map(|path| nccl_per_call(&path)).transpose()?;
+    let nccl = ingero_sim::libnccl_real()
+        .map(|path| nccl_per_call(&path))
+        .transpose()?;
     let (n, e, f) = (median(none), median(empty), median(full));
     println!("  no probe      {:>7.3} us/call", n * 1e6);
     println!(
@@ -273,9 +272,15 @@ fn main() -> anyhow::Result<()> {
 
     match nccl {
         Some((n, e, f)) => {
-            println!("NCCL: {NCCL_CALLS} x ncclAllReduce (real libnccl.so.2, null communicator), {ROUNDS} rounds, medians");
+            println!(
+                "NCCL: {NCCL_CALLS} x ncclAllReduce (real libnccl.so.2, null communicator), {ROUNDS} rounds, medians"
+            );
             println!("  no probe      {:>7.3} us/call", n * 1e6);
-            println!("  empty probe   {:>7.3} us/call   {:>5.2}x no probe", e * 1e6, e / n);
+            println!(
+                "  empty probe   {:>7.3} us/call   {:>5.2}x no probe",
+                e * 1e6,
+                e / n
+            );
             println!(
                 "  ingero trace  {:>7.3} us/call   {:>5.2}x no probe   {:>5.2}x empty probe",
                 f * 1e6,
@@ -283,7 +288,9 @@ fn main() -> anyhow::Result<()> {
                 f / e
             );
         }
-        None => println!("NCCL: skipped (no libnccl.so.2 from nvidia-nccl-cu12; cargo xtask setup installs it)"),
+        None => {
+            println!("NCCL: skipped (no libnccl.so.2 from nvidia-nccl-cu12; cargo xtask setup installs it)")
+        }
     }
 
     let raw = raw_writer_rate(1_000_000)?;

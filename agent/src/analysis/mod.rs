@@ -19,6 +19,7 @@ pub mod collectives;
 pub mod dataset;
 mod describe;
 pub mod evidence;
+pub mod findings;
 pub mod nccl_data;
 pub mod rules;
 mod spans;
@@ -129,30 +130,86 @@ pub struct Comparison {
     /// Most severe first; within a severity the straggler's first, then
     /// by score, then by id.
     pub chains: Vec<Chain>,
+    /// What the NCCL collectives say (lateness, straggler, hangs); `None`
+    /// when no collective was traced.
+    pub collectives: Option<findings::CollectiveFindings>,
 }
 
-/// Compares `nodes` and orders `chains` (from any of them): the one
-/// cross-node analysis behind local, merged and fleet explain.
-#[must_use]
-pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>) -> Comparison {
-    let figures: Vec<NodeFigures> = nodes.iter().map(NodeFigures::from_node).collect();
-    let verdict = straggler::find(&figures);
-    sort_chains(&mut chains, verdict.as_ref().map(|v| v.node.as_str()));
-    Comparison {
-        figures,
-        verdict,
-        chains,
+impl Comparison {
+    /// The straggler's node, whichever evidence named it (collectives first).
+    #[must_use]
+    pub fn straggler_node(&self) -> Option<&str> {
+        self.collectives
+            .as_ref()
+            .and_then(|c| c.lateness.straggler.as_ref())
+            .map(|s| s.rank.node.as_str())
+            .or(self.verdict.as_ref().map(|v| v.node.as_str()))
+    }
+
+    /// The straggler lines (see [`findings::straggler_lines`]).
+    #[must_use]
+    pub fn straggler_lines(&self) -> Vec<String> {
+        findings::straggler_lines(&self.figures, self.verdict.as_ref(), self.collectives.as_ref())
+    }
+
+    /// The hung collectives, if any.
+    #[must_use]
+    pub fn hangs(&self) -> &[collectives::Hang] {
+        self.collectives.as_ref().map_or(&[], |c| c.hangs.as_slice())
     }
 }
 
-/// [`compare`] over the reports of one database.
+/// Compares `nodes` and orders `chains` (from any of them), with what the
+/// NCCL collectives say when they were traced: the one cross-node analysis
+/// behind local, merged and fleet explain.
 #[must_use]
-pub fn compare_reports(reports: &[NodeReport]) -> Comparison {
+pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>, nccl: Option<&findings::NcclInput>) -> Comparison {
+    let figures: Vec<NodeFigures> = nodes.iter().map(NodeFigures::from_node).collect();
+    let verdict = straggler::find(&figures);
+    let collectives = nccl.and_then(findings::collective_findings);
+    let mut comparison = Comparison {
+        figures,
+        verdict,
+        chains: Vec::new(),
+        collectives,
+    };
+    sort_chains(&mut chains, comparison.straggler_node());
+    comparison.chains = chains;
+    comparison
+}
+
+/// [`compare`] over the reports of one database, with its NCCL tables
+/// (`nccl`: read with [`nccl_data::load`]).
+#[must_use]
+pub fn compare_reports(reports: &[NodeReport], nccl: Option<&findings::NcclInput>) -> Comparison {
     let nodes: Vec<NodeOps> = reports.iter().map(NodeReport::node_ops).collect();
     compare(
         &nodes,
         reports.iter().flat_map(|r| r.chains.iter().cloned()).collect(),
+        nccl,
     )
+}
+
+/// The NCCL input of a database: its collectives over `window` (all
+/// without one), judged at the end of the recording (a database has no
+/// "now"), every node on its own clock.
+pub fn database_nccl(
+    conn: &Connection,
+    window: Option<crate::timewin::Window>,
+    hang_after_ns: i64,
+) -> rusqlite::Result<Option<findings::NcclInput>> {
+    let data = nccl_data::load(conn, window, nccl_data::MAX_CALLS)?;
+    if data.calls.is_empty() && data.members.is_empty() {
+        return Ok(None);
+    }
+    let end: Option<i64> = conn.query_row("SELECT max(timestamp) FROM events", [], |r| r.get(0))?;
+    Ok(Some(findings::NcclInput {
+        calls: data.calls,
+        members: data.members,
+        now_ns: window.map_or(end.unwrap_or(0), |w| w.to.min(end.unwrap_or(w.to))),
+        hang_after_ns,
+        ..findings::NcclInput::default()
+    }))
 }
 
 /// Orders chains: most severe first; within a severity, the straggler's

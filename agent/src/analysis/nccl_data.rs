@@ -2,17 +2,22 @@
 //! works on ([`CollectiveCall`], [`CommMember`]), for a local or merged
 //! database and for the agent's `/api/v1/collectives`.
 //!
-//! Only calls NCCL accepted (`ret_code = 0`) and whose communicator is
-//! known are read: a refused call takes no sequence number, and a call on a
+//! Only collectives NCCL accepted (`ret_code = 0`) and whose communicator
+//! is known are read (point-to-point calls pair two ranks, not the whole
+//! communicator, so they are not matched): a refused call takes no sequence number, and a call on a
 //! communicator created before tracing started cannot be matched across
 //! ranks. When there are more than `limit` calls the newest are kept (a
 //! hang shows at the end of the recording).
 
-use agent_common::catalog::{op_info, source};
+use agent_common::catalog::{nccl_op, op_info, source};
 use ingero_api::{CollectiveCall, CommMember};
 use rusqlite::{Connection, params};
 
 use crate::{store::schema::table_exists, timewin::Window};
+
+/// Collective calls read from a database for one analysis at most (the
+/// newest are kept).
+pub const MAX_CALLS: usize = 1_000_000;
 
 /// A communicator id as shown and sent: 16 hex digits.
 #[must_use]
@@ -46,12 +51,13 @@ pub fn load(conn: &Connection, window: Option<Window>, limit: usize) -> rusqlite
          SELECT c.node, c.pid, m.world_rank, c.comm_id, m.rank, m.size, c.seq, c.op, c.bytes,
                 c.timestamp - c.duration, c.duration, c.ret_code
          FROM nccl_collectives c LEFT JOIN m ON m.node = c.node AND m.pid = c.pid AND m.comm_id = c.comm_id
-         WHERE c.comm_id IS NOT NULL AND c.ret_code = 0 AND c.timestamp BETWEEN ?1 AND ?2
+         WHERE c.comm_id IS NOT NULL AND c.ret_code = 0 AND c.op NOT IN (?4, ?5)
+           AND c.timestamp BETWEEN ?1 AND ?2
          ORDER BY c.timestamp DESC LIMIT ?3",
     )?;
     let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
     let mut calls: Vec<CollectiveCall> = stmt
-        .query_map(params![from, to, limit_sql], |r| {
+        .query_map(params![from, to, limit_sql, nccl_op::SEND, nccl_op::RECV], |r| {
             let op: u8 = r.get(7)?;
             Ok(CollectiveCall {
                 node: r.get(0)?,

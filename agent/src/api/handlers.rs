@@ -200,7 +200,7 @@ pub async fn chains(
         node: state.node.clone(),
         window: span(&reports),
         events: reports.iter().map(|r| r.events).sum::<u64>(),
-        chains: analysis::compare_reports(&reports).chains,
+        chains: analysis::compare_reports(&reports, None).chains,
     }))
 }
 

@@ -35,7 +35,7 @@ fn open(path: &std::path::Path) -> Result<(Connection, bool), CliError> {
 
 /// The chains as text: a header line, then one block per chain.
 #[must_use]
-fn render(reports: &[NodeReport], comparison: &Comparison) -> String {
+fn render(reports: &[NodeReport], comparison: &Comparison, verdict: &str) -> String {
     let chains = &comparison.chains;
     let events: u64 = reports.iter().map(|r| r.events).sum();
     let nodes = reports.len();
@@ -49,10 +49,7 @@ fn render(reports: &[NodeReport], comparison: &Comparison) -> String {
         format_instant(from),
         format_instant(to)
     );
-    let straggler = comparison
-        .verdict
-        .as_ref()
-        .map_or(String::new(), |v| format!("{}\n", v.headline()));
+    let straggler = verdict;
     if chains.is_empty() {
         return format!(
             "No causal chains: {span}.\n{straggler}No CUDA operation had a tail (p99 >= {}x p50) or a throughput drop with a concurrent cause.\n",
@@ -68,7 +65,7 @@ fn render(reports: &[NodeReport], comparison: &Comparison) -> String {
         count(chain::Severity::Medium),
         count(chain::Severity::Low),
     );
-    out.push_str(&straggler);
+    out.push_str(straggler);
     for c in chains {
         out.push('\n');
         out.push_str(&chain::render(c));
@@ -104,7 +101,15 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     let window = super::window(&conn, &args.window)?;
     let reports = analysis::explain(&conn, window, clock::unix_ns())
         .map_err(|e| CliError::Failed(format!("cannot analyse {}: {e}", path.display())))?;
-    let comparison = analysis::compare_reports(&reports);
+    let hang_after = crate::config::fleet::hang_after(args.hang_after, file);
+    let nccl = analysis::database_nccl(
+        &conn,
+        window,
+        i64::try_from(hang_after.as_nanos()).unwrap_or(i64::MAX),
+    )
+    .map_err(|e| CliError::Failed(format!("cannot read the NCCL tables of {}: {e}", path.display())))?;
+    let comparison = analysis::compare_reports(&reports, nccl.as_ref());
+    let verdict = super::verdict::verdict_text(&comparison);
     let chains = &comparison.chains;
     if !args.no_save && !chains.is_empty() {
         let saved = writable
@@ -121,6 +126,8 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
         let out = serde_json::json!({
             "chains": chains,
             "straggler": comparison.verdict,
+            "collectives": comparison.collectives,
+            "hung": verdict.hung,
             "nodes": reports,
         });
         println!(
@@ -128,7 +135,11 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
             serde_json::to_string(&out).map_err(|e| CliError::Failed(e.to_string()))?
         );
     } else {
-        print!("{}", render(&reports, &comparison));
+        print!("{}", render(&reports, &comparison, &verdict.text));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if verdict.hung {
+        ExitCode::from(super::verdict::EXIT_HANG)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

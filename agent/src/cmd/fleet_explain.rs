@@ -16,6 +16,8 @@ use crate::{
     analysis::{
         self, Comparison,
         chain::{self, Severity},
+        collectives::NodeClock,
+        findings::NcclInput,
         straggler::{NodeFigures, Stress},
     },
     cli::ExplainArgs,
@@ -33,9 +35,27 @@ use crate::{
 pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
     let since = check_window(&args.window)?;
     let answers = fleet.block_on(fleet.setup.fleet.explain(since));
-    let comparison = analysis::compare(&explain::node_ops(&answers), explain::chains(&answers));
+    let nccl = nccl_input(&answers, args.hang_after.map_or(fleet.setup.hang_after, |d| d.0));
+    let comparison = analysis::compare(
+        &explain::node_ops(&answers),
+        explain::chains(&answers),
+        nccl.as_ref(),
+    );
     fleet.warn(&answers, true);
-    let code = finish(&answers)?;
+    for a in &answers {
+        if let Ok(NodeExplain {
+            collectives: Err(e), ..
+        }) = &a.result
+        {
+            eprintln!("ingero: warning: {}: no collectives ({e})", a.label());
+        }
+    }
+    let verdict = super::verdict::verdict_text(&comparison);
+    let code = if verdict.hung {
+        ExitCode::from(super::verdict::EXIT_HANG)
+    } else {
+        finish(&answers)?
+    };
     if args.json {
         let nodes: Vec<Value> = answers
             .iter()
@@ -52,6 +72,8 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
         let out = json!({
             "outcome": Outcome::of(&answers),
             "straggler": comparison.verdict,
+            "collectives": comparison.collectives,
+            "hung": verdict.hung,
             "chains": comparison.chains,
             "nodes": nodes,
         });
@@ -63,15 +85,55 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             .into_iter()
             .filter(|(_, o)| o.abs() > threshold)
             .collect();
-        print!("{}", render(&answers, &comparison, &offsets));
+        print!("{}", render(&answers, &comparison, &offsets, &verdict.text));
     }
     Ok(code)
+}
+
+/// The NCCL side of a fleet explain: every answering agent's collective
+/// calls, communicators and thread activity, each node's clock offset with
+/// its error bound, judged at this machine's now. `None` when no agent
+/// traced a collective.
+#[must_use]
+pub fn nccl_input(answers: &[NodeAnswer<NodeExplain>], hang_after: std::time::Duration) -> Option<NcclInput> {
+    let mut input = NcclInput {
+        now_ns: crate::clock::unix_ns(),
+        hang_after_ns: i64::try_from(hang_after.as_nanos()).unwrap_or(i64::MAX),
+        ..NcclInput::default()
+    };
+    for a in answers {
+        let Ok(NodeExplain {
+            collectives: Ok(c), ..
+        }) = &a.result
+        else {
+            continue;
+        };
+        let clock = a
+            .clock
+            .map(|e| NodeClock::from_agent_offset(e.offset_ns, e.error_ns))
+            .unwrap_or_default();
+        // A merged database served by one agent holds several nodes: all
+        // were read through that agent's clock.
+        for node in c
+            .calls
+            .iter()
+            .map(|x| &x.node)
+            .chain(c.members.iter().map(|m| &m.node))
+        {
+            input.clocks.entry(node.clone()).or_insert(clock);
+        }
+        input.calls.extend(c.calls.iter().cloned());
+        input.members.extend(c.members.iter().cloned());
+        input.activity.extend(c.activity.iter().cloned());
+    }
+    (!input.calls.is_empty() || !input.members.is_empty()).then_some(input)
 }
 
 fn render(
     answers: &[NodeAnswer<NodeExplain>],
     comparison: &Comparison,
     offsets: &HashMap<String, i64>,
+    verdict_text: &str,
 ) -> String {
     let (chains, figures, verdict) = (
         &comparison.chains,
@@ -90,6 +152,7 @@ fn render(
         answers.len(),
     );
     match verdict {
+        _ if !verdict_text.is_empty() => out.push_str(verdict_text),
         Some(v) => out.push_str(&format!("{}\n", crate::text::sanitize(&v.headline(), 4000))),
         None if figures.len() < 2 => {
             out.push_str("No straggler comparison: it needs at least two nodes with data.\n");

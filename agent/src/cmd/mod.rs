@@ -12,6 +12,7 @@ pub mod merge;
 pub mod query;
 pub mod serve;
 pub mod trace;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 

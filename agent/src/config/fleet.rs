@@ -21,6 +21,9 @@ pub struct FleetSetup {
     pub fleet: Fleet,
     /// A clock offset past this is a warning.
     pub skew_threshold: Duration,
+    /// A collective entered by some ranks and not others this long is hung
+    /// (`fleet.hang_after`; `explain --hang-after` overrides it).
+    pub hang_after: Duration,
 }
 
 /// Whether the command was also given a local database.
@@ -103,7 +106,16 @@ pub fn resolve(args: &FleetArgs, file: &FileConfig, local: Local) -> Result<Opti
             .clock_skew_threshold
             .or(file.fleet.clock_skew_threshold)
             .map_or(defaults::CLOCK_SKEW_THRESHOLD, |d| d.0),
+        hang_after: hang_after(None, file),
     }))
+}
+
+/// How long a collective may be entered by some ranks and not others
+/// before explain calls it hung: flag, then `fleet.hang_after`, then 30 s.
+#[must_use]
+pub fn hang_after(flag: Option<crate::units::HumanDuration>, file: &FileConfig) -> Duration {
+    flag.or(file.fleet.hang_after)
+        .map_or(defaults::HANG_AFTER, |d| d.0)
 }
 
 /// The fleet options when nothing is configured.

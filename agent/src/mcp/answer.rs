@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::{
     analysis::{
         chain::Chain,
-        straggler::{NodeFigures, Stress, Verdict},
+        straggler::{NodeFigures, Stress},
     },
     readonly::QueryResult,
     units::format_ns,
@@ -114,7 +114,26 @@ pub fn chain_counts(chains: &[Chain]) -> String {
 
 /// The straggler verdict, or why there is none.
 #[must_use]
-pub fn verdict(v: Option<&Verdict>, figures: &[NodeFigures]) -> String {
+pub fn verdict(comparison: &crate::analysis::Comparison) -> String {
+    let (v, figures) = (comparison.verdict.as_ref(), &comparison.figures);
+    let mut out = String::new();
+    for line in comparison.straggler_lines() {
+        out.push_str(&clean(&line, 800));
+        out.push('\n');
+    }
+    if let Some(c) = &comparison.collectives {
+        for (hang, missing) in c.hangs.iter().zip(&c.missing_activity) {
+            out.push_str(&clean(&hang.headline(), 800));
+            out.push('\n');
+            for line in missing {
+                // Thread names come from the traced process: data.
+                out.push_str(&format!("  {}\n", data(line)));
+            }
+        }
+    }
+    if !out.is_empty() {
+        return out;
+    }
     match v {
         Some(v) => format!("{}\n", clean(&v.headline(), 600)),
         None if figures.len() < 2 => "No straggler comparison (fewer than two nodes with data).\n".into(),

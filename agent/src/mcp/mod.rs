@@ -122,9 +122,11 @@ impl IngeroMcp {
             FleetAction::Chains => {
                 let answers = fleet.fleet.explain(since).await;
                 let n = answered(&answers)?;
+                let nccl = crate::cmd::fleet_explain::nccl_input(&answers, fleet.hang_after);
                 let x = analysis::compare(
                     &fleet_explain::node_ops(&answers),
                     fleet_explain::chains(&answers),
+                    nccl.as_ref(),
                 );
                 Ok(format!(
                     "{DATA_NOTICE}\n{}Fleet: {n} of {} agents answered; {} on {} node(s).\n{}{}{}",
@@ -132,7 +134,7 @@ impl IngeroMcp {
                     answers.len(),
                     answer::chain_counts(&x.chains),
                     x.figures.len(),
-                    answer::verdict(x.verdict.as_ref(), &x.figures),
+                    answer::verdict(&x),
                     answer::figures(&x.figures),
                     answer::chains(&x.chains, MAX_CHAINS),
                 ))
@@ -221,13 +223,11 @@ impl IngeroMcp {
     async fn get_chains(&self, a: Since) -> Result<String, String> {
         let since = window_of(a.since.as_deref())?.and_then(SinceWindow::duration);
         self.blocking(move |db| {
-            let reports = explain(&db, since)?;
-            let analysis::Comparison {
-                figures,
-                verdict,
-                chains,
-            } = analysis::compare_reports(&reports);
-            let verdict = (figures.len() > 1).then(|| answer::verdict(verdict.as_ref(), &figures));
+            let (reports, nccl) = explain(&db, since)?;
+            let comparison = analysis::compare_reports(&reports, nccl.as_ref());
+            let verdict = (comparison.figures.len() > 1 || comparison.collectives.is_some())
+                .then(|| answer::verdict(&comparison));
+            let chains = comparison.chains;
             let events: u64 = reports.iter().map(|r| r.events).sum();
             Ok(format!(
                 "{DATA_NOTICE}\n{} events from {} node(s); {}.\n{}{}",
@@ -270,7 +270,7 @@ impl IngeroMcp {
     async fn get_ops(&self, a: Since) -> Result<String, String> {
         let since = window_of(a.since.as_deref())?.and_then(SinceWindow::duration);
         self.blocking(move |db| {
-            let reports = explain(&db, since)?;
+            let (reports, _) = explain(&db, since)?;
             let mut out = String::new();
             for r in &reports {
                 out.push_str(&answer::ops(&r.node_ops(), 12));
@@ -298,11 +298,19 @@ fn open(db: &std::path::Path) -> Result<rusqlite::Connection, String> {
     crate::store::open_read(db).map_err(|e| format!("cannot open {}: {e}", db.display()))
 }
 
-fn explain(db: &std::path::Path, since: Option<Duration>) -> Result<Vec<NodeReport>, String> {
+fn explain(
+    db: &std::path::Path,
+    since: Option<Duration>,
+) -> Result<(Vec<NodeReport>, Option<analysis::findings::NcclInput>), String> {
     let conn = open(db)?;
     let range = crate::timewin::event_range(&conn).map_err(|e| e.to_string())?;
     let window = crate::timewin::resolve(range, since, None, None)?;
-    analysis::explain(&conn, window, crate::clock::unix_ns()).map_err(|e| format!("analysis failed: {e}"))
+    let reports = analysis::explain(&conn, window, crate::clock::unix_ns())
+        .map_err(|e| format!("analysis failed: {e}"))?;
+    let hang_after = i64::try_from(crate::config::defaults::HANG_AFTER.as_nanos()).unwrap_or(i64::MAX);
+    let nccl =
+        analysis::database_nccl(&conn, window, hang_after).map_err(|e| format!("analysis failed: {e}"))?;
+    Ok((reports, nccl))
 }
 
 fn stacks(db: &std::path::Path, op: Option<&str>, limit: usize) -> Result<String, String> {
