@@ -133,6 +133,9 @@ pub struct Registry {
     targets: Vec<Target>,
     index: HashMap<String, HashMap<Option<i64>, u16>>,
     overflow: Option<u16>,
+    /// The last target looked up: a live pipeline sees one node and
+    /// mostly one rank, so most lookups stop here.
+    last: Option<(Option<i64>, u16)>,
     series: HashMap<SeriesKey, Series>,
     events: BTreeMap<u8, u64>,
 }
@@ -148,6 +151,7 @@ impl Registry {
             targets: Vec::new(),
             index: HashMap::new(),
             overflow: None,
+            last: None,
             series: HashMap::new(),
             events: BTreeMap::new(),
         }
@@ -190,6 +194,21 @@ impl Registry {
     /// The index of `(node, rank)`, made on first sight while there is
     /// room, else the overflow target's.
     fn target(&mut self, node: &str, rank: Option<i64>) -> u16 {
+        if let Some((last_rank, i)) = self.last
+            && last_rank == rank
+            && self.targets[usize::from(i)].node == if node.is_empty() { &self.node } else { node }
+        {
+            return i;
+        }
+        let i = self.lookup(node, rank);
+        // The overflow target's node is not the sample's: never cached.
+        if self.overflow != Some(i) {
+            self.last = Some((rank, i));
+        }
+        i
+    }
+
+    fn lookup(&mut self, node: &str, rank: Option<i64>) -> u16 {
         let node = if node.is_empty() { self.node.as_str() } else { node };
         if let Some(&i) = self.index.get(node).and_then(|m| m.get(&rank)) {
             return i;
@@ -345,6 +364,36 @@ mod tests {
         assert_eq!((last.node.as_str(), last.rank), ("agent", Rank::Other));
         let overflow = r.sorted_series().into_iter().map(|(_, s)| s.latency.count).max();
         assert_eq!(overflow, Some(1000 - (MAX_TARGETS as u64 - 1)));
+        // A known pair asked right after an overflowing one with the same
+        // rank still finds its own series.
+        r.observe(&sample(
+            "agent",
+            Some(1),
+            source::DRIVER,
+            driver_op::LAUNCH_KERNEL,
+            1,
+            0,
+        ));
+        r.observe(&sample(
+            "n",
+            Some(1),
+            source::DRIVER,
+            driver_op::LAUNCH_KERNEL,
+            1,
+            0,
+        ));
+        let rank1 = r
+            .sorted_series()
+            .into_iter()
+            .find(|(k, _)| {
+                r.targets()[usize::from(k.target)]
+                    == Target {
+                        node: "n".into(),
+                        rank: Rank::Known(1),
+                    }
+            })
+            .map(|(_, s)| s.latency.count);
+        assert_eq!(rank1, Some(2));
     }
 
     #[test]

@@ -15,5 +15,6 @@ mod hostile_api;
 mod hostile_misc;
 mod hostile_store;
 mod mcp;
+mod prometheus;
 mod properties;
 mod trace;
