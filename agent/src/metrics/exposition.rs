@@ -47,7 +47,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// `{node="..",rank="..",k="v",...}` for one series of `r`.
-fn labels(r: &Registry, key: &SeriesKey, extra: &[(&str, &str)]) -> String {
+fn labels(r: &Registry, key: SeriesKey, extra: &[(&str, &str)]) -> String {
     let target = &r.targets()[usize::from(key.target)];
     let mut s = format!(
         "{{node=\"{}\",rank=\"{}\"",
@@ -77,16 +77,19 @@ fn histogram_lines(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_count{labels} {}", h.count);
 }
 
-fn op_name(key: &SeriesKey) -> &'static str {
+fn op_name(key: SeriesKey) -> &'static str {
     op_info(key.source, key.op).map_or("unknown", |o| o.name)
 }
 
 /// Appends every family of `r` to `out`.
 pub fn render(out: &mut String, r: &Registry) {
-    let series = r.sorted_series();
-    let calls: Vec<&(&SeriesKey, &Series)> =
-        series.iter().filter(|(k, _)| is_call_source(k.source)).collect();
-    let call_labels = |k: &SeriesKey| labels(r, k, &[("source", source_name(k.source)), ("op", op_name(k))]);
+    let series: Vec<(SeriesKey, &Series)> = r.sorted_series().into_iter().map(|(k, s)| (*k, s)).collect();
+    let calls: Vec<(SeriesKey, &Series)> = series
+        .iter()
+        .copied()
+        .filter(|(k, _)| is_call_source(k.source))
+        .collect();
+    let call_labels = |k: SeriesKey| labels(r, k, &[("source", source_name(k.source)), ("op", op_name(k))]);
 
     let name = "ingero_call_duration_seconds";
     header(
@@ -95,7 +98,7 @@ pub fn render(out: &mut String, r: &Registry) {
         "histogram",
         "Time in traced API calls (CUDA runtime, driver), by operation; _count is the number of calls.",
     );
-    for (k, s) in &calls {
+    for &(k, s) in &calls {
         histogram_lines(out, name, &call_labels(k), &s.latency);
     }
 
@@ -105,7 +108,7 @@ pub fn render(out: &mut String, r: &Registry) {
         "counter",
         "Bytes copied or allocated by traced API calls, for operations with a size.",
     );
-    for (k, s) in calls.iter().filter(|(k, _)| arg0_is_bytes(k.source, k.op)) {
+    for &(k, s) in calls.iter().filter(|(k, _)| arg0_is_bytes(k.source, k.op)) {
         let _ = writeln!(out, "ingero_call_bytes_total{} {}", call_labels(k), s.bytes);
     }
 
@@ -115,7 +118,7 @@ pub fn render(out: &mut String, r: &Registry) {
         "counter",
         "Time traced threads waited in synchronize calls (stream, device, context, event).",
     );
-    for (k, s) in calls
+    for &(k, s) in calls
         .iter()
         .filter(|(k, _)| op_kind(k.source, k.op) == OpKind::Synchronize)
     {
@@ -129,7 +132,7 @@ pub fn render(out: &mut String, r: &Registry) {
 
     let off_cpu: Vec<_> = series
         .iter()
-        .filter_map(|(k, s)| k.state.map(|state| (k, state, s)))
+        .filter_map(|&(k, s)| k.state.map(|state| (k, state, s)))
         .collect();
     header(
         out,
@@ -137,7 +140,7 @@ pub fn render(out: &mut String, r: &Registry) {
         "counter",
         "Time traced threads spent off their CPU: preempted (runnable, waiting for a CPU) or blocked.",
     );
-    for (k, state, s) in &off_cpu {
+    for &(k, state, s) in &off_cpu {
         let _ = writeln!(
             out,
             "ingero_offcpu_seconds_total{} {}",
@@ -151,7 +154,7 @@ pub fn render(out: &mut String, r: &Registry) {
         "counter",
         "Times traced threads were switched out, by state.",
     );
-    for (k, state, s) in &off_cpu {
+    for &(k, state, s) in &off_cpu {
         let _ = writeln!(
             out,
             "ingero_offcpu_switches_total{} {}",
@@ -160,7 +163,11 @@ pub fn render(out: &mut String, r: &Registry) {
         );
     }
 
-    let io: Vec<_> = series.iter().filter(|(k, _)| k.source == source::IO).collect();
+    let io: Vec<_> = series
+        .iter()
+        .copied()
+        .filter(|(k, _)| k.source == source::IO)
+        .collect();
     let name = "ingero_block_io_duration_seconds";
     header(
         out,
@@ -168,7 +175,7 @@ pub fn render(out: &mut String, r: &Registry) {
         "histogram",
         "Block I/O requests of traced processes, issue to completion, by operation.",
     );
-    for (k, s) in &io {
+    for &(k, s) in &io {
         histogram_lines(out, name, &labels(r, k, &[("op", op_name(k))]), &s.latency);
     }
     header(
@@ -177,7 +184,7 @@ pub fn render(out: &mut String, r: &Registry) {
         "counter",
         "Bytes of block I/O requests of traced processes, by operation.",
     );
-    for (k, s) in &io {
+    for &(k, s) in &io {
         let _ = writeln!(
             out,
             "ingero_block_io_bytes_total{} {}",
@@ -284,5 +291,29 @@ mod tests {
             "{t}"
         );
         assert_eq!(t.matches("# TYPE ").count(), 7, "each family once: {t}");
+    }
+
+    #[test]
+    fn one_target_has_at_most_the_series_the_readme_states() {
+        let mut r = Registry::new("n", true);
+        for o in agent_common::catalog::OPS {
+            for arg0 in [0, 1] {
+                r.observe(&Sample {
+                    node: "n",
+                    rank: Some(0),
+                    source: o.source,
+                    op: o.op,
+                    duration_ns: 1,
+                    arg0,
+                });
+            }
+        }
+        let mut out = String::new();
+        render(&mut out, &r);
+        let series = out.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(
+            series, 727,
+            "README, Prometheus metrics: the bound per (node, rank)"
+        );
     }
 }

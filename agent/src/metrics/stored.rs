@@ -65,14 +65,13 @@ impl StoredScan {
     /// handler can interrupt it). Returns whether it caught up.
     pub fn advance(&mut self, conn: &Connection, budget: Duration) -> rusqlite::Result<bool> {
         let started = Instant::now();
-        let conv = match self.conv {
-            Some(c) => c,
-            None => {
-                let c = conventions(conn)?;
-                self.registry = Registry::new(&self.node, c.preempt_flag);
-                self.conv = Some(c);
-                c
-            }
+        let conv = if let Some(c) = self.conv {
+            c
+        } else {
+            let c = conventions(conn)?;
+            self.registry = Registry::new(&self.node, c.preempt_flag);
+            self.conv = Some(c);
+            c
         };
         let last: i64 = conn.query_row("SELECT ifnull(max(rowid), 0) FROM events", [], |r| r.get(0))?;
         if last < self.after_rowid {
