@@ -19,6 +19,7 @@ pub mod host;
 pub mod logging;
 pub mod mcp;
 pub mod merge;
+pub mod metrics;
 pub mod readonly;
 pub mod ready;
 pub mod store;

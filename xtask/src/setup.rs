@@ -5,7 +5,8 @@
 //! `-Z build-std=core`), `bpf-linker` 0.10.4 (the last release that links
 //! with rustc's own LLVM), a C compiler (the simulator's stubs), tracefs
 //! mounted, the stock tools the API tests check against (curl, openssl,
-//! promtool, faketime), and the Python packages the tests use.
+//! promtool and the Prometheus server, faketime), and the Python packages
+//! the tests use.
 
 use std::{path::Path, process::Command};
 
@@ -80,20 +81,24 @@ fn c_compiler() -> anyhow::Result<()> {
 
 /// Commands the tests run as independent checks, and their Debian packages:
 /// clients no one here wrote (curl, openssl s_client), Prometheus's own
-/// format checker, and a clock shifter for the skew tests.
+/// format checker and server (it scrapes a live agent), and a clock
+/// shifter for the skew tests.
 const TEST_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
     ("faketime", "faketime"),
 ];
 
 fn test_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TEST_TOOLS
+    let mut missing: Vec<&str> = TEST_TOOLS
         .iter()
         .filter(|(command, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {command}")])))
         .map(|(_, package)| *package)
         .collect();
+    // One package may bring several tools (prometheus: promtool too).
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

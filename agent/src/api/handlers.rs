@@ -308,27 +308,48 @@ pub(super) fn overview_from_db(
     })
 }
 
-/// `GET /metrics`: the Prometheus text exposition; event counts come from
-/// the live tracer, or from the database under `ingero serve`.
+/// `GET /metrics`: the Prometheus text exposition. While tracing, event
+/// counts and the traced-work metrics come from the tracer (as of its last
+/// batch); under `ingero serve`, from the database: each scrape reads the
+/// rows added since the last one for at most [`SCAN_BUDGET`] under a slot
+/// of the query budget, and a scrape that finds no slot free gets the last
+/// reading (429 only before there is one).
+///
+/// [`SCAN_BUDGET`]: super::metrics::SCAN_BUDGET
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
-    let s = Arc::clone(&state);
-    let counts = if let Some(live) = &state.live {
-        live.counts()
+    let (counts, registry, caught_up) = if let Some(live) = &state.live {
+        (live.counts(), live.registry(), None)
     } else {
-        {
-            let permit = state.slot()?;
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                super::reader_thread();
-                super::metrics::EventCounts::from_db(&s.db)
-            })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-        }
+        let answer = match (state.slot(), state.stored_metrics.last()) {
+            (Ok(permit), _) => {
+                let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+                let flag = Arc::clone(&cancel.0);
+                let s = Arc::clone(&state);
+                let answer = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+                    let _permit = permit;
+                    super::reader_thread();
+                    let mut conn = crate::store::open_read(&s.db).map_err(|e| db_error(&e))?;
+                    s.watch(&mut conn, &flag, s.query_timeout)?;
+                    s.stored_metrics.read(&conn).map_err(|e| db_error(&e))
+                })
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+                drop(cancel);
+                answer
+            }
+            (Err(_), Some(last)) => Some(last),
+            (Err(busy), None) => return Err(busy),
+        };
+        let answer = answer.ok_or(ApiError::TooManyQueries(state.max_queries))?;
+        (answer.counts, answer.registry, Some(answer.caught_up))
     };
+    let mut text = state.metrics.render(&state.node, &counts);
+    crate::metrics::exposition::render(&mut text, &registry);
+    if let Some(caught_up) = caught_up {
+        text.push_str(&super::metrics::render_caught_up(&state.node, caught_up));
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(&state.node, &counts),
+        text,
     ))
 }

@@ -1,13 +1,15 @@
-//! `/metrics` in the Prometheus text exposition format: events and drops
-//! per source, queries by outcome with a latency histogram, HTTP requests by
-//! path and status, failed TLS handshakes.
+//! `/metrics` in the Prometheus text exposition format: the API's own
+//! counters (events and drops per source, queries by outcome with a latency
+//! histogram, HTTP requests by path and status, failed TLS handshakes), and
+//! for `ingero serve` the traced-work metrics of the served database
+//! ([`StoredMetrics`], read a bounded slice per scrape; see
+//! [`crate::metrics`]).
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    path::Path,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -15,7 +17,10 @@ use std::{
 
 use agent_common::catalog::op_info;
 
-use crate::readonly::QueryError;
+use crate::{
+    metrics::{Registry, exposition, stored::StoredScan},
+    readonly::QueryError,
+};
 
 /// Upper bounds (seconds) of the query latency histogram.
 const BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
@@ -58,7 +63,7 @@ pub struct ApiMetrics {
 }
 
 /// Event and drop counts to expose.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct EventCounts {
     /// Events recorded per source, in the order cuda, driver, host, io.
     pub by_source: [u64; 4],
@@ -67,25 +72,16 @@ pub struct EventCounts {
 }
 
 impl EventCounts {
-    /// Counts from the database at `db`: events per source, and drops from
-    /// the `drops` table when there is one.
-    pub fn from_db(db: &Path) -> rusqlite::Result<Self> {
-        let conn = crate::store::open_read(db)?;
+    /// Counts of a stored database: events per source as `registry`
+    /// counted them, drops from the `drops` table when there is one.
+    pub fn from_db(conn: &rusqlite::Connection, registry: &Registry) -> rusqlite::Result<Self> {
         let mut counts = Self::default();
-        let mut stmt = conn.prepare("SELECT source, count(*) FROM events GROUP BY source")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let (src, n): (u8, i64) = (r.get(0)?, r.get(1)?);
+        for (&src, &n) in registry.events_by_source() {
             if let Some(i) = source_index(src) {
-                counts.by_source[i] += n as u64;
+                counts.by_source[i] += n;
             }
         }
-        let has_drops: i64 = conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'drops'",
-            [],
-            |r| r.get(0),
-        )?;
-        if has_drops > 0 {
+        if crate::store::schema::table_exists(conn, "drops")? {
             let mut stmt =
                 conn.prepare("SELECT source, op, reason, sum(count) FROM drops GROUP BY 1, 2, 3")?;
             counts.drops = stmt
@@ -96,6 +92,79 @@ impl EventCounts {
         }
         Ok(counts)
     }
+}
+
+/// What `/metrics` shows of a stored database: its counts, the
+/// traced-work registry, and whether the scan has caught up.
+#[derive(Debug, Clone)]
+pub struct StoredAnswer {
+    /// Events per source and drops.
+    pub counts: EventCounts,
+    /// The traced-work metrics so far.
+    pub registry: Arc<Registry>,
+    /// Whether every event of the database is counted.
+    pub caught_up: bool,
+}
+
+/// Longest a scrape spends reading new rows of a served database; the
+/// rest is read by the next scrapes.
+pub const SCAN_BUDGET: Duration = Duration::from_millis(500);
+
+/// The traced-work metrics of `ingero serve`: the scan of its database,
+/// advanced by one slice per scrape, and its last answer, served as is to a
+/// scrape that finds the scan busy or no query slot free.
+#[derive(Debug)]
+pub struct StoredMetrics {
+    scan: Mutex<StoredScan>,
+    last: Mutex<Option<StoredAnswer>>,
+}
+
+impl StoredMetrics {
+    /// Nothing read yet, for the agent of `node`.
+    #[must_use]
+    pub fn new(node: &str) -> Self {
+        Self {
+            scan: Mutex::new(StoredScan::new(node)),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The last answer, if any.
+    #[must_use]
+    pub fn last(&self) -> Option<StoredAnswer> {
+        self.last.lock().ok()?.clone()
+    }
+
+    /// Advances the scan by at most [`SCAN_BUDGET`] on `conn` and answers;
+    /// if another scrape is advancing it, its last answer.
+    pub fn read(&self, conn: &rusqlite::Connection) -> rusqlite::Result<Option<StoredAnswer>> {
+        let Ok(mut scan) = self.scan.try_lock() else {
+            return Ok(self.last());
+        };
+        scan.advance(conn, SCAN_BUDGET)?;
+        let registry = Arc::new(scan.registry().clone());
+        let answer = StoredAnswer {
+            counts: EventCounts::from_db(conn, &registry)?,
+            registry,
+            caught_up: scan.caught_up(),
+        };
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(answer.clone());
+        }
+        Ok(Some(answer))
+    }
+}
+
+/// The gauge saying whether a served database is counted whole.
+#[must_use]
+pub fn render_caught_up(node: &str, caught_up: bool) -> String {
+    format!(
+        "# HELP ingero_db_scan_caught_up 1 when the traced-work metrics count every event of the served database; 0 while it is still being read (a slice per scrape).\n\
+         # TYPE ingero_db_scan_caught_up gauge\n\
+         ingero_db_scan_caught_up{{node=\"{}\"}} {}\n",
+        label(node),
+        u8::from(caught_up)
+    )
 }
 
 fn source_index(src: u8) -> Option<usize> {
@@ -111,7 +180,7 @@ fn source_index(src: u8) -> Option<usize> {
 
 /// A label value, escaped as the exposition format requires.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    exposition::escape(v)
 }
 
 impl ApiMetrics {

@@ -16,7 +16,8 @@
 //! request and [`SEND_TIMEOUT`] to send its answer, a cap on the bytes of a
 //! query answer (`truncated` says so), one shared budget of database-reading
 //! requests (`/query`, `/chains`, `/ops`, `/overview`, and `/metrics` under
-//! `ingero serve`; 429 with `retry-after` past it). Database work stops when
+//! `ingero serve`; 429 with `retry-after` past it, except for a `/metrics`
+//! that can be answered from its last reading). Database work stops when
 //! its client goes away, its deadline passes or the agent stops.
 //! Connections are limited per address, their headers and idleness are
 //! timed ([`server`]). Every error is `{"error": "..."}`
@@ -168,6 +169,8 @@ pub trait LiveView: Send + Sync + std::fmt::Debug {
     fn info(&self) -> LiveInfo;
     /// Events per source and drops per probe for `/metrics`.
     fn counts(&self) -> metrics::EventCounts;
+    /// The traced-work metrics as of the last batch read, for `/metrics`.
+    fn registry(&self) -> Arc<crate::metrics::Registry>;
 }
 
 /// One engine run: its window, when it ran, its reports.
@@ -237,6 +240,8 @@ pub struct ApiState {
     pub default_since: Option<Duration>,
     /// Request, query and TLS counters for `/metrics`.
     pub metrics: metrics::ApiMetrics,
+    /// The traced-work metrics of the database (`ingero serve`).
+    pub stored_metrics: metrics::StoredMetrics,
     /// Connection and answer limits.
     pub limits: ConnLimits,
     /// Set when the agent stops: every database statement still running is
@@ -272,6 +277,7 @@ impl ApiState {
     #[must_use]
     pub fn new(settings: ApiSettings, live: Option<Arc<dyn LiveView>>) -> Arc<Self> {
         Arc::new(Self {
+            stored_metrics: metrics::StoredMetrics::new(&settings.node),
             node: settings.node,
             db: settings.db,
             live,

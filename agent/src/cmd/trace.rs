@@ -97,6 +97,10 @@ impl LiveView for LiveStats {
                 .unwrap_or_default(),
         }
     }
+
+    fn registry(&self) -> Arc<crate::metrics::Registry> {
+        self.metrics.latest()
+    }
 }
 
 /// Runs `ingero trace`: records events into the database until Ctrl-C or

@@ -78,7 +78,7 @@ mod tests {
     }
 }
 
-/// Counters the tracer updates once a second, for whoever shows them
+/// Counters the tracer updates once a second (the metrics: with every batch), for whoever shows them
 /// (the API's overview and metrics while tracing).
 #[derive(Debug, Default)]
 pub struct LiveStats {
@@ -90,6 +90,9 @@ pub struct LiveStats {
     pub session_id: std::sync::atomic::AtomicI64,
     /// Drop counters per probe, as the kernel counts them.
     pub drops: std::sync::Mutex<Vec<crate::store::writer::DropCount>>,
+    /// The traced-work metrics, as the pipeline last published them
+    /// (with every batch, not once a second).
+    pub metrics: std::sync::Arc<crate::metrics::Published>,
 }
 
 impl LiveStats {

@@ -5,12 +5,14 @@
 //! per process), the task names worth keeping (`process_names`), and, with
 //! `--stack`, the deduplicated, symbolized stack. It also counts events per
 //! source for the live summary and, with `--json`, writes one NDJSON line
-//! per event. It knows nothing of eBPF, so it is tested on hand-made
-//! records.
+//! per event, and counts every event into the traced-work metrics
+//! ([`crate::metrics`]), publishing a copy with each batch for `/metrics`.
+//! It knows nothing of eBPF, so it is tested on hand-made records.
 
 use std::{
     collections::{HashMap, HashSet},
     io::Write,
+    sync::Arc,
 };
 
 use agent_common::{
@@ -18,7 +20,10 @@ use agent_common::{
     event::{Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM},
 };
 
-use crate::clock::WallClock;
+use crate::{
+    clock::WallClock,
+    metrics::{Published, Registry, Sample},
+};
 
 use super::{
     comms::Comms,
@@ -72,6 +77,8 @@ pub struct Pipeline {
     counts: SourceCounts,
     total: u64,
     json: Option<JsonOut>,
+    metrics: Registry,
+    published: Option<Arc<Published>>,
 }
 
 /// Where `--json` lines go.
@@ -111,7 +118,6 @@ impl Pipeline {
     #[must_use]
     pub fn with_rank_source(node: String, stacks: bool, json: Option<JsonOut>, rank_of: RankSource) -> Self {
         Self {
-            node,
             clock: WallClock::new(),
             rank_of,
             ranks: HashMap::new(),
@@ -123,8 +129,17 @@ impl Pipeline {
             batch: Batch::default(),
             counts: SourceCounts::default(),
             total: 0,
+            metrics: Registry::new(&node, true),
+            node,
             json,
+            published: None,
         }
+    }
+
+    /// Publishes the metrics to `to` with every batch taken.
+    pub fn publish_metrics_to(&mut self, to: Arc<Published>) {
+        to.publish(&self.metrics);
+        self.published = Some(to);
     }
 
     /// The monotonic-to-Unix-ns clock used for the events' timestamps.
@@ -203,10 +218,23 @@ impl Pipeline {
             source::NCCL => self.counts.nccl += 1,
             _ => self.counts.io += 1,
         }
-        self.total += 1;
+        self.observe(&row);
         let ok = self.write_json(&row, &event);
         self.batch.events.push(row);
         ok
+    }
+
+    /// Counts a row in the totals and the metrics.
+    fn observe(&mut self, row: &EventRow) {
+        self.total += 1;
+        self.metrics.observe(&Sample {
+            node: &self.node,
+            rank: row.rank,
+            source: row.source,
+            op: row.op,
+            duration_ns: row.duration,
+            arg0: row.arg0,
+        });
     }
 
     fn row(&mut self, e: &Event, timestamp: i64) -> EventRow {
@@ -317,13 +345,16 @@ impl Pipeline {
     /// Adds a row that did not come from the ring buffer (summaries).
     pub fn push_row(&mut self, row: EventRow) {
         self.counts.host += 1;
-        self.total += 1;
+        self.observe(&row);
         self.batch.events.push(row);
     }
 
     /// The rows built since the last call, for the writer; flushes `--json`.
     pub fn take_batch(&mut self) -> (Batch, bool) {
         let ok = self.json.as_mut().is_none_or(|o| o.0.flush().is_ok());
+        if let Some(to) = &self.published {
+            to.publish(&self.metrics);
+        }
         self.clock.refresh();
         (std::mem::take(&mut self.batch), ok)
     }
@@ -373,204 +404,4 @@ impl Pipeline {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use agent_common::catalog::driver_op;
-    use std::sync::{Arc, Mutex};
-
-    #[expect(
-        clippy::unnecessary_wraps,
-        reason = "has the signature of the rank lookup it stands in for"
-    )]
-    fn fake_rank(pid: u32) -> Option<RankInfo> {
-        Some(RankInfo {
-            rank: Some(i64::from(pid % 10)),
-            local_rank: Some(0),
-            world_size: Some(4),
-        })
-    }
-
-    fn comm(name: &str) -> [u8; 16] {
-        let mut c = [0u8; 16];
-        c[..name.len()].copy_from_slice(name.as_bytes());
-        c
-    }
-
-    fn launch(pid: u32, tid: u32) -> Event {
-        Event {
-            ts_ns: 1_000,
-            duration_ns: 500,
-            pid,
-            tid,
-            source: source::DRIVER,
-            op: driver_op::LAUNCH_KERNEL,
-            arg0: 0xdead,
-            stream: 0,
-            flags: FLAG_HAS_STREAM,
-            comm: comm("trainer"),
-            ..Event::default()
-        }
-    }
-
-    #[test]
-    fn rows_carry_rank_stream_and_names() {
-        let mut p = Pipeline::with_rank_source("n1".into(), false, None, fake_rank);
-        p.push(Record::Event(launch(13, 14)));
-        p.push(Record::Event(launch(13, 14)));
-        let (batch, ok) = p.take_batch();
-        assert!(ok);
-        assert_eq!(batch.events.len(), 2);
-        let row = &batch.events[0];
-        assert_eq!(
-            (row.pid, row.tid, row.rank, row.world_size),
-            (13, 14, Some(3), Some(4))
-        );
-        assert_eq!(
-            row.stream,
-            Some(0),
-            "a default-stream launch still records its stream"
-        );
-        assert_eq!(row.arg2, None);
-        assert_eq!(
-            batch.names,
-            vec![(14, "trainer".to_owned(), row.timestamp)],
-            "names are written once"
-        );
-        let session = batch.session.expect("first rank updates the session");
-        assert_eq!(session.rank, Some((Some(3), Some(0), Some(4))));
-        assert_eq!(p.take_counts().driver, 2);
-    }
-
-    #[test]
-    fn forked_children_inherit_rank_and_learned_ranks_stick() {
-        fn only_parent(pid: u32) -> Option<RankInfo> {
-            if pid == 100 { fake_rank(3) } else { None }
-        }
-        let mut p = Pipeline::with_rank_source("n1".into(), false, None, only_parent);
-        p.learn_process(100);
-        p.push(Record::Event(Event {
-            source: source::HOST,
-            op: host_op::PROCESS_FORK,
-            pid: 100,
-            tid: 100,
-            arg1: 200,
-            ..Event::default()
-        }));
-        p.push(Record::Event(launch(200, 200)));
-        let (batch, _) = p.take_batch();
-        assert_eq!(
-            batch.events[1].rank,
-            Some(3),
-            "the child's events carry the parent's rank"
-        );
-    }
-
-    #[test]
-    fn rows_about_an_exited_process_keep_its_rank() {
-        fn alive_once(pid: u32) -> Option<RankInfo> {
-            static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            (CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0)
-                .then(|| fake_rank(pid))
-                .flatten()
-        }
-        let mut p = Pipeline::with_rank_source("n1".into(), false, None, alive_once);
-        p.learn_process(42);
-        p.push(Record::Event(Event {
-            source: source::HOST,
-            op: host_op::PROCESS_EXIT,
-            pid: 42,
-            tid: 42,
-            ..Event::default()
-        }));
-        let late = p.host_row(42, host_op::MM_PAGE_ALLOC_SUMMARY, 1, 1, 1, 4096);
-        assert_eq!(
-            late.rank,
-            Some(2),
-            "a summary built after the exit still has the rank"
-        );
-    }
-
-    #[test]
-    fn sched_switch_names_the_preemptor() {
-        let mut p = Pipeline::with_rank_source("n1".into(), false, None, fake_rank);
-        p.push(Record::Event(Event {
-            source: source::HOST,
-            op: host_op::SCHED_SWITCH,
-            pid: 20,
-            tid: 21,
-            arg1: 777,
-            comm: comm("stress-ng"),
-            ..Event::default()
-        }));
-        let (batch, _) = p.take_batch();
-        assert_eq!(batch.names[0].0, 777);
-        assert_eq!(batch.names[0].1, "stress-ng");
-    }
-
-    #[test]
-    fn identical_stacks_are_stored_once() {
-        let mut p = Pipeline::with_rank_source("n1".into(), false, None, fake_rank);
-        for _ in 0..3 {
-            p.push(Record::WithStack(launch(1, 1), vec![0x1000, 0x2000]));
-        }
-        p.push(Record::WithStack(launch(1, 1), vec![0x1000, 0x3000]));
-        let (batch, _) = p.take_batch();
-        assert_eq!(batch.stacks.len(), 2);
-        assert_eq!(batch.events[0].stack_hash, batch.events[2].stack_hash);
-        assert_ne!(batch.events[0].stack_hash, batch.events[3].stack_hash);
-        assert_eq!(batch.stacks[0].ips, r#"["0x1000","0x2000"]"#);
-    }
-
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn json_lines_name_source_and_op() {
-        let sink = Sink::default();
-        let mut p = Pipeline::with_rank_source(
-            "n1".into(),
-            false,
-            Some(JsonOut(Box::new(sink.clone()))),
-            fake_rank,
-        );
-        p.push(Record::Event(launch(5, 6)));
-        let text =
-            String::from_utf8(sink.0.lock().map(|v| v.clone()).unwrap_or_default()).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
-        assert_eq!(v["op"], "cuLaunchKernel");
-        assert_eq!(v["source"], "driver");
-        assert_eq!(v["node"], "n1");
-        assert_eq!(v["rank"], 5);
-    }
-
-    struct Closed;
-    impl Write for Closed {
-        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-            Err(std::io::ErrorKind::BrokenPipe.into())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Err(std::io::ErrorKind::BrokenPipe.into())
-        }
-    }
-
-    #[test]
-    fn a_closed_json_pipe_is_reported_and_rows_still_kept() {
-        let mut p =
-            Pipeline::with_rank_source("n1".into(), false, Some(JsonOut(Box::new(Closed))), fake_rank);
-        assert!(!p.push(Record::Event(launch(5, 6))));
-        let (batch, _) = p.take_batch();
-        assert_eq!(batch.events.len(), 1, "the event is still stored");
-    }
-}
+mod tests;

@@ -188,6 +188,7 @@ impl Tracer {
         );
         let live = Arc::new(LiveStats::default());
         live.session_id.store(session_id, Relaxed);
+        pipeline.publish_metrics_to(Arc::clone(&live.metrics));
         let ring = probes.take_ring()?;
         // SAFETY: the ring buffer owns its map fd for its whole life and always
         // reports that same fd.

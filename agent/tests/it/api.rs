@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{Daemon, Pki, Workload, ingero, root_or_skip, runtime, sample_db, serial, sha256};
+use crate::common::{
+    Daemon, Pki, Workload, ingero, promtool_check, root_or_skip, runtime, sample_db, serial, sha256,
+};
 use anyhow::{Context, bail};
 use ingero_api::{ChainsEndpoint, OpsEndpoint, OverviewEndpoint, Since};
 use ingero_fleet::{AgentClient, ClientTls, FleetError};
@@ -547,21 +549,7 @@ fn metrics_pass_promtool() -> anyhow::Result<()> {
                 .await?,
         )
     })?;
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running promtool (cargo xtask setup installs Debian's prometheus package)")?;
-    std::io::Write::write_all(&mut promtool.stdin.take().context("stdin")?, text.as_bytes())?;
-    let out = promtool.wait_with_output()?;
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text)?;
     assert_eq!(
         metric(&text, "ingero_queries_total{node=\"gpu-node-03\",outcome=\"ok\"}"),
         Some(1.0),
@@ -582,6 +570,20 @@ fn metrics_pass_promtool() -> anyhow::Result<()> {
         )
         .unwrap_or(0.0)
             > 0.0,
+        "{text}"
+    );
+    // The traced-work metrics of the served database (see prometheus.rs).
+    assert_eq!(
+        metric(
+            &text,
+            "ingero_call_duration_seconds_bucket{node=\"gpu-node-03\",rank=\"2\",source=\"driver\",op=\"cuLaunchKernel\",le=\"+Inf\"}"
+        ),
+        Some(1320.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "ingero_db_scan_caught_up{node=\"gpu-node-03\"}"),
+        Some(1.0),
         "{text}"
     );
     Ok(())

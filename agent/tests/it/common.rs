@@ -319,6 +319,32 @@ pub fn ingero_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(i32, S
     ))
 }
 
+/// `promtool check metrics` on an exposition: an error with promtool's
+/// complaints and the text when it is not clean.
+pub fn promtool_check(text: &str) -> anyhow::Result<()> {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (cargo xtask setup installs Debian's prometheus package)")?;
+    promtool
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let out = promtool.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Reads all of a child's stdout.
 pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();

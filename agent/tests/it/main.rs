@@ -16,5 +16,6 @@ mod hostile_misc;
 mod hostile_store;
 mod mcp;
 mod nccl;
+mod prometheus;
 mod properties;
 mod trace;
