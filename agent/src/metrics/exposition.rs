@@ -312,7 +312,7 @@ mod tests {
         render(&mut out, &r);
         let series = out.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(
-            series, 727,
+            series, 1251,
             "README, Prometheus metrics: the bound per (node, rank)"
         );
     }
