@@ -141,7 +141,7 @@ pub struct NodeData {
     pub world_size: Option<i64>,
     /// Events of the node read in the window, of every source.
     pub events: u64,
-    /// The window the data covers.
+    /// The span the data covers: the node's first to last event read.
     pub window: Window,
 }
 
@@ -249,9 +249,11 @@ pub fn odd_warning(path: &std::path::Path, odd: u64) -> Option<String> {
     })
 }
 
-/// Loads every node's data; each node's window is `window` or, if none,
-/// that node's own first to last event. Rows whose columns have the wrong
-/// type (see [`well_typed`]) are skipped.
+/// Loads every node's data; each node's window is its own first to last
+/// event within `window` (the whole database when `None`): the span of
+/// data actually analysed, never a stretch asked for where nothing was
+/// recorded (which would dilute every rate and share). Rows whose columns
+/// have the wrong type (see [`well_typed`]) are skipped.
 pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<NodeData>> {
     let conv = conventions(conn)?;
     let node_expr = if conv.has_node { "node" } else { "''" };
@@ -355,11 +357,6 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
     }
     drop(rows);
     drop(stmt);
-    if let Some(w) = window {
-        for d in nodes.values_mut() {
-            d.window = w;
-        }
-    }
     for d in nodes.values_mut() {
         for calls in d.calls.values_mut() {
             calls.sort_by_key(|c| c.start);

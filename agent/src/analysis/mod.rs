@@ -5,9 +5,10 @@
 //! [`explain`] loads each node's events ([`dataset`]), applies the rules
 //! ([`rules`]: tail latency with a concurrent cause, throughput drops, OOM
 //! kills) and returns per-node reports whose chains ([`chain`]) are sorted
-//! by severity. Without an explicit window each node is analysed over its
-//! own first to last event, so a merged database gives the same chains as
-//! its parts.
+//! by severity. Each node is analysed over its own first to last event
+//! within the window asked for (the whole database without one), so a
+//! merged database gives the same chains as its parts, and a window larger
+//! than the recording does not dilute rates and shares.
 //!
 //! Nodes are compared by [`compare`], on typed figures ([`NodeOps`]): a
 //! multi-node database's reports and the fleet's answers go through the
@@ -42,8 +43,8 @@ pub struct NodeReport {
     pub rank: Option<i64>,
     /// The job's world size (`events.world_size`), when known.
     pub world_size: Option<i64>,
-    /// The window analysed, Unix ns: the one asked for, else the node's
-    /// first to last event.
+    /// The span analysed, Unix ns: the node's first to last event within
+    /// the window asked for (the whole database without one).
     pub window: Window,
     /// Events of the node in the window, of every source.
     pub events: u64,
