@@ -7,7 +7,7 @@
 //! entry, block I/O sizes in 512-byte sectors, no preemption flag on
 //! `sched_switch`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agent_common::catalog::{arg0_is_bytes, host_op, op_info, source};
 use rusqlite::Connection;
@@ -134,6 +134,9 @@ pub struct NodeData {
     pub snapshots: Vec<Snapshot>,
     /// Task names by task id (`process_names`).
     pub names: HashMap<u32, String>,
+    /// Processes created by traced processes (`arg1` of fork events):
+    /// the job's worker processes, such as DataLoader workers.
+    pub children: HashSet<u32>,
     /// Rank of the traced process on this node (`events.rank` of the first of
     /// its events read that has one), when known.
     pub rank: Option<i64>,
@@ -333,6 +336,9 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
                     ts,
                     bytes: arg1.max(0) as u64,
                 }),
+                host_op::PROCESS_FORK if arg1 > 0 => {
+                    d.children.insert(arg1 as u32);
+                }
                 host_op::OOM_KILL => d.oom_kills.push(OomKill {
                     ts,
                     victim: if arg1 > 0 { arg1 as u32 } else { pid },

@@ -209,35 +209,6 @@ pub(super) fn io_issuers(d: &NodeData) -> HashSet<u32> {
     set
 }
 
-/// The tasks that preempted the callers during the slow calls, most first.
-pub(super) fn slow_call_preemptors(d: &NodeData, slow: &[Call]) -> Vec<(u32, usize)> {
-    let mut by_thread: HashMap<u32, Vec<(i64, i64, u32)>> = HashMap::new();
-    for o in d
-        .off_cpu
-        .iter()
-        .filter(|o| o.preempted != Some(false) && o.preemptor != 0)
-    {
-        by_thread
-            .entry(o.tid)
-            .or_default()
-            .push((o.start, o.end, o.preemptor));
-    }
-    let mut hits = Vec::new();
-    for c in slow {
-        if let Some(spans) = by_thread.get(&c.tid) {
-            let i = spans.partition_point(|(s, _, _)| *s <= c.end);
-            hits.extend(
-                spans[..i]
-                    .iter()
-                    .rev()
-                    .take_while(|(_, e, _)| *e >= c.start)
-                    .map(|(_, _, p)| (*p, 1usize)),
-            );
-        }
-    }
-    top(hits.into_iter(), 3)
-}
-
 /// Cause strengths for a tail made of the `slow` calls.
 #[must_use]
 pub fn strengths(d: &NodeData, e: &Evidence, slow: &[Call], window_ns: i64) -> Strengths {

@@ -15,6 +15,7 @@
 //! same function, which names the straggler ([`straggler`]) and orders
 //! every chain (severity, then the straggler's, then score).
 
+pub mod attribution;
 pub mod chain;
 pub mod dataset;
 mod describe;

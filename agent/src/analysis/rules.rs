@@ -36,10 +36,11 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
+    attribution::{self, Job},
     chain::{Chain, Severity, TimelineEntry},
     dataset::{Call, NodeData, op_name},
     describe::{CauseText, describe_cpu, describe_io, describe_mem, fixes, layer_of, mib, size},
-    evidence::{Cause, Evidence, evidence, io_issuers, period_strengths, slow_call_preemptors, strengths},
+    evidence::{Cause, Evidence, evidence, io_issuers, period_strengths, strengths},
     spans::preempted_share,
     stats::{OpStats, comparable, op_stats},
 };
@@ -69,6 +70,10 @@ pub const STRONG_CAUSE: f64 = 0.5;
 pub const MEDIUM_CAUSE: f64 = 0.2;
 /// Weakest strength at which a cause counts at all (`Strengths::ranked`).
 pub const MIN_CAUSE_STRENGTH: f64 = 0.05;
+/// Share of the preempted time a task (or the job's own processes) must
+/// take, strictly more than, to be named as mostly responsible for CPU
+/// contention; below it the words say how spread the time is.
+pub const MOSTLY_SHARE: f64 = 0.5;
 /// Fewest preemptions of traced threads in the window (or a drop's period)
 /// before CPU contention can be a cause.
 pub const MIN_PREEMPTIONS: usize = 5;
@@ -185,18 +190,18 @@ fn tail_chain(
     if causes.is_empty() {
         return None;
     }
-    let direct = slow_call_preemptors(d, &slow);
     let io_preemption = preempted_share(d, &slow, &|t| issuers.contains(&t));
     let cpu_hit = Some(preempted_share(d, &slow, &|t| !issuers.contains(&t)));
-    let mut cpu_evidence = evidence.cpu.clone();
-    let foreign: Vec<(u32, usize)> = direct.into_iter().filter(|(t, _)| !issuers.contains(t)).collect();
-    if !foreign.is_empty() {
-        cpu_evidence.top_preemptors = foreign;
+    let job = Job::of(d);
+    let not_io = |t: u32| !issuers.contains(&t);
+    let mut who = attribution::during(d, &job, &slow, &not_io);
+    if who.is_empty() {
+        who = attribution::over(d, &job, d.window.from, d.window.to, &not_io);
     }
     let texts: Vec<CauseText> = causes
         .iter()
         .map(|&(cause, st)| match cause {
-            Cause::Cpu => describe_cpu(d, &cpu_evidence, name, cpu_hit),
+            Cause::Cpu => describe_cpu(d, &evidence.cpu, &who, name, cpu_hit),
             Cause::Io => describe_io(
                 d,
                 &evidence.io,
@@ -348,7 +353,13 @@ fn throughput_drop(
     let low_rate = inner[s..e].iter().sum::<usize>() as f64 / (e - s) as f64;
     let name = op_name(names, src, op);
     let text = match cause {
-        Cause::Cpu => describe_cpu(d, &ev.cpu, &name, None),
+        Cause::Cpu => describe_cpu(
+            d,
+            &ev.cpu,
+            &attribution::over(d, &Job::of(d), from, to, &|_| true),
+            &name,
+            None,
+        ),
         Cause::Io => describe_io(d, &ev.io, st, None),
         Cause::Memory => describe_mem(&ev.mem),
     };

@@ -99,6 +99,48 @@ fn a_tail_with_preemption_of_the_calling_thread_is_high_cpu_contention() {
 }
 
 #[test]
+fn preemption_by_the_jobs_own_processes_is_contention_within_the_job() {
+    let mut d = node(&slow_set(), 2 * MS);
+    preempt_slow_calls(&mut d, true, 20);
+    // Thread 20 belongs to process 2, another rank making CUDA calls.
+    d.calls.insert(
+        (source::DRIVER, driver_op::STREAM_SYNCHRONIZE),
+        vec![Call {
+            pid: 2,
+            tid: 20,
+            start: 0,
+            end: 10,
+            bytes: 0,
+        }],
+    );
+    d.names.insert(20, "python".into());
+    let c = run(&d);
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert!(
+        c[0].root_cause.starts_with("CPU contention within the job: ")
+            && c[0].root_cause.contains("(sibling ranks 100%)")
+            && c[0].root_cause.contains("mostly by python (20)"),
+        "{}",
+        c[0].root_cause
+    );
+    assert!(
+        !c[0].recommendations.iter().any(|f| f.contains("renice")),
+        "{:?}",
+        c[0].recommendations
+    );
+    // A child a rank forked (a DataLoader worker) is the job's too.
+    let mut d = node(&slow_set(), 2 * MS);
+    preempt_slow_calls(&mut d, true, 30);
+    d.children.insert(30);
+    let c = run(&d);
+    assert!(
+        c[0].root_cause.contains("(worker processes (DataLoader) 100%)"),
+        "{}",
+        c[0].root_cause
+    );
+}
+
+#[test]
 fn a_tail_without_a_concurrent_cause_is_not_a_chain() {
     assert!(run(&node(&slow_set(), 2 * MS)).is_empty());
 }
