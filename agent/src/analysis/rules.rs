@@ -26,7 +26,9 @@
 //! otherwise. Either way the time the tail costs (beyond the p50, over the
 //! op's span) must be at least [`HIGH_IMPACT`] for HIGH and
 //! [`MEDIUM_IMPACT`] for MEDIUM: a rare tail is LOW however strong its
-//! cause. A chain's score (impact, or the size of a drop, times the cause
+//! cause. Severity also follows the impact on the node: a tail whose slow
+//! calls cost less than [`MIN_WINDOW_IMPACT`] of the node's whole window
+//! is LOW ([`tail_severity`]), whatever its ratio. A chain's score (impact, or the size of a drop, times the cause
 //! strength) orders chains within a severity.
 //!
 //! The rules only find chains, in no particular order; the caller orders
@@ -62,6 +64,11 @@ pub const HIGH_RATIO: f64 = 10.0;
 pub const HIGH_IMPACT: f64 = 0.01;
 /// Smallest impact (as for [`HIGH_IMPACT`]) of a MEDIUM tail (0.2%).
 pub const MEDIUM_IMPACT: f64 = 0.002;
+/// Smallest cost of a tail's slow calls (their time beyond the p50) as a
+/// share of the node's whole window (1%) for it to be more than LOW: a
+/// tail of an op the node rarely spends time in is LOW whatever its ratio
+/// and cause ([`tail_severity`]).
+pub const MIN_WINDOW_IMPACT: f64 = 0.01;
 /// Strength of a strong cause: a HIGH tail and a HIGH throughput drop need
 /// one, and with one any tail of at least [`MEDIUM_IMPACT`] is MEDIUM.
 pub const STRONG_CAUSE: f64 = 0.5;
@@ -119,6 +126,18 @@ pub fn severity(tail_ratio: f64, cause: f64, impact: f64) -> Severity {
         Severity::Medium
     } else {
         Severity::Low
+    }
+}
+
+/// The severity of a tail on a node: [`severity`], but LOW whenever the
+/// slow calls cost less than [`MIN_WINDOW_IMPACT`] of the node's window
+/// (`window_share`).
+#[must_use]
+pub fn tail_severity(tail_ratio: f64, cause: f64, impact: f64, window_share: f64) -> Severity {
+    if window_share < MIN_WINDOW_IMPACT {
+        Severity::Low
+    } else {
+        severity(tail_ratio, cause, impact)
     }
 }
 
@@ -214,7 +233,7 @@ fn tail_chain(
     let excess: i64 = slow.iter().map(|c| (c.duration() - s.p50_ns).max(0)).sum();
     let span = calls.iter().map(|c| c.end).max().unwrap_or(0) - calls.first().map_or(0, |c| c.start);
     let impact = excess as f64 / span.max(1) as f64;
-    let sev = severity(ratio, strength.max(), impact);
+    let sev = tail_severity(ratio, strength.max(), impact, excess as f64 / window_ns as f64);
     let sized = size_class.map_or(String::new(), |b| {
         format!(" ({}..{})", size(b), size(b.max(1) * 2))
     });

@@ -216,6 +216,27 @@ fn a_rare_tail_is_low_however_strong_its_cause() {
 }
 
 #[test]
+fn a_tail_that_costs_little_of_the_nodes_window_is_low_whatever_its_ratio() {
+    // 10 slow calls of 2 ms (200x p50), all preempted: 2% of a 1 s window
+    // is HIGH; the same calls in a 10 s window cost 0.2% of it.
+    let mut d = node(&slow_set(), 2 * MS);
+    preempt_slow_calls(&mut d, true, 99);
+    assert_eq!(run(&d)[0].severity, Severity::High);
+    d.window.to = 10_000 * MS;
+    let c = run(&d);
+    assert_eq!(c.len(), 1, "still a chain: {c:#?}");
+    assert_eq!(
+        c[0].severity,
+        Severity::Low,
+        "0.2% of the node's time: {}",
+        c[0].summary
+    );
+    assert_eq!(tail_severity(200.0, 1.0, 0.5, MIN_WINDOW_IMPACT / 2.0), Severity::Low);
+    assert_eq!(tail_severity(200.0, 1.0, 0.5, MIN_WINDOW_IMPACT), Severity::High);
+    assert_eq!(tail_severity(4.0, 0.6, 0.05, 0.5), Severity::Medium);
+}
+
+#[test]
 fn block_io_during_the_slow_calls_is_the_cause_and_writes_get_checkpoint_fixes() {
     let mut d = node(&slow_set(), 2 * MS);
     block_io(
