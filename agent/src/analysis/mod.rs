@@ -12,11 +12,13 @@
 //!
 //! Nodes are compared by [`compare`], on typed figures ([`NodeOps`]): a
 //! multi-node database's reports and the fleet's answers go through the
-//! same function, which names the straggler ([`straggler`]) and orders
-//! every chain (severity, then the straggler's, then score).
+//! same function, which names the straggler ([`straggler`]), orders
+//! every chain (severity, then the straggler's, then score) and groups the
+//! conditions seen on every node into common findings ([`common_mode`]).
 
 pub mod attribution;
 pub mod chain;
+pub mod common_mode;
 pub mod dataset;
 mod describe;
 pub mod evidence;
@@ -31,6 +33,7 @@ use serde::Serialize;
 
 use crate::timewin::Window;
 use chain::Chain;
+use common_mode::CommonFinding;
 use evidence::Evidence;
 use stats::OpStats;
 use straggler::{NodeFigures, Verdict};
@@ -129,6 +132,21 @@ pub struct Comparison {
     /// Most severe first; within a severity the straggler's first, then
     /// by score, then by id.
     pub chains: Vec<Chain>,
+    /// Conditions seen on every node, each said once
+    /// ([`common_mode::find`]); their chains stay in `chains`.
+    pub common: Vec<CommonFinding>,
+}
+
+impl Comparison {
+    /// The chains no common finding stands for, in report order: what is
+    /// specific to a node.
+    #[must_use]
+    pub fn specific(&self) -> Vec<&Chain> {
+        self.chains
+            .iter()
+            .filter(|c| !self.common.iter().any(|f| f.covers(&c.id)))
+            .collect()
+    }
 }
 
 /// Compares `nodes` and orders `chains` (from any of them): the one
@@ -138,7 +156,9 @@ pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>) -> Comparison {
     let figures: Vec<NodeFigures> = nodes.iter().map(NodeFigures::from_node).collect();
     let verdict = straggler::find(&figures);
     sort_chains(&mut chains, verdict.as_ref().map(|v| v.node.as_str()));
+    let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
     Comparison {
+        common: common_mode::find(&chains, &names),
         figures,
         verdict,
         chains,

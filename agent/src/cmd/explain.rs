@@ -1,6 +1,8 @@
 //! `ingero explain`: causal chains of a database (all its nodes), printed as
 //! `[SEVERITY] [node] summary` blocks with `Root cause:` and `Fix:` lines
-//! (after a `STRAGGLER` line when a merged database shows one),
+//! (after a `STRAGGLER` line when a merged database shows one; the
+//! node-specific chains first, then each condition common to all nodes
+//! once, unless `--all`),
 //! or as JSON, and recorded in the database's `causal_chains` table. With
 //! `--nodes`, see [`super::fleet_explain`].
 
@@ -52,7 +54,7 @@ fn asked(window: &WindowArgs) -> Option<String> {
 /// the window the flags asked for, in words; the span printed is the one
 /// of the data actually analysed.
 #[must_use]
-fn render(reports: &[NodeReport], comparison: &Comparison, asked: Option<&str>) -> String {
+fn render(reports: &[NodeReport], comparison: &Comparison, asked: Option<&str>, all: bool) -> String {
     let chains = &comparison.chains;
     let events: u64 = reports.iter().map(|r| r.events).sum();
     let nodes = reports.len();
@@ -87,10 +89,7 @@ fn render(reports: &[NodeReport], comparison: &Comparison, asked: Option<&str>) 
         count(chain::Severity::Low),
     );
     out.push_str(&straggler);
-    for c in chains {
-        out.push('\n');
-        out.push_str(&chain::render(c));
-    }
+    out.push_str(&chain::render_compared(comparison, all, &chain::render));
     out
 }
 
@@ -138,6 +137,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     if args.json {
         let out = serde_json::json!({
             "chains": chains,
+            "common": comparison.common,
             "straggler": comparison.verdict,
             "nodes": reports,
         });
@@ -148,7 +148,12 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     } else {
         print!(
             "{}",
-            render(&reports, &comparison, asked(&args.window).as_deref())
+            render(
+                &reports,
+                &comparison,
+                asked(&args.window).as_deref(),
+                args.all
+            )
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! `ingero explain --nodes ...`: every agent's causal chains, tagged with
 //! their node, and the straggler verdict from the nodes' figures side by
-//! side. The fleet client fetches each agent's chains and figures (chain
+//! side (the node-specific chains first, then each condition common to all
+//! nodes once, unless `--all`). The fleet client fetches each agent's chains and figures (chain
 //! times already on this machine's clock, [`ingero_fleet::explain`]); the
 //! engine compares the nodes and orders the chains
 //! ([`crate::analysis::compare`], the same function a merged database
@@ -53,6 +54,7 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             "outcome": Outcome::of(&answers),
             "straggler": comparison.verdict,
             "chains": comparison.chains,
+            "common": comparison.common,
             "nodes": nodes,
         });
         println!("{out}");
@@ -63,7 +65,7 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             .into_iter()
             .filter(|(_, o)| o.abs() > threshold)
             .collect();
-        print!("{}", render(&answers, &comparison, &offsets));
+        print!("{}", render(&answers, &comparison, &offsets, args.all));
     }
     Ok(code)
 }
@@ -72,6 +74,7 @@ fn render(
     answers: &[NodeAnswer<NodeExplain>],
     comparison: &Comparison,
     offsets: &HashMap<String, i64>,
+    all: bool,
 ) -> String {
     let (chains, figures, verdict) = (
         &comparison.chains,
@@ -108,17 +111,19 @@ fn render(
     }
     out.push('\n');
     out.push_str(&figures_table(answers, figures, verdict));
-    for c in chains {
-        out.push('\n');
-        out.push_str(&chain::render(c));
+    out.push_str(&chain::render_compared(comparison, all, &|c| {
         let clock = offsets.get(&c.node).map_or(String::new(), |o| {
             format!(
                 " (on this machine's clock; the node's clock is {})",
                 format_offset(*o)
             )
         });
-        out.push_str(&format!("  Worst at: {}{clock}\n", format_instant(c.peak_at)));
-    }
+        format!(
+            "{}  Worst at: {}{clock}\n",
+            chain::render(c),
+            format_instant(c.peak_at)
+        )
+    }));
     out
 }
 

@@ -226,6 +226,7 @@ impl IngeroMcp {
                 figures,
                 verdict,
                 chains,
+                ..
             } = analysis::compare_reports(&reports);
             let verdict = (figures.len() > 1).then(|| answer::verdict(verdict.as_ref(), &figures));
             let events: u64 = reports.iter().map(|r| r.events).sum();
