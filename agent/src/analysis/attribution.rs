@@ -319,7 +319,13 @@ mod tests {
         );
         d.off_cpu.push(span(1, 8, 0, 1, 99));
         d.children.insert(30);
-        for (tid, name) in [(7, "python"), (20, "python"), (40, "ingero-rt"), (50, "python"), (99, "cron")] {
+        for (tid, name) in [
+            (7, "python"),
+            (20, "python"),
+            (40, "ingero-rt"),
+            (50, "python"),
+            (99, "cron"),
+        ] {
             d.names.insert(tid, name.into());
         }
         d

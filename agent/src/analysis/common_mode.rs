@@ -85,8 +85,9 @@ impl CommonFinding {
 pub fn rule_of(c: &Chain) -> String {
     c.id.strip_prefix(c.node.as_str())
         .and_then(|r| r.strip_prefix(':'))
-        .map(|r| r.rsplit_once('@').map_or(r, |(rule, _)| rule))
-        .unwrap_or(&c.cuda_op)
+        .map_or(c.cuda_op.as_str(), |r| {
+            r.rsplit_once('@').map_or(r, |(rule, _)| rule)
+        })
         .to_owned()
 }
 
@@ -178,9 +179,9 @@ fn alike(group: &[&Chain]) -> bool {
     })
 }
 
-/// `on all 4 nodes: cuLaunchKernel p99 1.20ms..3.40ms (40.1x..120.5x p50)
-/// - CPU contention within the job`, with the nodes where it is more severe
-/// than elsewhere.
+/// The finding's line, such as `on all 4 nodes: cuLaunchKernel p99
+/// 1.20ms..3.40ms (40.1x..120.5x p50) - CPU contention within the job`,
+/// with the nodes where it is more severe than elsewhere.
 fn summary(group: &[&Chain], example: &Chain, cause: &str, nodes: usize) -> String {
     let tails: Vec<&&Chain> = group.iter().filter(|c| c.tail_ratio > 0.0).collect();
     let effect = if tails.len() == group.len() {
@@ -209,11 +210,7 @@ fn summary(group: &[&Chain], example: &Chain, cause: &str, nodes: usize) -> Stri
         .map(|c| c.node.as_str())
         .collect();
     let uneven = if worst.len() < group.len() {
-        format!(
-            " ({} on {}, less elsewhere)",
-            top.as_str(),
-            worst.join(", ")
-        )
+        format!(" ({} on {}, less elsewhere)", top.as_str(), worst.join(", "))
     } else {
         String::new()
     };
@@ -286,12 +283,18 @@ mod tests {
         assert_eq!(f.rule, "tail-cuLaunchKernel");
         assert_eq!(f.cause, "CPU contention within the job");
         assert_eq!(f.severity, Severity::Medium);
-        assert_eq!(f.nodes(), ["gpu-node-01", "gpu-node-02", "gpu-node-03", "gpu-node-04"]);
+        assert_eq!(
+            f.nodes(),
+            ["gpu-node-01", "gpu-node-02", "gpu-node-03", "gpu-node-04"]
+        );
         assert_eq!(
             f.summary,
             "on all 4 nodes: cuLaunchKernel p99 1.20ms..3.30ms (40.0x p50) - CPU contention within the job"
         );
-        assert_eq!(f.example_node, "gpu-node-04", "the highest score stands as the example");
+        assert_eq!(
+            f.example_node, "gpu-node-04",
+            "the highest score stands as the example"
+        );
         assert_eq!(f.recommendations, ["fix gpu-node-04"]);
         assert!(f.covers("gpu-node-02:tail-cuLaunchKernel@1795262400"));
         assert!(!f.covers("gpu-node-03:tail-cuStreamSynchronize@1795262400"));
@@ -304,7 +307,10 @@ mod tests {
             .map(|n| chain(n, "tail-cuLaunchKernel", Severity::Medium, OWN, 1000.0, 1.0))
             .collect();
         chains[2].root_cause = "CPU contention from outside the job: ... mostly by cpu-hog (6600)".into();
-        assert!(find(&chains, &nodes(3)).is_empty(), "the straggler's cause is its own");
+        assert!(
+            find(&chains, &nodes(3)).is_empty(),
+            "the straggler's cause is its own"
+        );
         chains[2].root_cause = OWN.into();
         assert_eq!(find(&chains, &nodes(3)).len(), 1);
         chains[2].p99_us = 3001.0;
@@ -314,8 +320,14 @@ mod tests {
         );
         chains[2].p99_us = 3000.0;
         assert_eq!(find(&chains, &nodes(3)).len(), 1);
-        assert!(find(&chains, &nodes(4)).is_empty(), "the fourth node has no such chain");
-        assert!(find(&chains[..1], &nodes(1)).is_empty(), "one node is not common mode");
+        assert!(
+            find(&chains, &nodes(4)).is_empty(),
+            "the fourth node has no such chain"
+        );
+        assert!(
+            find(&chains[..1], &nodes(1)).is_empty(),
+            "one node is not common mode"
+        );
     }
 
     #[test]

@@ -61,7 +61,13 @@ pub(super) fn describe_cpu(
             .tasks
             .iter()
             .take(3)
-            .map(|t| format!("{} {}", d.task_name(t.tid), pct(t.ns as f64 / who.total_ns as f64)))
+            .map(|t| {
+                format!(
+                    "{} {}",
+                    d.task_name(t.tid),
+                    pct(t.ns as f64 / who.total_ns as f64)
+                )
+            })
             .collect();
         format!(
             "; preempted by {} of {} ({} task{})",
@@ -91,11 +97,7 @@ pub(super) fn describe_cpu(
         )
     } else {
         let also = if own >= 0.2 {
-            format!(
-                "; {} by the job's own processes ({})",
-                pct(own),
-                own_groups(who)
-            )
+            format!("; {} by the job's own processes ({})", pct(own), own_groups(who))
         } else {
             String::new()
         };
@@ -495,7 +497,10 @@ mod tests {
         // Mostly the agent: its own fix comes first.
         let t = words(
             &d,
-            vec![(300, Origin::Agent, 800 * MS), (201, Origin::SiblingRank, 200 * MS)],
+            vec![
+                (300, Origin::Agent, 800 * MS),
+                (201, Origin::SiblingRank, 200 * MS),
+            ],
         );
         assert!(
             t.root_cause.contains("(the ingero agent 80%, sibling ranks 20%); mostly by ingero-rt (300) (80% of the preempted time)"),
@@ -517,8 +522,7 @@ mod tests {
             t.root_cause
         );
         assert_eq!(
-            t.fixes[0],
-            "Move the interfering tasks off the training cores, or renice them: renice +19 -p 9",
+            t.fixes[0], "Move the interfering tasks off the training cores, or renice them: renice +19 -p 9",
             "only the outside tasks are reniced"
         );
     }

@@ -16,9 +16,9 @@ use crate::{
     clock,
     config::FileConfig,
     error::CliError,
+    text::sanitize,
     timewin::format_instant,
     trace::live::group_digits,
-    text::sanitize,
     units::format_span,
 };
 
@@ -148,12 +148,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     } else {
         print!(
             "{}",
-            render(
-                &reports,
-                &comparison,
-                asked(&args.window).as_deref(),
-                args.all
-            )
+            render(&reports, &comparison, asked(&args.window).as_deref(), args.all)
         );
     }
     Ok(ExitCode::SUCCESS)

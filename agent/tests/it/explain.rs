@@ -1,14 +1,15 @@
-//! What `ingero explain` prints about a database: the span of data it
-//! analysed (whatever window was asked for), and common-mode findings said
-//! once. Works on copies of the investigation samples and on small jobs
-//! written by hand ([`job_db`]); no root needed.
+//! What `ingero explain` prints about a database or a fleet: the span of
+//! data it analysed (whatever window was asked for), and common-mode
+//! findings said once. Works on copies of the investigation samples and on
+//! small jobs written by hand ([`job_db`]), served by real agents on
+//! loopback for the fleet form; no root needed.
 
 use std::path::{Path, PathBuf};
 
 use agent_common::catalog::{driver_op, host_op, source};
 use serde_json::Value;
 
-use crate::common::{ingero, open, scalar};
+use crate::common::{Pki, ingero, open, scalar};
 
 /// Unix ns the hand-written jobs start at.
 const T0: i64 = 1_795_262_400_000_000_000;
@@ -19,7 +20,7 @@ const T0: i64 = 1_795_262_400_000_000_000;
 /// 200, which makes CUDA calls too): the ranks share their cores, the same
 /// on every node. On the `noisy` nodes, 10 of 200 host-to-device copies are
 /// slow as well, each preempted by `cpu-hog` (999): that is node-specific.
-pub fn job_db(dir: &Path, file: &str, nodes: &[&str], noisy: &[&str]) -> anyhow::Result<PathBuf> {
+fn job_db(dir: &Path, file: &str, nodes: &[&str], noisy: &[&str]) -> anyhow::Result<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-gpu-node-01.db");
     let db = dir.join(file);
     std::fs::copy(&src, &db)?;
@@ -86,7 +87,9 @@ fn a_condition_on_every_node_is_said_once_after_the_node_specific_chains() -> an
         "{out}"
     );
     assert!(
-        blocks[1].starts_with("[HIGH] on all 3 nodes: cuLaunchKernel p99 2.00ms (200.0x p50) - CPU contention within the job"),
+        blocks[1].starts_with(
+            "[HIGH] on all 3 nodes: cuLaunchKernel p99 2.00ms (200.0x p50) - CPU contention within the job"
+        ),
         "{out}"
     );
     assert!(
@@ -148,7 +151,10 @@ fn a_long_since_reports_the_span_of_the_recorded_data_in_human_units() -> anyhow
     let dir = tempfile::tempdir()?;
     let db = sample_cluster(dir.path())?;
     let conn = open(Path::new(&db))?;
-    let span_s = scalar(&conn, "SELECT (max(timestamp) - min(timestamp)) / 1000000000 FROM events")?;
+    let span_s = scalar(
+        &conn,
+        "SELECT (max(timestamp) - min(timestamp)) / 1000000000 FROM events",
+    )?;
     anyhow::ensure!((10..60).contains(&span_s), "the sample spans {span_s} s");
 
     let (code, all, err) = ingero(&["explain", "--no-save", "-d", &db])?;
@@ -156,7 +162,10 @@ fn a_long_since_reports_the_span_of_the_recorded_data_in_human_units() -> anyhow
     let (code, year, err) = ingero(&["explain", "--no-save", "-d", &db, "--since", "8760h"])?;
     assert_eq!(code, 0, "{err}");
     let head = year.lines().next().unwrap_or_default();
-    assert!(!head.contains("31536000"), "the window asked is not the span: {head}");
+    assert!(
+        !head.contains("31536000"),
+        "the window asked is not the span: {head}"
+    );
     assert!(
         head.contains(&format!(" over {span_s}.")) && head.contains(" s of recorded data ("),
         "the recorded span ({span_s} s) in seconds: {head}"
@@ -172,5 +181,58 @@ fn a_long_since_reports_the_span_of_the_recorded_data_in_human_units() -> anyhow
         all.lines().skip(1).collect::<Vec<_>>(),
         "and finds the same straggler and chains"
     );
+    Ok(())
+}
+
+#[test]
+fn fleet_explain_says_a_condition_of_every_node_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let mut agents = Vec::new();
+    let mut addrs = Vec::new();
+    for node in ["gpu-node-01", "gpu-node-02", "gpu-node-03"] {
+        let noisy: &[&str] = if node == "gpu-node-02" { &[node] } else { &[] };
+        let db = job_db(dir.path(), &format!("{node}.db"), &[node], noisy)?;
+        let mut agent = pki.serve_as(node, &db, &[], &[])?;
+        addrs.push(agent.api_addr()?);
+        agents.push(agent);
+    }
+    let explain = |extra: &[&str]| -> anyhow::Result<String> {
+        let mut full: Vec<String> = vec!["explain".into(), "--nodes".into(), addrs.join(",")];
+        full.extend(extra.iter().map(|s| (*s).to_owned()));
+        full.extend(pki.client_flags());
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (code, out, err) = ingero(&full)?;
+        anyhow::ensure!(code == 0, "{err}");
+        Ok(out)
+    };
+    let out = explain(&[])?;
+    let blocks: Vec<&str> = out.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(blocks.len(), 2, "{out}");
+    assert!(
+        blocks[0].starts_with("[HIGH] [gpu-node-02] cuMemcpyHtoD_v2"),
+        "{out}"
+    );
+    assert!(
+        blocks[1].starts_with("[HIGH] on all 3 nodes: cuLaunchKernel")
+            && blocks[1].contains("CPU contention within the job"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Worst at: "),
+        "node-specific chains keep their time: {out}"
+    );
+
+    let out = explain(&["--all"])?;
+    assert_eq!(out.lines().filter(|l| l.starts_with('[')).count(), 4, "{out}");
+
+    let v: Value = serde_json::from_str(&explain(&["--json"])?)?;
+    assert_eq!(v["chains"].as_array().map(Vec::len), Some(4), "{v:#}");
+    assert_eq!(
+        v["common"][0]["members"].as_array().map(Vec::len),
+        Some(3),
+        "{v:#}"
+    );
+    assert_eq!(v["common"][0]["cause"], "CPU contention within the job");
     Ok(())
 }

@@ -231,7 +231,10 @@ fn a_tail_that_costs_little_of_the_nodes_window_is_low_whatever_its_ratio() {
         "0.2% of the node's time: {}",
         c[0].summary
     );
-    assert_eq!(tail_severity(200.0, 1.0, 0.5, MIN_WINDOW_IMPACT / 2.0), Severity::Low);
+    assert_eq!(
+        tail_severity(200.0, 1.0, 0.5, MIN_WINDOW_IMPACT / 2.0),
+        Severity::Low
+    );
     assert_eq!(tail_severity(200.0, 1.0, 0.5, MIN_WINDOW_IMPACT), Severity::High);
     assert_eq!(tail_severity(4.0, 0.6, 0.05, 0.5), Severity::Medium);
 }
