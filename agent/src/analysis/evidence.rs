@@ -17,8 +17,10 @@
 //!   (preempted), or the share of the slow calls' time during which threads
 //!   of the calling process were preempted (a synchronize waits on other
 //!   threads), whichever is larger. Needs at least [`MIN_PREEMPTIONS`]
-//!   preemptions. The preempting tasks are named. Off-CPU time spent
-//!   *waiting* (a peer's all-reduce, a sleep) is not contention.
+//!   preemptions. The preempting tasks are named by their share of the
+//!   preempted time ([`super::attribution`]; `top_preemptors` here counts
+//!   preemptions, for the API). Off-CPU time spent *waiting* (a peer's
+//!   all-reduce, a sleep) is not contention.
 //! - *Block I/O*: the share of slow calls that overlapped a request of the
 //!   node's traced processes; volume alone (time in flight against
 //!   [`IO_FULL_SHARE`] of the window, bytes against [`IO_FULL_BYTES`], peak
