@@ -281,6 +281,9 @@ pub struct ExplainArgs {
     /// Print the chains and per-node figures as JSON
     #[arg(long)]
     pub json: bool,
+    /// Print every node's chains, also those of a condition common to all nodes (by default said once)
+    #[arg(long)]
+    pub all: bool,
     /// Do not record the chains in the database's causal_chains table
     #[arg(long)]
     pub no_save: bool,

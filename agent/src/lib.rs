@@ -37,10 +37,13 @@ use config::FileConfig;
 use error::CliError;
 
 /// The async runtime of a command: two workers (the agent is a guest on a
-/// training node; it must not take every core).
+/// training node; it must not take every core). Its threads are named
+/// `ingero-rt`, so the analysis can tell the agent's own preemptions of the
+/// traced threads ([`analysis::attribution::AGENT_TASK_NAMES`]).
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("ingero-rt")
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))

@@ -139,9 +139,48 @@ pub fn format_count(n: f64) -> String {
     }
 }
 
+/// A span of time in words a person reads at a glance, two units at most:
+/// `850ms`, `14.2 s`, `2 min 14 s`, `3 h 12 min`, `2 d 4 h`.
+#[must_use]
+pub fn format_span(ns: i64) -> String {
+    const S: i64 = 1_000_000_000;
+    let ns = ns.max(0);
+    if ns < S {
+        return format_ns(ns as f64);
+    }
+    if ns < 60 * S {
+        return format!("{:.1} s", ns as f64 / S as f64);
+    }
+    let secs = (ns + S / 2) / S;
+    let (big, small, units) = if secs < 3600 {
+        (secs / 60, secs % 60, ("min", "s"))
+    } else if secs < 86_400 {
+        (secs / 3600, secs % 3600 / 60, ("h", "min"))
+    } else {
+        (secs / 86_400, secs % 86_400 / 3600, ("d", "h"))
+    };
+    if small == 0 {
+        format!("{big} {}", units.0)
+    } else {
+        format!("{big} {} {small} {}", units.0, units.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_read_in_human_units() {
+        const S: i64 = 1_000_000_000;
+        assert_eq!(format_span(850_000_000), "850ms");
+        assert_eq!(format_span(14_240_000_000), "14.2 s");
+        assert_eq!(format_span(134 * S), "2 min 14 s");
+        assert_eq!(format_span(120 * S), "2 min");
+        assert_eq!(format_span(3 * 3600 * S + 12 * 60 * S + 5 * S), "3 h 12 min");
+        assert_eq!(format_span(365 * 86_400 * S), "365 d");
+        assert_eq!(format_span(2 * 86_400 * S + 4 * 3600 * S), "2 d 4 h");
+    }
 
     #[test]
     fn durations_print_as_they_parse() {

@@ -1,12 +1,18 @@
 //! One SQL statement on every agent, the rows put together.
 //!
 //! Every answering node's rows come back behind a `node` column (the
-//! agent's own node name). The columns most nodes answered with win (the
-//! first such on a tie); a node whose columns differ (another schema
-//! version) becomes a failed node with a sentence, never mixed in. An agent
-//! reporting the node name of an earlier one becomes a failed node too
-//! ([`crate::FleetError::DuplicateNode`]), so no row is counted twice. A node whose answer was cut at the row limit
-//! is listed in [`FleetRows::cut`], so the caller can say so.
+//! agent's own node name), unless the statement already selects a column
+//! named `node` (in any case): then its rows and columns are kept as they
+//! are, so the table never has two `node` columns (and a `--merge` over it
+//! can name `node` unambiguously).
+//!
+//! The columns most nodes answered with win (the first such on a tie); a
+//! node whose columns differ (another schema version) becomes a failed node
+//! with a sentence, never mixed in. An agent reporting the node name of an
+//! earlier one becomes a failed node too
+//! ([`crate::FleetError::DuplicateNode`]), so no row is counted twice. A
+//! node whose answer was cut at the row limit is listed in
+//! [`FleetRows::cut`], so the caller can say so.
 
 use ingero_api::{QueryAnswer, QueryRequest};
 use serde_json::Value;
@@ -18,9 +24,11 @@ use crate::{Fleet, FleetError, NodeAnswer};
 pub struct FleetRows {
     /// Every node's answer, in the order of the addresses.
     pub answers: Vec<NodeAnswer<QueryAnswer>>,
-    /// `node` and then the statement's columns.
+    /// `node` and then the statement's columns, or the statement's columns
+    /// alone when one of them is already `node`.
     pub columns: Vec<String>,
-    /// Every answering node's rows, each behind its node name.
+    /// Every answering node's rows, each behind its node name (unless the
+    /// statement selects `node` itself).
     pub rows: Vec<Vec<Value>>,
     /// Some node's answer was cut at the row limit.
     pub truncated: bool,
@@ -81,17 +89,23 @@ fn combine(mut answers: Vec<NodeAnswer<QueryAnswer>>, started: std::time::Instan
             )));
         }
     }
+    let columns = columns.unwrap_or_default();
+    let has_node = selects_node(&columns);
     let mut rows = Vec::new();
     let mut truncated = false;
     let mut cut = Vec::new();
     for a in &answers {
         if let Ok(q) = &a.result {
-            let node = Value::String(a.name().to_owned());
-            rows.extend(
-                q.rows
-                    .iter()
-                    .map(|r| std::iter::once(node.clone()).chain(r.iter().cloned()).collect()),
-            );
+            if has_node {
+                rows.extend(q.rows.iter().cloned());
+            } else {
+                let node = Value::String(a.name().to_owned());
+                rows.extend(
+                    q.rows
+                        .iter()
+                        .map(|r| std::iter::once(node.clone()).chain(r.iter().cloned()).collect()),
+                );
+            }
             if q.truncated {
                 truncated = true;
                 cut.push((a.name().to_owned(), q.rows.len()));
@@ -100,14 +114,22 @@ fn combine(mut answers: Vec<NodeAnswer<QueryAnswer>>, started: std::time::Instan
     }
     FleetRows {
         answers,
-        columns: std::iter::once("node".to_owned())
-            .chain(columns.unwrap_or_default())
-            .collect(),
+        columns: if has_node {
+            columns
+        } else {
+            std::iter::once("node".to_owned()).chain(columns).collect()
+        },
         rows,
         truncated,
         cut,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     }
+}
+
+/// The statement already has a `node` column (SQL names are not case
+/// sensitive, so neither is this).
+fn selects_node(columns: &[String]) -> bool {
+    columns.iter().any(|c| c.eq_ignore_ascii_case("node"))
 }
 
 #[cfg(test)]
@@ -166,5 +188,29 @@ mod tests {
             rows.answers[3].result,
             Err(FleetError::DuplicateNode { ref node, .. }) if node == "a"
         ));
+    }
+
+    #[test]
+    fn a_statement_that_selects_node_gets_no_second_node_column() {
+        let mut a = answer("a", &["node", "source", "cnt"], 2, false);
+        let mut b = answer("b", &["NODE", "source", "cnt"], 1, false);
+        for x in [&mut a, &mut b] {
+            if let Ok(q) = &mut x.result {
+                for r in &mut q.rows {
+                    *r = vec![Value::from("from-the-row"), Value::from(4), Value::from(7)];
+                }
+            }
+        }
+        let rows = combine(vec![a], std::time::Instant::now());
+        assert_eq!(rows.columns, ["node", "source", "cnt"]);
+        assert_eq!(rows.rows.len(), 2);
+        assert_eq!(
+            rows.rows[0],
+            vec![Value::from("from-the-row"), Value::from(4), Value::from(7)],
+            "the row's own node value, not the agent's name in front of it"
+        );
+        let rows = combine(vec![b], std::time::Instant::now());
+        assert_eq!(rows.columns, ["NODE", "source", "cnt"], "in any case");
+        assert_eq!(rows.rows[0].len(), 3);
     }
 }

@@ -1,10 +1,12 @@
-//! Causal chains (the wire type [`Chain`]): how they print, and how they are
+//! Causal chains (the wire type [`Chain`]): how they print (alone, and
+//! with the common findings of a comparison said once), and how they are
 //! stored in `causal_chains` (one row per chain id; ids carry the node and
 //! the window start, so history accumulates instead of being overwritten).
 
 pub use ingero_api::{Chain, Severity, TimelineEntry};
 use rusqlite::{Connection, params};
 
+use super::common_mode::CommonFinding;
 use crate::{text::sanitize, timewin::Window};
 
 /// `[HIGH] [node] summary`, the timeline, `Root cause:` and `Fix:`. Every
@@ -26,6 +28,62 @@ pub fn render(chain: &Chain) -> String {
     out.push_str(&format!("  Root cause: {}\n", t(&chain.root_cause)));
     let fixes: Vec<String> = chain.recommendations.iter().map(|r| t(r)).collect();
     out.push_str(&format!("  Fix: {}\n", fixes.join("; ")));
+    out
+}
+
+/// A common finding ([`CommonFinding`]) as a block: `[SEVERITY] on all N
+/// nodes: ...`, the example's root cause (its node named) and fixes, and
+/// the chains it stands for. Sanitized as [`render`].
+#[must_use]
+pub fn render_common(f: &CommonFinding) -> String {
+    let t = |s: &str| sanitize(s, 4000);
+    let fixes: Vec<String> = f.recommendations.iter().map(|r| t(r)).collect();
+    format!(
+        "[{}] {}\n  Root cause (as on {}, alike on the others): {}\n  Fix: {}\n  Stands for: {}\n",
+        f.severity.as_str(),
+        t(&f.summary),
+        t(&f.example_node),
+        t(&f.root_cause),
+        fixes.join("; "),
+        f.members
+            .iter()
+            .map(|m| format!("{} {}", t(&m.node), m.severity.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The chains to print, as text: with `all`, every chain in order; else the
+/// node-specific chains first, then each common finding once, under a line
+/// that says so. `block` renders one chain (callers add their own lines).
+#[must_use]
+pub fn render_compared(
+    comparison: &super::Comparison,
+    all: bool,
+    block: &dyn Fn(&Chain) -> String,
+) -> String {
+    let mut out = String::new();
+    if all || comparison.common.is_empty() {
+        for c in &comparison.chains {
+            out.push('\n');
+            out.push_str(&block(c));
+        }
+        return out;
+    }
+    for c in comparison.specific() {
+        out.push('\n');
+        out.push_str(&block(c));
+    }
+    let n = comparison.common.len();
+    let chains: usize = comparison.common.iter().map(|f| f.members.len()).sum();
+    out.push_str(&format!(
+        "\nCOMMON TO ALL NODES - {n} condition{} seen on every node, said once for its {chains} chains (--all lists them):\n",
+        if n == 1 { "" } else { "s" },
+    ));
+    for f in &comparison.common {
+        out.push('\n');
+        out.push_str(&render_common(f));
+    }
     out
 }
 

@@ -7,7 +7,7 @@
 //! entry, block I/O sizes in 512-byte sectors, no preemption flag on
 //! `sched_switch`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agent_common::catalog::{arg0_is_bytes, host_op, op_info, source};
 use rusqlite::Connection;
@@ -134,6 +134,9 @@ pub struct NodeData {
     pub snapshots: Vec<Snapshot>,
     /// Task names by task id (`process_names`).
     pub names: HashMap<u32, String>,
+    /// Processes created by traced processes (`arg1` of fork events):
+    /// the job's worker processes, such as DataLoader workers.
+    pub children: HashSet<u32>,
     /// Rank of the traced process on this node (`events.rank` of the first of
     /// its events read that has one), when known.
     pub rank: Option<i64>,
@@ -141,7 +144,7 @@ pub struct NodeData {
     pub world_size: Option<i64>,
     /// Events of the node read in the window, of every source.
     pub events: u64,
-    /// The window the data covers.
+    /// The span the data covers: the node's first to last event read.
     pub window: Window,
 }
 
@@ -249,9 +252,11 @@ pub fn odd_warning(path: &std::path::Path, odd: u64) -> Option<String> {
     })
 }
 
-/// Loads every node's data; each node's window is `window` or, if none,
-/// that node's own first to last event. Rows whose columns have the wrong
-/// type (see [`well_typed`]) are skipped.
+/// Loads every node's data; each node's window is its own first to last
+/// event within `window` (the whole database when `None`): the span of
+/// data actually analysed, never a stretch asked for where nothing was
+/// recorded (which would dilute every rate and share). Rows whose columns
+/// have the wrong type (see [`well_typed`]) are skipped.
 pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<NodeData>> {
     let conv = conventions(conn)?;
     let node_expr = if conv.has_node { "node" } else { "''" };
@@ -331,6 +336,9 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
                     ts,
                     bytes: arg1.max(0) as u64,
                 }),
+                host_op::PROCESS_FORK if arg1 > 0 => {
+                    d.children.insert(arg1 as u32);
+                }
                 host_op::OOM_KILL => d.oom_kills.push(OomKill {
                     ts,
                     victim: if arg1 > 0 { arg1 as u32 } else { pid },
@@ -355,11 +363,6 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
     }
     drop(rows);
     drop(stmt);
-    if let Some(w) = window {
-        for d in nodes.values_mut() {
-            d.window = w;
-        }
-    }
     for d in nodes.values_mut() {
         for calls in d.calls.values_mut() {
             calls.sort_by_key(|c| c.start);

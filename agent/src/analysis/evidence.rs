@@ -17,8 +17,10 @@
 //!   (preempted), or the share of the slow calls' time during which threads
 //!   of the calling process were preempted (a synchronize waits on other
 //!   threads), whichever is larger. Needs at least [`MIN_PREEMPTIONS`]
-//!   preemptions. The preempting tasks are named. Off-CPU time spent
-//!   *waiting* (a peer's all-reduce, a sleep) is not contention.
+//!   preemptions. The preempting tasks are named by their share of the
+//!   preempted time ([`super::attribution`]; `top_preemptors` here counts
+//!   preemptions, for the API). Off-CPU time spent *waiting* (a peer's
+//!   all-reduce, a sleep) is not contention.
 //! - *Block I/O*: the share of slow calls that overlapped a request of the
 //!   node's traced processes; volume alone (time in flight against
 //!   [`IO_FULL_SHARE`] of the window, bytes against [`IO_FULL_BYTES`], peak
@@ -207,35 +209,6 @@ pub(super) fn io_issuers(d: &NodeData) -> HashSet<u32> {
         );
     }
     set
-}
-
-/// The tasks that preempted the callers during the slow calls, most first.
-pub(super) fn slow_call_preemptors(d: &NodeData, slow: &[Call]) -> Vec<(u32, usize)> {
-    let mut by_thread: HashMap<u32, Vec<(i64, i64, u32)>> = HashMap::new();
-    for o in d
-        .off_cpu
-        .iter()
-        .filter(|o| o.preempted != Some(false) && o.preemptor != 0)
-    {
-        by_thread
-            .entry(o.tid)
-            .or_default()
-            .push((o.start, o.end, o.preemptor));
-    }
-    let mut hits = Vec::new();
-    for c in slow {
-        if let Some(spans) = by_thread.get(&c.tid) {
-            let i = spans.partition_point(|(s, _, _)| *s <= c.end);
-            hits.extend(
-                spans[..i]
-                    .iter()
-                    .rev()
-                    .take_while(|(_, e, _)| *e >= c.start)
-                    .map(|(_, _, p)| (*p, 1usize)),
-            );
-        }
-    }
-    top(hits.into_iter(), 3)
 }
 
 /// Cause strengths for a tail made of the `slow` calls.

@@ -5,17 +5,21 @@
 //! [`explain`] loads each node's events ([`dataset`]), applies the rules
 //! ([`rules`]: tail latency with a concurrent cause, throughput drops, OOM
 //! kills) and returns per-node reports whose chains ([`chain`]) are sorted
-//! by severity. Without an explicit window each node is analysed over its
-//! own first to last event, so a merged database gives the same chains as
-//! its parts.
+//! by severity. Each node is analysed over its own first to last event
+//! within the window asked for (the whole database without one), so a
+//! merged database gives the same chains as its parts, and a window larger
+//! than the recording does not dilute rates and shares.
 //!
 //! Nodes are compared by [`compare`], on typed figures ([`NodeOps`]): a
 //! multi-node database's reports and the fleet's answers go through the
-//! same function, which names the straggler ([`straggler`]) and orders
-//! every chain (severity, then the straggler's, then score).
+//! same function, which names the straggler ([`straggler`]), orders
+//! every chain (severity, then the straggler's, then score) and groups the
+//! conditions seen on every node into common findings ([`common_mode`]).
 
+pub mod attribution;
 pub mod chain;
 pub mod collectives;
+pub mod common_mode;
 pub mod dataset;
 mod describe;
 pub mod evidence;
@@ -32,6 +36,7 @@ use serde::Serialize;
 
 use crate::timewin::Window;
 use chain::Chain;
+use common_mode::CommonFinding;
 use evidence::Evidence;
 use stats::OpStats;
 use straggler::{NodeFigures, Verdict};
@@ -45,8 +50,8 @@ pub struct NodeReport {
     pub rank: Option<i64>,
     /// The job's world size (`events.world_size`), when known.
     pub world_size: Option<i64>,
-    /// The window analysed, Unix ns: the one asked for, else the node's
-    /// first to last event.
+    /// The span analysed, Unix ns: the node's first to last event within
+    /// the window asked for (the whole database without one).
     pub window: Window,
     /// Events of the node in the window, of every source.
     pub events: u64,
@@ -133,6 +138,9 @@ pub struct Comparison {
     /// What the NCCL collectives say (lateness, straggler, hangs); `None`
     /// when no collective was traced.
     pub collectives: Option<findings::CollectiveFindings>,
+    /// Conditions seen on every node, each said once
+    /// ([`common_mode::find`]); their chains stay in `chains`.
+    pub common: Vec<CommonFinding>,
 }
 
 impl Comparison {
@@ -157,6 +165,16 @@ impl Comparison {
     pub fn hangs(&self) -> &[collectives::Hang] {
         self.collectives.as_ref().map_or(&[], |c| c.hangs.as_slice())
     }
+
+    /// The chains no common finding stands for, in report order: what is
+    /// specific to a node.
+    #[must_use]
+    pub fn specific(&self) -> Vec<&Chain> {
+        self.chains
+            .iter()
+            .filter(|c| !self.common.iter().any(|f| f.covers(&c.id)))
+            .collect()
+    }
 }
 
 /// Compares `nodes` and orders `chains` (from any of them), with what the
@@ -172,8 +190,11 @@ pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>, nccl: Option<&findings
         verdict,
         chains: Vec::new(),
         collectives,
+        common: Vec::new(),
     };
     sort_chains(&mut chains, comparison.straggler_node());
+    let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    comparison.common = common_mode::find(&chains, &names);
     comparison.chains = chains;
     comparison
 }

@@ -26,7 +26,9 @@
 //! otherwise. Either way the time the tail costs (beyond the p50, over the
 //! op's span) must be at least [`HIGH_IMPACT`] for HIGH and
 //! [`MEDIUM_IMPACT`] for MEDIUM: a rare tail is LOW however strong its
-//! cause. A chain's score (impact, or the size of a drop, times the cause
+//! cause. Severity also follows the impact on the node: a tail whose slow
+//! calls cost less than [`MIN_WINDOW_IMPACT`] of the node's whole window
+//! is LOW ([`tail_severity`]), whatever its ratio. A chain's score (impact, or the size of a drop, times the cause
 //! strength) orders chains within a severity.
 //!
 //! The rules only find chains, in no particular order; the caller orders
@@ -36,10 +38,11 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
+    attribution::{self, Job},
     chain::{Chain, Severity, TimelineEntry},
     dataset::{Call, NodeData, op_name},
     describe::{CauseText, describe_cpu, describe_io, describe_mem, fixes, layer_of, mib, size},
-    evidence::{Cause, Evidence, evidence, io_issuers, period_strengths, slow_call_preemptors, strengths},
+    evidence::{Cause, Evidence, evidence, io_issuers, period_strengths, strengths},
     spans::preempted_share,
     stats::{OpStats, comparable, op_stats},
 };
@@ -61,6 +64,11 @@ pub const HIGH_RATIO: f64 = 10.0;
 pub const HIGH_IMPACT: f64 = 0.01;
 /// Smallest impact (as for [`HIGH_IMPACT`]) of a MEDIUM tail (0.2%).
 pub const MEDIUM_IMPACT: f64 = 0.002;
+/// Smallest cost of a tail's slow calls (their time beyond the p50) as a
+/// share of the node's whole window (1%) for it to be more than LOW: a
+/// tail of an op the node rarely spends time in is LOW whatever its ratio
+/// and cause ([`tail_severity`]).
+pub const MIN_WINDOW_IMPACT: f64 = 0.01;
 /// Strength of a strong cause: a HIGH tail and a HIGH throughput drop need
 /// one, and with one any tail of at least [`MEDIUM_IMPACT`] is MEDIUM.
 pub const STRONG_CAUSE: f64 = 0.5;
@@ -69,6 +77,10 @@ pub const STRONG_CAUSE: f64 = 0.5;
 pub const MEDIUM_CAUSE: f64 = 0.2;
 /// Weakest strength at which a cause counts at all (`Strengths::ranked`).
 pub const MIN_CAUSE_STRENGTH: f64 = 0.05;
+/// Share of the preempted time a task (or the job's own processes) must
+/// take, strictly more than, to be named as mostly responsible for CPU
+/// contention; below it the words say how spread the time is.
+pub const MOSTLY_SHARE: f64 = 0.5;
 /// Fewest preemptions of traced threads in the window (or a drop's period)
 /// before CPU contention can be a cause.
 pub const MIN_PREEMPTIONS: usize = 5;
@@ -114,6 +126,18 @@ pub fn severity(tail_ratio: f64, cause: f64, impact: f64) -> Severity {
         Severity::Medium
     } else {
         Severity::Low
+    }
+}
+
+/// The severity of a tail on a node: [`severity`], but LOW whenever the
+/// slow calls cost less than [`MIN_WINDOW_IMPACT`] of the node's window
+/// (`window_share`).
+#[must_use]
+pub fn tail_severity(tail_ratio: f64, cause: f64, impact: f64, window_share: f64) -> Severity {
+    if window_share < MIN_WINDOW_IMPACT {
+        Severity::Low
+    } else {
+        severity(tail_ratio, cause, impact)
     }
 }
 
@@ -185,18 +209,18 @@ fn tail_chain(
     if causes.is_empty() {
         return None;
     }
-    let direct = slow_call_preemptors(d, &slow);
     let io_preemption = preempted_share(d, &slow, &|t| issuers.contains(&t));
     let cpu_hit = Some(preempted_share(d, &slow, &|t| !issuers.contains(&t)));
-    let mut cpu_evidence = evidence.cpu.clone();
-    let foreign: Vec<(u32, usize)> = direct.into_iter().filter(|(t, _)| !issuers.contains(t)).collect();
-    if !foreign.is_empty() {
-        cpu_evidence.top_preemptors = foreign;
+    let job = Job::of(d);
+    let not_io = |t: u32| !issuers.contains(&t);
+    let mut who = attribution::during(d, &job, &slow, &not_io);
+    if who.is_empty() {
+        who = attribution::over(d, &job, d.window.from, d.window.to, &not_io);
     }
     let texts: Vec<CauseText> = causes
         .iter()
         .map(|&(cause, st)| match cause {
-            Cause::Cpu => describe_cpu(d, &cpu_evidence, name, cpu_hit),
+            Cause::Cpu => describe_cpu(d, &evidence.cpu, &who, name, cpu_hit),
             Cause::Io => describe_io(
                 d,
                 &evidence.io,
@@ -209,7 +233,7 @@ fn tail_chain(
     let excess: i64 = slow.iter().map(|c| (c.duration() - s.p50_ns).max(0)).sum();
     let span = calls.iter().map(|c| c.end).max().unwrap_or(0) - calls.first().map_or(0, |c| c.start);
     let impact = excess as f64 / span.max(1) as f64;
-    let sev = severity(ratio, strength.max(), impact);
+    let sev = tail_severity(ratio, strength.max(), impact, excess as f64 / window_ns as f64);
     let sized = size_class.map_or(String::new(), |b| {
         format!(" ({}..{})", size(b), size(b.max(1) * 2))
     });
@@ -348,7 +372,13 @@ fn throughput_drop(
     let low_rate = inner[s..e].iter().sum::<usize>() as f64 / (e - s) as f64;
     let name = op_name(names, src, op);
     let text = match cause {
-        Cause::Cpu => describe_cpu(d, &ev.cpu, &name, None),
+        Cause::Cpu => describe_cpu(
+            d,
+            &ev.cpu,
+            &attribution::over(d, &Job::of(d), from, to, &|_| true),
+            &name,
+            None,
+        ),
         Cause::Io => describe_io(d, &ev.io, st, None),
         Cause::Memory => describe_mem(&ev.mem),
     };

@@ -1,6 +1,8 @@
 //! `ingero explain`: causal chains of a database (all its nodes), printed as
 //! `[SEVERITY] [node] summary` blocks with `Root cause:` and `Fix:` lines
-//! (after a `STRAGGLER` line when a merged database shows one),
+//! (after a `STRAGGLER` line when a merged database shows one; the
+//! node-specific chains first, then each condition common to all nodes
+//! once, unless `--all`),
 //! or as JSON, and recorded in the database's `causal_chains` table. With
 //! `--nodes`, see [`super::fleet_explain`].
 
@@ -10,13 +12,14 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::{
     analysis::{self, Comparison, NodeReport, chain},
-    cli::ExplainArgs,
+    cli::{ExplainArgs, WindowArgs},
     clock,
     config::FileConfig,
     error::CliError,
+    text::sanitize,
     timewin::format_instant,
     trace::live::group_digits,
-    units::format_ns,
+    units::format_span,
 };
 
 fn open(path: &std::path::Path) -> Result<(Connection, bool), CliError> {
@@ -33,21 +36,44 @@ fn open(path: &std::path::Path) -> Result<(Connection, bool), CliError> {
     }
 }
 
-/// The chains as text: a header line, then one block per chain.
+/// The window the flags asked for, in words (`last 5m`, `from .. to`),
+/// when one was asked for.
+fn asked(window: &WindowArgs) -> Option<String> {
+    match (&window.since, &window.from, &window.to) {
+        (Some(d), _, _) => Some(format!("last {d}")),
+        (None, None, None) => None,
+        (None, from, to) => Some(format!(
+            "from {} to {}",
+            from.as_deref().unwrap_or("the first event"),
+            to.as_deref().unwrap_or("the last event")
+        )),
+    }
+}
+
+/// The chains as text: a header line, then one block per chain. `asked`:
+/// the window the flags asked for, in words; the span printed is the one
+/// of the data actually analysed.
 #[must_use]
-fn render(reports: &[NodeReport], comparison: &Comparison, verdict: &str) -> String {
+fn render(
+    reports: &[NodeReport],
+    comparison: &Comparison,
+    asked: Option<&str>,
+    all: bool,
+    verdict: &str,
+) -> String {
     let chains = &comparison.chains;
     let events: u64 = reports.iter().map(|r| r.events).sum();
     let nodes = reports.len();
     let from = reports.iter().map(|r| r.window.from).min().unwrap_or(0);
     let to = reports.iter().map(|r| r.window.to).max().unwrap_or(0);
     let span = format!(
-        "{} events from {nodes} node{} over {} ({} .. {})",
+        "{} events from {nodes} node{} over {} of recorded data ({} .. {}){}",
         group_digits(events),
         if nodes == 1 { "" } else { "s" },
-        format_ns((to - from).max(0) as f64),
+        format_span(to - from),
         format_instant(from),
-        format_instant(to)
+        format_instant(to),
+        asked.map_or(String::new(), |a| format!("; {} asked", sanitize(a, 200)))
     );
     let straggler = verdict;
     if chains.is_empty() {
@@ -66,10 +92,7 @@ fn render(reports: &[NodeReport], comparison: &Comparison, verdict: &str) -> Str
         count(chain::Severity::Low),
     );
     out.push_str(straggler);
-    for c in chains {
-        out.push('\n');
-        out.push_str(&chain::render(c));
-    }
+    out.push_str(&chain::render_compared(comparison, all, &chain::render));
     out
 }
 
@@ -125,6 +148,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     if args.json {
         let out = serde_json::json!({
             "chains": chains,
+            "common": comparison.common,
             "straggler": comparison.verdict,
             "collectives": comparison.collectives,
             "hung": verdict.hung,
@@ -135,7 +159,16 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
             serde_json::to_string(&out).map_err(|e| CliError::Failed(e.to_string()))?
         );
     } else {
-        print!("{}", render(&reports, &comparison, &verdict.text));
+        print!(
+            "{}",
+            render(
+                &reports,
+                &comparison,
+                asked(&args.window).as_deref(),
+                args.all,
+                &verdict.text
+            )
+        );
     }
     Ok(if verdict.hung {
         ExitCode::from(super::verdict::EXIT_HANG)

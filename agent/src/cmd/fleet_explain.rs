@@ -1,6 +1,7 @@
 //! `ingero explain --nodes ...`: every agent's causal chains, tagged with
 //! their node, and the straggler verdict from the nodes' figures side by
-//! side. The fleet client fetches each agent's chains and figures (chain
+//! side (the node-specific chains first, then each condition common to all
+//! nodes once, unless `--all`). The fleet client fetches each agent's chains and figures (chain
 //! times already on this machine's clock, [`ingero_fleet::explain`]); the
 //! engine compares the nodes and orders the chains
 //! ([`crate::analysis::compare`], the same function a merged database
@@ -75,6 +76,7 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             "collectives": comparison.collectives,
             "hung": verdict.hung,
             "chains": comparison.chains,
+            "common": comparison.common,
             "nodes": nodes,
         });
         println!("{out}");
@@ -85,7 +87,10 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             .into_iter()
             .filter(|(_, o)| o.abs() > threshold)
             .collect();
-        print!("{}", render(&answers, &comparison, &offsets, &verdict.text));
+        print!(
+            "{}",
+            render(&answers, &comparison, &offsets, args.all, &verdict.text)
+        );
     }
     Ok(code)
 }
@@ -133,6 +138,7 @@ fn render(
     answers: &[NodeAnswer<NodeExplain>],
     comparison: &Comparison,
     offsets: &HashMap<String, i64>,
+    all: bool,
     verdict_text: &str,
 ) -> String {
     let (chains, figures, verdict) = (
@@ -171,17 +177,19 @@ fn render(
     }
     out.push('\n');
     out.push_str(&figures_table(answers, figures, verdict));
-    for c in chains {
-        out.push('\n');
-        out.push_str(&chain::render(c));
+    out.push_str(&chain::render_compared(comparison, all, &|c| {
         let clock = offsets.get(&c.node).map_or(String::new(), |o| {
             format!(
                 " (on this machine's clock; the node's clock is {})",
                 format_offset(*o)
             )
         });
-        out.push_str(&format!("  Worst at: {}{clock}\n", format_instant(c.peak_at)));
-    }
+        format!(
+            "{}  Worst at: {}{clock}\n",
+            chain::render(c),
+            format_instant(c.peak_at)
+        )
+    }));
     out
 }
 

@@ -2,7 +2,8 @@
 //! aligned table, CSV or JSON. Reads go through [`crate::readonly`].
 //!
 //! With `--nodes` (or `--fleet`) the statement goes to every agent in
-//! parallel; the rows come back with a `node` column in front, plus one
+//! parallel; the rows come back with a `node` column in front (unless the
+//! statement selects `node` itself: never two of them), plus one
 //! warning per node that did not answer. `--merge SQL` then runs a second
 //! statement over the union of those rows (a table named `fleet`), so a
 //! global count, percentile or top-N is computed over all the rows, not

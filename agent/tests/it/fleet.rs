@@ -55,6 +55,73 @@ fn a_query_goes_to_every_node_and_comes_back_with_a_node_column() -> anyhow::Res
 }
 
 #[test]
+fn a_query_that_selects_node_itself_gets_one_node_column() -> anyhow::Result<()> {
+    let f = SampleFleet::start(&[])?;
+    let sql = "SELECT node, source, count(*) AS cnt, sum(duration) AS total_ns FROM events GROUP BY node, source ORDER BY node, source";
+    let expected = local(sql)?;
+    anyhow::ensure!(expected.len() >= 3, "the samples have several sources per node");
+
+    // The table: one `node` column, each row's own node.
+    let (code, out, err) = f.ingero(&["query", sql], &f.addrs)?;
+    assert_eq!(code, 0, "{err}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["node", "source", "cnt", "total_ns"], "{out}");
+    for row in &expected {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect();
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == cells),
+            "{cells:?} in:\n{out}"
+        );
+    }
+    assert!(
+        out.trim_end()
+            .ends_with(&format!("{} rows from 3 nodes", expected.len())),
+        "{out}"
+    );
+
+    // JSON: the same columns, the same rows as the merged database gives.
+    let (code, out, err) = f.ingero(&["query", "--json", sql], &f.addrs)?;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        v["columns"],
+        serde_json::json!(["node", "source", "cnt", "total_ns"])
+    );
+    let rows: Vec<Vec<Value>> = serde_json::from_value(v["rows"].clone())?;
+    assert_eq!(rows, expected);
+
+    // --merge: the `fleet` table has one `node` column to group by.
+    let (code, out, err) = f.ingero(
+        &[
+            "query",
+            "--json",
+            "--merge",
+            "SELECT node, sum(cnt) AS n FROM fleet GROUP BY node ORDER BY node",
+            sql,
+        ],
+        &f.addrs,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out)?;
+    assert_eq!(v["columns"], serde_json::json!(["node", "n"]));
+    let merged: Vec<Vec<Value>> = serde_json::from_value(v["rows"].clone())?;
+    assert_eq!(
+        merged,
+        local("SELECT node, count(*) FROM events GROUP BY node ORDER BY node")?
+    );
+    Ok(())
+}
+
+#[test]
 fn merge_answers_over_all_rows_not_per_node_answers_glued_together() -> anyhow::Result<()> {
     let f = SampleFleet::start(&[])?;
     let q = |sql: &str, merge: &str| -> anyhow::Result<Vec<Vec<Value>>> {

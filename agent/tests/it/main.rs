@@ -9,6 +9,7 @@ mod cli_errors;
 mod cluster;
 mod common;
 mod config;
+mod explain;
 mod fleet;
 mod hostile;
 mod hostile_api;

@@ -99,6 +99,48 @@ fn a_tail_with_preemption_of_the_calling_thread_is_high_cpu_contention() {
 }
 
 #[test]
+fn preemption_by_the_jobs_own_processes_is_contention_within_the_job() {
+    let mut d = node(&slow_set(), 2 * MS);
+    preempt_slow_calls(&mut d, true, 20);
+    // Thread 20 belongs to process 2, another rank making CUDA calls.
+    d.calls.insert(
+        (source::DRIVER, driver_op::STREAM_SYNCHRONIZE),
+        vec![Call {
+            pid: 2,
+            tid: 20,
+            start: 0,
+            end: 10,
+            bytes: 0,
+        }],
+    );
+    d.names.insert(20, "python".into());
+    let c = run(&d);
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert!(
+        c[0].root_cause.starts_with("CPU contention within the job: ")
+            && c[0].root_cause.contains("(sibling ranks 100%)")
+            && c[0].root_cause.contains("mostly by python (20)"),
+        "{}",
+        c[0].root_cause
+    );
+    assert!(
+        !c[0].recommendations.iter().any(|f| f.contains("renice")),
+        "{:?}",
+        c[0].recommendations
+    );
+    // A child a rank forked (a DataLoader worker) is the job's too.
+    let mut d = node(&slow_set(), 2 * MS);
+    preempt_slow_calls(&mut d, true, 30);
+    d.children.insert(30);
+    let c = run(&d);
+    assert!(
+        c[0].root_cause.contains("(worker processes (DataLoader) 100%)"),
+        "{}",
+        c[0].root_cause
+    );
+}
+
+#[test]
 fn a_tail_without_a_concurrent_cause_is_not_a_chain() {
     assert!(run(&node(&slow_set(), 2 * MS)).is_empty());
 }
@@ -171,6 +213,30 @@ fn a_rare_tail_is_low_however_strong_its_cause() {
         "0.03% of the span lost: not worth a page"
     );
     assert_eq!(severity(200.0, 1.0, 0.0003), Severity::Low);
+}
+
+#[test]
+fn a_tail_that_costs_little_of_the_nodes_window_is_low_whatever_its_ratio() {
+    // 10 slow calls of 2 ms (200x p50), all preempted: 2% of a 1 s window
+    // is HIGH; the same calls in a 10 s window cost 0.2% of it.
+    let mut d = node(&slow_set(), 2 * MS);
+    preempt_slow_calls(&mut d, true, 99);
+    assert_eq!(run(&d)[0].severity, Severity::High);
+    d.window.to = 10_000 * MS;
+    let c = run(&d);
+    assert_eq!(c.len(), 1, "still a chain: {c:#?}");
+    assert_eq!(
+        c[0].severity,
+        Severity::Low,
+        "0.2% of the node's time: {}",
+        c[0].summary
+    );
+    assert_eq!(
+        tail_severity(200.0, 1.0, 0.5, MIN_WINDOW_IMPACT / 2.0),
+        Severity::Low
+    );
+    assert_eq!(tail_severity(200.0, 1.0, 0.5, MIN_WINDOW_IMPACT), Severity::High);
+    assert_eq!(tail_severity(4.0, 0.6, 0.05, 0.5), Severity::Medium);
 }
 
 #[test]
