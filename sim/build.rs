@@ -1,10 +1,12 @@
 //! Compiles the GPU-less stand-ins (stub `libcuda.so.1`, stub `libnccl.so.2`)
 //! and the C test workloads into `OUT_DIR` with the system C compiler.
 //!
-//! Invariant: every exported driver entry point starts with `push %rbp`
-//! (frame pointers on, no shrink-wrapping, no sibling calls, no CET
-//! `endbr64`), like the real libcudart, so uprobes on them take the kernel's
-//! emulated fast path. `tests/stub_abi.rs` checks it.
+//! Invariant: every exported driver and NCCL entry point starts with `push
+//! %rbp` (frame pointers on, no shrink-wrapping, no sibling calls, no CET
+//! `endbr64`; the NCCL entry points also ask for their frame address, as
+//! gcc omits the frame of a leaf function even with frame pointers on),
+//! like the real libcudart and libnccl, so uprobes on them take the
+//! kernel's emulated fast path. `tests/stub_abi.rs` checks it.
 
 use std::{env, path::PathBuf, process::Command};
 
@@ -51,10 +53,11 @@ fn main() {
     compile(
         &out,
         "libnccl.so.2",
-        &["nccl_stub.c"],
+        &["nccl_stub.c", "nccl_coll.c", "nccl_net.c"],
         &[
             "-shared",
             "-fPIC",
+            "-fvisibility=hidden",
             "-Wl,-soname,libnccl.so.2",
             &libdir,
             "-l:libcuda.so.1",
@@ -63,6 +66,8 @@ fn main() {
     );
     println!("cargo:rerun-if-changed=native/common.h");
     println!("cargo:rerun-if-changed=native/cuda_driver.h");
+    println!("cargo:rerun-if-changed=native/nccl_api.h");
+    println!("cargo:rerun-if-changed=native/nccl_internal.h");
     compile(
         &out,
         "ingero-sim-workload",
@@ -75,8 +80,20 @@ fn main() {
     compile(&out, "ingero-sim-nccl-loop", &["nccl_loop.c"], &["-ldl"]);
     compile(
         &out,
+        "ingero-sim-nccl-check",
+        &["nccl_check.c"],
+        &[
+            &libdir,
+            "-l:libnccl.so.2",
+            "-l:libcuda.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+    );
+    println!("cargo:rerun-if-changed=native/rank.h");
+    compile(
+        &out,
         "ingero-sim-rank",
-        &["rank.c"],
+        &["rank.c", "rank_faults.c"],
         &[
             &libdir,
             "-l:libnccl.so.2",

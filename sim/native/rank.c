@@ -11,9 +11,19 @@
  *       is split between the launches, as in a real forward/backward pass
  *   a few calls into the real CUDA runtime (no driver here) --cudart PATH
  *   cuStreamSynchronize: the rank's own compute is done
- *   ncclAllReduce of the gradients (a real barrier), cuStreamSynchronize
+ *   ncclAllReduce of the gradients on the data-parallel communicator (a
+ *   real barrier), every --group-every steps (default 10) followed by a
+ *   group (ncclGroupStart, ncclAllGather + ncclReduceScatter on the world
+ *   communicator, ncclGroupEnd), then cuStreamSynchronize
  *   cuMemcpyDtoH_v2 of the step's outputs (--output-mb; like .cpu()) and
  *   of the loss
+ *
+ * NCCL is set up the way PyTorch does it: the world communicator with
+ * ncclCommInitRankConfig (the id from ncclGetUniqueId, which the stub
+ * derives from MASTER_ADDR/MASTER_PORT), then ncclCommSplit(world, color 0,
+ * key rank) for the data-parallel group, then a ncclBroadcast of the
+ * parameters from rank 0 before the first step; both communicators are
+ * destroyed at the end.
  *
  * printing "step S rank R TOTAL_MS COMPUTE_MS WAIT_MS" after each step, where
  * compute runs to the first synchronize and wait is the all-reduce (peers
@@ -21,7 +31,8 @@
  * reaches the all-reduce late makes every other rank wait in
  * cuStreamSynchronize, as in real data-parallel training: every rank's total
  * step time is the same, the straggler is the one with the longest compute
- * and the shortest wait.
+ * and the shortest wait. The summary also gives the communicator sizes, the
+ * rank in the split communicator and how many NCCL calls were made.
  *
  * Faults (one rank, any combination):
  *   --checkpoint-dir DIR [--checkpoint-mb C] [--checkpoint-every E]
@@ -34,6 +45,22 @@
  *       collate building new tensors), and copies its outputs into a
  *       freshly allocated pageable buffer, which page-faults while
  *       cuMemcpyDtoH_v2 writes it (as .cpu() does).
+ *   --slow-input-us U
+ *       a slow input pipeline on the training thread: U us of CPU work at
+ *       the start of every step, before the batch is copied in.
+ *   --hang-at-step K
+ *       at the start of step K the rank prints "stuck before step K" on
+ *       stderr and blocks reading a pipe nobody writes (a stuck data
+ *       loader): it never reaches that step's all-reduce, and every other
+ *       rank blocks in its next cuStreamSynchronize.
+ *   --loader-workers W --loader-dir DIR [--loader-decode-us U]
+ *       batches come from W worker processes ("pt_data_worker", forked
+ *       after the go line, SCHED_IDLE, on the rank's CPU), one pipe each,
+ *       taken round-robin. Each worker reads 1 MiB of DIR/rankR-dataset.bin
+ *       (written before the ready line) with O_DIRECT and burns U us of CPU
+ *       decoding it (default 30000) per batch: slower than the rank
+ *       consumes, so the training thread sleeps in read() waiting for data
+ *       and its kernel launches come in bursts.
  *   --report-every N  print a step line every N steps (default 1)
  *   --cpu N    pin the training thread (and the threads it starts) to CPU
  *              N; the stub driver's stream threads stay unpinned (CPU hogs
@@ -44,7 +71,7 @@
  * Every process asks to be killed with its parent (PR_SET_PDEATHSIG), so a
  * killed launcher leaves nothing behind.
  */
-#include "common.h"
+#include "rank.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -56,53 +83,35 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "cuda_driver.h"
+#include "nccl_api.h"
 
-typedef struct ncclComm *ncclComm_t;
-typedef struct { char internal[128]; } ncclUniqueId;
-extern int ncclGetUniqueId(ncclUniqueId *id);
-extern int ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank);
-extern int ncclAllReduce(const void *send, void *recv, size_t count, int datatype, int op,
-                         ncclComm_t comm, CUstream stream);
-extern int ncclCommDestroy(ncclComm_t comm);
-extern const char *ncclGetErrorString(int result);
+const char *PROG = "ingero-sim-rank";
 
-static const char *PROG = "ingero-sim-rank";
+struct rank_options opt = {.steps = 100, .kernels = 32, .kernel_us = 500, .host_us = 1000, .batch_mb = 16,
+                           .output_mb = 16, .grad_mb = 32, .ckpt_mb = 256, .ckpt_every = 10, .mem_every = 5,
+                           .cpu = -1, .report_every = 1, .group_every = 10, .loader_decode_us = 30000};
 
-static struct {
-    long steps, kernels, kernel_us, host_us, batch_mb, grad_mb, output_mb;
-    const char *cudart;
-    const char *ckpt_dir;
-    long ckpt_mb, ckpt_every;
-    long mem_mb, mem_every;
-    long cpu;
-    long report_every;
-    int hog, wait;
-} opt = {.steps = 100, .kernels = 32, .kernel_us = 500, .host_us = 1000, .batch_mb = 16, .output_mb = 16,
-         .grad_mb = 32, .ckpt_mb = 256, .ckpt_every = 10, .mem_every = 5, .cpu = -1, .report_every = 1};
+int rank_id, world;
 
-static int rank_id, world;
-
-static void fail(const char *what, long code) {
+void fail(const char *what, long code) {
     fprintf(stderr, "%s: rank %d: %s failed (%ld)\n", PROG, rank_id, what, code);
     exit(3);
 }
 
-static uint64_t now_ns(clockid_t clock) {
+uint64_t now_ns(clockid_t clock) {
     struct timespec ts;
     clock_gettime(clock, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* CPU time, not wall time: a preempted thread takes longer. */
-static void burn_cpu_us(long us) {
+void burn_cpu_us(long us) {
     uint64_t start = now_ns(CLOCK_THREAD_CPUTIME_ID);
     volatile uint64_t x = 0;
     while (now_ns(CLOCK_THREAD_CPUTIME_ID) - start < (uint64_t)us * 1000)
         x++;
 }
 
-static void pin_to(long cpu) {
+void pin_to(long cpu) {
     if (cpu < 0)
         return;
     cpu_set_t set;
@@ -150,70 +159,6 @@ static void cudart_step(int local_rank) {
     rt.sync(NULL);
 }
 
-/* ---- checkpoint writer: O_DIRECT writes + fsync on the trainer's CPU ---- */
-
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    long requested, done;
-    char *staging;
-} ckpt = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-
-static void *checkpoint_writer(void *arg) {
-    (void)arg;
-    prctl(PR_SET_NAME, "ckpt-writer");
-    pin_to(opt.cpu);
-    size_t chunk = 1 << 20, total = (size_t)opt.ckpt_mb << 20;
-    void *buf = NULL;
-    if (posix_memalign(&buf, 4096, chunk) != 0)
-        fail("posix_memalign", 0);
-    for (;;) {
-        pthread_mutex_lock(&ckpt.mu);
-        while (ckpt.done == ckpt.requested)
-            pthread_cond_wait(&ckpt.cv, &ckpt.mu);
-        long n = ckpt.requested;
-        pthread_mutex_unlock(&ckpt.mu);
-        char path[4096];
-        snprintf(path, sizeof(path), "%s/rank%d-ckpt%ld.bin", opt.ckpt_dir, rank_id, n % 2);
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
-        if (fd < 0)
-            fail("open checkpoint (O_DIRECT)", errno);
-        for (size_t off = 0; off < total; off += chunk) {
-            /* Serialization: a checksum pass over the chunk (CPU work). */
-            uint64_t sum = 0;
-            for (size_t i = 0; i < chunk; i += 64)
-                sum = sum * 31 + (unsigned char)ckpt.staging[(off + i) % total];
-            memcpy(buf, ckpt.staging + off, chunk);
-            ((uint64_t *)buf)[0] = sum;
-            burn_cpu_us(1500);
-            if (pwrite(fd, buf, chunk, (off_t)off) != (ssize_t)chunk)
-                fail("checkpoint write", errno);
-        }
-        if (fsync(fd) != 0)
-            fail("checkpoint fsync", errno);
-        close(fd);
-        pthread_mutex_lock(&ckpt.mu);
-        ckpt.done = n;
-        pthread_cond_broadcast(&ckpt.cv);
-        pthread_mutex_unlock(&ckpt.mu);
-    }
-    return NULL;
-}
-
-static void checkpoint(long step, CUdeviceptr state) {
-    pthread_mutex_lock(&ckpt.mu);
-    while (ckpt.done != ckpt.requested) /* one checkpoint in flight */
-        pthread_cond_wait(&ckpt.cv, &ckpt.mu);
-    pthread_mutex_unlock(&ckpt.mu);
-    /* Stage the state on the host (synchronous), then hand it over. */
-    CUresult r = cuMemcpyDtoH_v2(ckpt.staging, state, (size_t)opt.ckpt_mb << 20);
-    if (r != 0)
-        fail("cuMemcpyDtoH_v2 (checkpoint)", r);
-    pthread_mutex_lock(&ckpt.mu);
-    ckpt.requested = step;
-    pthread_cond_broadcast(&ckpt.cv);
-    pthread_mutex_unlock(&ckpt.mu);
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -245,6 +190,12 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(a, "--memory-every")) opt.mem_every = sim_num(PROG, a, v);
         else if (!strcmp(a, "--cpu")) opt.cpu = sim_num(PROG, a, v);
         else if (!strcmp(a, "--report-every")) opt.report_every = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--group-every")) opt.group_every = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--slow-input-us")) opt.slow_input_us = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--hang-at-step")) opt.hang_at = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--loader-workers")) opt.loader_workers = sim_num(PROG, a, v);
+        else if (!strcmp(a, "--loader-dir")) opt.loader_dir = v;
+        else if (!strcmp(a, "--loader-decode-us")) opt.loader_decode_us = sim_num(PROG, a, v);
         else {
             fprintf(stderr, "%s: unknown option %s\n", PROG, a);
             exit(2);
@@ -252,6 +203,10 @@ static void parse(int argc, char **argv) {
     }
     if (opt.kernels < 1 || opt.steps < 1 || opt.ckpt_every < 1 || opt.ckpt_mb < 1 || opt.mem_every < 1) {
         fprintf(stderr, "%s: --steps, --kernels, --checkpoint-every, --checkpoint-mb and --memory-every must be at least 1\n", PROG);
+        exit(2);
+    }
+    if ((opt.loader_workers > 0) != (opt.loader_dir != NULL) || opt.loader_workers > 64) {
+        fprintf(stderr, "%s: --loader-workers (1-64) and --loader-dir go together\n", PROG);
         exit(2);
     }
 }
@@ -286,9 +241,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     cudart_open();
+    if (opt.loader_workers > 0)
+        loader_prepare();
     if (opt.wait && sim_wait_for_go())
         return 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (opt.loader_workers > 0)
+        loader_start();
 
     CUcontext ctx;
     CUmodule module;
@@ -312,21 +271,27 @@ int main(int argc, char **argv) {
     if ((r = cuMemAlloc_v2(&state, (size_t)opt.ckpt_mb << 20)) != 0) fail("cuMemAlloc_v2 (optimizer state)", r);
 
     ncclUniqueId id;
-    ncclComm_t comm;
-    int nr;
+    ncclComm_t world_comm, comm;
+    ncclResult_t nr;
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 1;
+    config.commName = "default_pg";
     if ((nr = ncclGetUniqueId(&id)) != 0) fail("ncclGetUniqueId (MASTER_ADDR/MASTER_PORT set?)", nr);
-    if ((nr = ncclCommInitRank(&comm, world, id, rank_id)) != 0) fail(ncclGetErrorString(nr), nr);
+    if ((nr = ncclCommInitRankConfig(&world_comm, world, id, rank_id, &config)) != 0)
+        fail(ncclGetErrorString(nr), nr);
+    /* The data-parallel group: every rank, ordered by its world rank. */
+    if ((nr = ncclCommSplit(world_comm, 0, rank_id, &comm, NULL)) != 0) fail(ncclGetErrorString(nr), nr);
+    int dp_size = 0, dp_rank = -1;
+    if ((nr = ncclCommCount(comm, &dp_size)) != 0 || (nr = ncclCommUserRank(comm, &dp_rank)) != 0)
+        fail(ncclGetErrorString(nr), nr);
+    if (dp_size != world || dp_rank != rank_id)
+        fail("ncclCommSplit (rank order)", dp_rank);
     /* Pin the training thread only now: the stub driver's stream threads
      * stand for GPU work and must not compete for the trainer's CPU. */
     pin_to(opt.cpu);
 
-    pthread_t helper;
-    if (opt.ckpt_dir != NULL) {
-        ckpt.staging = malloc((size_t)opt.ckpt_mb << 20);
-        if (ckpt.staging == NULL) fail("malloc (checkpoint staging)", 0);
-        memset(ckpt.staging, 0x5a, (size_t)opt.ckpt_mb << 20);
-        if (pthread_create(&helper, NULL, checkpoint_writer, NULL) != 0) fail("pthread_create", errno);
-    }
+    if (opt.ckpt_dir != NULL)
+        checkpoint_start();
 
     const char *npb = getenv("INGERO_SIM_NS_PER_BLOCK");
     long ns_per_block = npb != NULL && atol(npb) > 0 ? atol(npb) : 1000;
@@ -340,11 +305,24 @@ int main(int argc, char **argv) {
     if (host_outputs == NULL) fail("malloc (outputs)", 0);
     memset(host_outputs, 0, output_bytes);
     float loss = 0;
+    long n_broadcast = 0, n_allreduce = 0, n_groups = 0;
+    /* Parameters from rank 0, as DDP does before the first step. */
+    if ((nr = ncclBroadcast((void *)params, (void *)params, param_bytes / 4, ncclFloat32, 0, comm, stream)) != 0)
+        fail(ncclGetErrorString(nr), nr);
+    n_broadcast++;
+    if ((r = cuStreamSynchronize(stream)) != 0)
+        fail("cuStreamSynchronize (broadcast)", r);
+    size_t shard = 65536; /* floats per rank in the grouped all-gather/reduce-scatter */
     double *ms = calloc((size_t)opt.steps, sizeof(double));
     double *compute = calloc((size_t)opt.steps, sizeof(double));
     double *wait_ms = calloc((size_t)opt.steps, sizeof(double));
     for (long step = 1; step <= opt.steps; step++) {
         uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+        if (step == opt.hang_at)
+            hang(step);
+        if (opt.loader_workers > 0)
+            loader_next(step, host_batch);
+        burn_cpu_us(opt.slow_input_us);
         if ((r = cuMemcpyHtoD_v2(batch, host_batch, batch_bytes)) != 0)
             fail("cuMemcpyHtoD_v2", r);
         int burst = opt.mem_mb > 0 && step % opt.mem_every == 0;
@@ -368,8 +346,17 @@ int main(int argc, char **argv) {
         if ((r = cuStreamSynchronize(stream)) != 0)
             fail("cuStreamSynchronize (compute)", r);
         uint64_t t_reduce = now_ns(CLOCK_MONOTONIC);
-        if ((nr = ncclAllReduce((void *)grads, (void *)grads, (size_t)opt.grad_mb << 18, 7, 0, comm, stream)) != 0)
+        if ((nr = ncclAllReduce((void *)grads, (void *)grads, (size_t)opt.grad_mb << 18, ncclFloat32, ncclSum, comm, stream)) != 0)
             fail(ncclGetErrorString(nr), nr);
+        n_allreduce++;
+        if (opt.group_every > 0 && step % opt.group_every == 0) {
+            if ((nr = ncclGroupStart()) != 0 ||
+                (nr = ncclAllGather((void *)grads, (void *)params, shard, ncclFloat32, world_comm, stream)) != 0 ||
+                (nr = ncclReduceScatter((void *)params, (void *)grads, shard, ncclFloat32, ncclSum, world_comm, stream)) != 0 ||
+                (nr = ncclGroupEnd()) != 0)
+                fail(ncclGetErrorString(nr), nr);
+            n_groups++;
+        }
         if ((r = cuStreamSynchronize(stream)) != 0)
             fail("cuStreamSynchronize (all-reduce)", r);
         uint64_t t_synced = now_ns(CLOCK_MONOTONIC);
@@ -390,7 +377,10 @@ int main(int argc, char **argv) {
         if (opt.report_every > 0 && step % opt.report_every == 0)
             printf("step %ld rank %d %.2f %.2f %.2f\n", step, rank_id, ms[step - 1], compute[step - 1], wait_ms[step - 1]);
     }
-    ncclCommDestroy(comm);
+    if (opt.loader_workers > 0)
+        loader_stop();
+    if ((nr = ncclCommDestroy(comm)) != 0 || (nr = ncclCommDestroy(world_comm)) != 0)
+        fail(ncclGetErrorString(nr), nr);
     double mean = 0, compute_mean = 0, wait_mean = 0;
     for (long i = 0; i < opt.steps; i++) {
         mean += ms[i] / (double)opt.steps;
@@ -401,8 +391,11 @@ int main(int argc, char **argv) {
     qsort(compute, (size_t)opt.steps, sizeof(double), cmp_double);
     qsort(wait_ms, (size_t)opt.steps, sizeof(double), cmp_double);
     printf("{\"rank\":%d,\"pid\":%d,\"steps\":%ld,\"median_ms\":%.2f,\"p90_ms\":%.2f,\"mean_ms\":%.2f,"
-           "\"compute_median_ms\":%.2f,\"wait_median_ms\":%.2f,\"compute_mean_ms\":%.2f,\"wait_mean_ms\":%.2f}\n",
+           "\"compute_median_ms\":%.2f,\"wait_median_ms\":%.2f,\"compute_mean_ms\":%.2f,\"wait_mean_ms\":%.2f,"
+           "\"world_size\":%d,\"dp_size\":%d,\"dp_rank\":%d,"
+           "\"nccl\":{\"broadcast\":%ld,\"all_reduce\":%ld,\"groups\":%ld}}\n",
            rank_id, getpid(), opt.steps, ms[opt.steps / 2], ms[(opt.steps * 9) / 10], mean,
-           compute[opt.steps / 2], wait_ms[opt.steps / 2], compute_mean, wait_mean);
+           compute[opt.steps / 2], wait_ms[opt.steps / 2], compute_mean, wait_mean,
+           world, dp_size, dp_rank, n_broadcast, n_allreduce, n_groups);
     return 0;
 }

@@ -6,9 +6,19 @@
 //! the job train, and stops everything. Each agent writes its own database.
 //!
 //! Placement on a small machine: the faulty node's rank gets a CPU of its
-//! own (with its CPU hogs, when there are some); the other ranks share the
-//! remaining CPUs. So a fault changes that node's behaviour only, and its
-//! peers see it the way real peers do: waiting in the all-reduce.
+//! own (with its CPU hogs or data loader workers, when there are some); the
+//! other ranks share the remaining CPUs. So a fault changes that node's
+//! behaviour only, and its peers see it the way real peers do: waiting in
+//! the collectives.
+//!
+//! A job that cannot finish ends cleanly too. With the `hang` fault the
+//! faulty rank stops before a step and the others block in their next
+//! synchronize: once no rank has completed a step for a few seconds the run
+//! is declared hung, the agents keep tracing for [`RunOptions::hold`], then
+//! [`RunOptions::on_hang`] is called (ranks still stuck, agents still
+//! live), then everything is stopped and [`ClusterReport::hung`] says what
+//! happened; that is a result, not an error. Any other run in which no rank
+//! reports anything for [`RunOptions::stall_timeout`] fails.
 //!
 //! Cleanup is unconditional: a `Processes` guard kills ranks and hogs and
 //! stops agents with SIGINT (so they commit what they recorded) on success,
@@ -16,12 +26,14 @@
 //! this process dies. [`ClusterReport::survivors`] lists any process that
 //! outlived the run (it should be empty).
 
+mod fault;
+mod monitor;
+mod procs;
+
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpListener,
-    os::unix::process::CommandExt,
+    io::Write,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{ChildStdin, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc,
@@ -29,54 +41,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A fault injected on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Fault {
-    /// CPU hogs pinned to the rank's CPU: the rank is preempted.
-    CpuContention,
-    /// Periodic large O_DIRECT checkpoint writes + fsync from the rank.
-    CheckpointIo,
-    /// A burst of large allocations and page faults every step.
-    MemoryPressure,
-}
+pub use fault::{DEFAULT_HANG_STEP, Fault, LOADER_DECODE_US, LOADER_WORKERS, SLOW_INPUT_US};
+use monitor::Monitor;
+use procs::{Processes, die_with_parent, forward_lines, free_port, placement, spawn, wait_for_line};
 
-impl Fault {
-    pub const ALL: [Fault; 3] = [Fault::CpuContention, Fault::CheckpointIo, Fault::MemoryPressure];
-
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::CpuContention => "cpu-contention",
-            Self::CheckpointIo => "checkpoint-io",
-            Self::MemoryPressure => "memory-pressure",
-        }
-    }
-
-    /// Parses a scenario: `none`, one fault name, or several joined by `+`.
-    pub fn parse_scenario(text: &str) -> Result<Vec<Fault>, SimError> {
-        if text == "none" {
-            return Ok(Vec::new());
-        }
-        text.split('+')
-            .map(|name| {
-                Fault::ALL.into_iter().find(|f| f.name() == name).ok_or_else(|| {
-                    SimError::Config(format!(
-                        "unknown scenario '{name}': use none, cpu-contention, checkpoint-io, memory-pressure, or a combination such as cpu-contention+checkpoint-io"
-                    ))
-                })
-            })
-            .collect()
-    }
-}
-
+/// Why a run could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    /// The configuration is invalid (nothing was started).
     #[error("{0}")]
     Config(String),
+    /// A process could not be started.
     #[error("cannot start {what}: {source}")]
-    Spawn { what: String, source: std::io::Error },
+    Spawn {
+        /// What was being started.
+        what: String,
+        /// Why it could not.
+        source: std::io::Error,
+    },
+    /// A process failed, or the run made no progress.
     #[error("{0}")]
     Failed(String),
+    /// The stop flag was set.
     #[error("interrupted")]
     Interrupted,
 }
@@ -88,11 +74,13 @@ pub struct ClusterConfig {
     pub ingero: PathBuf,
     /// Number of nodes (one rank each).
     pub nodes: usize,
+    /// Training steps per rank.
     pub steps: u64,
+    /// Faults injected on [`Self::faulty_node`].
     pub faults: Vec<Fault>,
     /// 0-based index of the node that gets the faults.
     pub faulty_node: usize,
-    /// Where databases, logs and checkpoint files go.
+    /// Where databases, logs, checkpoint and dataset files go.
     pub run_dir: PathBuf,
     /// The real CUDA runtime, if available (runtime-API events).
     pub cudart: Option<PathBuf>,
@@ -100,32 +88,113 @@ pub struct ClusterConfig {
     pub agent_args: Vec<Vec<String>>,
 }
 
-/// What one rank measured about itself.
+/// How [`run_with`] treats a job that stops making progress.
+pub struct RunOptions<'a> {
+    /// Step before which the `hang` rank stops ([`DEFAULT_HANG_STEP`], at
+    /// most half the steps, if not given; at most the steps).
+    pub hang_at_step: Option<u64>,
+    /// How long the agents keep tracing a hung job before [`Self::on_hang`]
+    /// and the teardown.
+    pub hold: Duration,
+    /// Called once a job is hung and [`Self::hold`] has passed, while its
+    /// ranks are still stuck and the agents still tracing (e.g. to query
+    /// their live API); the teardown starts when it returns.
+    pub on_hang: Option<&'a mut dyn FnMut(&Hang)>,
+    /// A run in which no rank completes a step for this long fails (a
+    /// `hang` run is declared hung well before).
+    pub stall_timeout: Duration,
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        Self {
+            hang_at_step: None,
+            hold: Duration::from_secs(2),
+            on_hang: None,
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl std::fmt::Debug for RunOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("hang_at_step", &self.hang_at_step)
+            .field("hold", &self.hold)
+            .field("on_hang", &self.on_hang.as_ref().map(|_| "FnMut"))
+            .field("stall_timeout", &self.stall_timeout)
+            .finish()
+    }
+}
+
+/// No rank completed a step for this long after one said it is stuck: the
+/// others are blocked (a healthy step takes tens of milliseconds).
+const HANG_SETTLE: Duration = Duration::from_secs(2);
+
+/// What one rank measured about itself (over the steps it completed, when
+/// the job did not finish).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RankReport {
+    /// 0-based rank.
     pub rank: usize,
+    /// Its node name.
     pub node: String,
+    /// Its process id.
     pub pid: u32,
+    /// Steps it completed.
+    pub steps: u64,
+    /// Median step time, ms.
     pub median_ms: f64,
+    /// 90th percentile step time, ms.
     pub p90_ms: f64,
+    /// Median time to the end of its own compute, ms.
     pub compute_median_ms: f64,
+    /// Median time in the gradient all-reduce (peers + transfer), ms.
     pub wait_median_ms: f64,
+    /// Mean compute time, ms.
     pub compute_mean_ms: f64,
+    /// Mean all-reduce wait, ms.
     pub wait_mean_ms: f64,
 }
 
+/// A job that stopped making progress (the `hang` fault).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Hang {
+    /// The rank that stopped, 0-based.
+    pub rank: usize,
+    /// Its node.
+    pub node: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The step it never started (so nobody completed it).
+    pub step: u64,
+    /// Every rank's last completed step.
+    pub last_steps: Vec<u64>,
+    /// Process ids of every rank, in rank order (all still running when
+    /// [`RunOptions::on_hang`] is called).
+    pub pids: Vec<u32>,
+    /// (node, database) per agent, still being written while hung.
+    pub databases: Vec<(String, PathBuf)>,
+    /// Seconds from the start of training to the hang being declared.
+    pub detected_after_s: f64,
+    /// Seconds the agents traced the hung job before the teardown.
+    pub held_s: f64,
+}
+
+/// What a run did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClusterReport {
+    /// Per rank, in rank order.
     pub ranks: Vec<RankReport>,
     /// (node, database) per agent.
     pub databases: Vec<(String, PathBuf)>,
     /// Processes started by the run that still exist afterwards.
     pub survivors: Vec<u32>,
+    /// Wall time of the whole run.
     pub seconds: f64,
+    /// Set when the job hung (and was stopped) instead of finishing.
+    pub hung: Option<Hang>,
 }
-
-/// Summed (total, compute, wait) ms of some steps, and how many.
-type StepSums = (f64, f64, f64, u64);
 
 /// Node name of rank `i` (0-based): `gpu-node-01`, ...
 #[must_use]
@@ -133,154 +202,18 @@ pub fn node_name(i: usize) -> String {
     format!("gpu-node-{:02}", i + 1)
 }
 
-/// Every process the run started; stopped on drop, whatever happened.
-#[derive(Debug, Default)]
-struct Processes {
-    ranks: Vec<Child>,
-    hogs: Vec<Child>,
-    agents: Vec<Child>,
-    pids: Vec<u32>,
-}
-
-impl Processes {
-    fn stop_workers(&mut self) {
-        for c in self.ranks.iter_mut().chain(self.hogs.iter_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGINT to every agent, then waits for them all (they commit first).
-    fn stop_agents(&mut self) -> Vec<(u32, std::process::ExitStatus)> {
-        for a in &self.agents {
-            signal(a.id(), libc::SIGINT);
-        }
-        self.agents
-            .iter_mut()
-            .filter_map(|a| Some((a.id(), a.wait().ok()?)))
-            .collect()
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        self.stop_workers();
-        self.stop_agents();
-    }
-}
-
-fn signal(pid: u32, sig: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: sending a signal to a child we started.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-/// Asks the kernel to send `sig` to the child when this process dies.
-fn die_with_parent(cmd: &mut Command, sig: i32) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, sig);
-            Ok(())
-        });
-    }
-}
-
-fn spawn(cmd: &mut Command, what: &str) -> Result<Child, SimError> {
-    cmd.spawn().map_err(|source| SimError::Spawn {
-        what: what.to_owned(),
-        source,
-    })
-}
-
-fn free_port() -> Result<u16, SimError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| SimError::Failed(format!("no free loopback port: {e}")))
-}
-
-/// Lines of a child's stream, tagged with an index, into one channel.
-fn forward_lines(
-    source: impl std::io::Read + Send + 'static,
-    index: usize,
-    tx: mpsc::Sender<(usize, String)>,
-) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(source).lines().map_while(Result::ok) {
-            if tx.send((index, line)).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// CPU for each rank: the faulty one alone on the last CPU (when there is
-/// more than one), the others round-robin over the rest.
-fn placement(nodes: usize, faulty: Option<usize>, cpus: usize) -> Vec<usize> {
-    let shared = match faulty {
-        Some(_) if cpus > 1 => cpus - 1,
-        _ => cpus,
-    };
-    let mut next = 0;
-    (0..nodes)
-        .map(|i| {
-            if faulty == Some(i) && cpus > 1 {
-                cpus - 1
-            } else {
-                let cpu = next % shared.max(1);
-                next += 1;
-                cpu
-            }
-        })
-        .collect()
-}
-
-fn wait_for_line(
-    rx: &mpsc::Receiver<(usize, String)>,
-    count: usize,
-    needle: &str,
-    timeout: Duration,
-    stop: &AtomicBool,
-) -> Result<Vec<String>, SimError> {
-    let deadline = Instant::now() + timeout;
-    let mut found: Vec<Option<String>> = vec![None; count];
-    let mut seen: Vec<String> = Vec::new();
-    while found.iter().any(Option::is_none) {
-        if stop.load(Ordering::Relaxed) {
-            return Err(SimError::Interrupted);
-        }
-        let left = deadline.checked_duration_since(Instant::now()).ok_or_else(|| {
-            SimError::Failed(format!("timed out waiting for '{needle}': {}", seen.join(" | ")))
-        })?;
-        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-            Ok((i, line)) => {
-                if line.contains(needle) {
-                    found[i] = Some(line);
-                } else if found[i].is_none() {
-                    seen.push(line);
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(SimError::Failed(format!(
-                    "a process exited before '{needle}': {}",
-                    seen.join(" | ")
-                )));
-            }
-        }
-    }
-    Ok(found.into_iter().flatten().collect())
-}
-
-/// Runs the job. `progress` receives human-readable lines as it goes;
-/// `stop` set (e.g. by a Ctrl-C handler) ends the run early, cleanly.
+/// Runs the job with the default [`RunOptions`]. `progress` receives
+/// human-readable lines as it goes; `stop` set (e.g. by a Ctrl-C handler)
+/// ends the run early, cleanly.
 pub fn run(
     cfg: &ClusterConfig,
     progress: &mut dyn FnMut(&str),
     stop: &AtomicBool,
 ) -> Result<ClusterReport, SimError> {
+    run_with(cfg, RunOptions::default(), progress, stop)
+}
+
+fn check(cfg: &ClusterConfig, opts: &RunOptions<'_>) -> Result<u64, SimError> {
     if cfg.nodes == 0 || cfg.nodes > 16 {
         return Err(SimError::Config("--nodes must be between 1 and 16".into()));
     }
@@ -291,19 +224,30 @@ pub fn run(
             cfg.nodes
         )));
     }
-    std::fs::create_dir_all(&cfg.run_dir)
-        .map_err(|e| SimError::Failed(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
-    let started = Instant::now();
+    let hang_at = opts
+        .hang_at_step
+        .unwrap_or_else(|| DEFAULT_HANG_STEP.min(cfg.steps / 2).max(1));
+    if cfg.faults.contains(&Fault::Hang) && (hang_at == 0 || hang_at > cfg.steps) {
+        return Err(SimError::Config(format!(
+            "the hang step ({hang_at}) must be between 1 and the steps ({})",
+            cfg.steps
+        )));
+    }
+    Ok(hang_at)
+}
+
+/// Starts the ranks (waiting for the go line); returns their stdins.
+fn start_ranks(
+    cfg: &ClusterConfig,
+    hang_at: u64,
+    procs: &mut Processes,
+    tx: &mpsc::Sender<(usize, String)>,
+) -> Result<(Vec<ChildStdin>, Vec<usize>), SimError> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let faulty = (!cfg.faults.is_empty()).then_some(cfg.faulty_node);
     let cpu_of = placement(cfg.nodes, faulty, cpus);
     let master_port = free_port()?.to_string();
-    let report_every = (cfg.steps / 5).max(1);
-    let mut procs = Processes::default();
-
-    // Ranks, waiting for the go line.
-    let (rank_tx, rank_rx) = mpsc::channel();
-    let mut stdins: Vec<ChildStdin> = Vec::new();
+    let mut stdins = Vec::new();
     for (i, cpu) in cpu_of.iter().enumerate() {
         let mut cmd = Command::new(crate::rank());
         cmd.env("RANK", i.to_string())
@@ -328,61 +272,32 @@ pub fn run(
         }
         if faulty == Some(i) {
             for f in &cfg.faults {
-                match f {
-                    Fault::CheckpointIo => {
-                        cmd.arg("--checkpoint-dir")
-                            .arg(&cfg.run_dir)
-                            .args(["--checkpoint-every", "10"]);
-                    }
-                    Fault::MemoryPressure => {
-                        cmd.args(["--memory-pressure-mb", "512", "--memory-every", "5"]);
-                    }
-                    Fault::CpuContention => {}
-                }
+                cmd.args(f.rank_args(&cfg.run_dir, hang_at));
             }
         }
         let mut child = spawn(&mut cmd, "a rank")?;
         procs.pids.push(child.id());
+        let missing = || SimError::Failed("no stdio for a rank".into());
+        forward_lines(child.stdout.take().ok_or_else(missing)?, i, "", tx.clone());
         forward_lines(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| SimError::Failed("no stdout".into()))?,
+            child.stderr.take().ok_or_else(missing)?,
             i,
-            rank_tx.clone(),
+            "stderr: ",
+            tx.clone(),
         );
-        let log_tx = rank_tx.clone();
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| SimError::Failed("no stderr".into()))?;
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = log_tx.send((i, format!("stderr: {line}")));
-            }
-        });
-        stdins.push(
-            child
-                .stdin
-                .take()
-                .ok_or_else(|| SimError::Failed("no stdin".into()))?,
-        );
+        stdins.push(child.stdin.take().ok_or_else(missing)?);
         procs.ranks.push(child);
     }
-    drop(rank_tx);
-    let ready = wait_for_line(&rank_rx, cfg.nodes, "\"ready\"", Duration::from_secs(30), stop)?;
-    let pids: Vec<u32> = ready
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["ready"].as_u64())
-                .map(|p| p as u32)
-                .ok_or_else(|| SimError::Failed(format!("bad ready line: {l}")))
-        })
-        .collect::<Result<_, _>>()?;
+    Ok((stdins, cpu_of))
+}
 
-    // One agent per rank.
+/// Starts one agent per rank pid; returns (node, database) per agent.
+fn start_agents(
+    cfg: &ClusterConfig,
+    pids: &[u32],
+    procs: &mut Processes,
+    stop: &AtomicBool,
+) -> Result<Vec<(String, PathBuf)>, SimError> {
     let (agent_tx, agent_rx) = mpsc::channel();
     let mut databases = Vec::new();
     for (i, pid) in pids.iter().enumerate() {
@@ -403,14 +318,11 @@ pub fn run(
         die_with_parent(&mut cmd, libc::SIGINT);
         let mut child = spawn(&mut cmd, "an ingero agent")?;
         procs.pids.push(child.id());
-        forward_lines(
-            child
-                .stderr
-                .take()
-                .ok_or_else(|| SimError::Failed("no stderr".into()))?,
-            i,
-            agent_tx.clone(),
-        );
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| SimError::Failed("no stderr for an agent".into()))?;
+        forward_lines(stderr, i, "", agent_tx.clone());
         procs.agents.push(child);
         databases.push((node, db));
     }
@@ -422,6 +334,39 @@ pub fn run(
         Duration::from_secs(60),
         stop,
     )?;
+    Ok(databases)
+}
+
+/// Runs the job: ranks, agents, faults, training until every rank finished
+/// (or the job hung), then the teardown. See the module documentation.
+pub fn run_with(
+    cfg: &ClusterConfig,
+    mut opts: RunOptions<'_>,
+    progress: &mut dyn FnMut(&str),
+    stop: &AtomicBool,
+) -> Result<ClusterReport, SimError> {
+    let hang_at = check(cfg, &opts)?;
+    std::fs::create_dir_all(&cfg.run_dir)
+        .map_err(|e| SimError::Failed(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
+    let started = Instant::now();
+    let faulty = (!cfg.faults.is_empty()).then_some(cfg.faulty_node);
+    let mut procs = Processes::default();
+
+    let (rank_tx, rank_rx) = mpsc::channel();
+    let (stdins, cpu_of) = start_ranks(cfg, hang_at, &mut procs, &rank_tx)?;
+    drop(rank_tx);
+    let ready = wait_for_line(&rank_rx, cfg.nodes, "\"ready\"", Duration::from_secs(30), stop)?;
+    let pids: Vec<u32> = ready
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["ready"].as_u64())
+                .map(|p| p as u32)
+                .ok_or_else(|| SimError::Failed(format!("bad ready line: {l}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let databases = start_agents(cfg, &pids, &mut procs, stop)?;
     progress(&format!(
         "{} ranks traced by {} agents; faults: {} on {}",
         cfg.nodes,
@@ -449,74 +394,54 @@ pub fn run(
     for mut stdin in stdins {
         writeln!(stdin, "go").map_err(|e| SimError::Failed(format!("cannot start a rank: {e}")))?;
     }
-    let mut reports: Vec<Option<RankReport>> = vec![None; cfg.nodes];
-    // Per interval of steps and rank: summed (total, compute, wait) and steps seen.
-    let mut reported: std::collections::BTreeMap<u64, Vec<StepSums>> = std::collections::BTreeMap::default();
-    while reports.iter().any(Option::is_none) {
+    let training = Instant::now();
+    let mut monitor = Monitor::new(cfg.nodes, cfg.steps, (cfg.steps / 5).max(1));
+    let mut hung = None;
+    while !monitor.finished() {
         if stop.load(Ordering::Relaxed) {
             return Err(SimError::Interrupted);
         }
-        let (i, line) = match rank_rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(x) => x,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+        if let Some((rank, step)) = monitor.hung(HANG_SETTLE) {
+            let mut hang = Hang {
+                rank,
+                node: node_name(rank),
+                pid: pids[rank],
+                step,
+                last_steps: monitor.last_step.clone(),
+                pids: pids.clone(),
+                databases: databases.clone(),
+                detected_after_s: training.elapsed().as_secs_f64(),
+                held_s: 0.0,
+            };
+            hold_hung(&mut hang, &mut opts, progress, stop)?;
+            hung = Some(hang);
+            break;
+        }
+        if monitor.idle() > opts.stall_timeout {
+            return Err(SimError::Failed(format!(
+                "no rank completed a step for {} s (last steps {:?})",
+                opts.stall_timeout.as_secs(),
+                monitor.last_step
+            )));
+        }
+        match rank_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok((i, line)) => {
+                if let Some(shown) = monitor.line(i, &line)? {
+                    progress(&shown);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(SimError::Failed("the ranks exited before finishing".into()));
             }
-        };
-        if let Some(rest) = line.strip_prefix("stderr: ") {
-            progress(&format!("  rank {i}: {rest}"));
-            if rest.contains("failed") {
-                return Err(SimError::Failed(format!("rank {i} failed: {rest}")));
-            }
-        } else if let Some(rest) = line.strip_prefix("step ") {
-            let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if let [step, _rank, total, compute, wait] = f[..] {
-                // Means over each interval of `report_every` steps, printed
-                // once every rank has finished the interval.
-                let interval = (step as u64 - 1) / report_every;
-                let first = interval * report_every + 1;
-                let last = (first + report_every - 1).min(cfg.steps);
-                let row = reported
-                    .entry(interval)
-                    .or_insert_with(|| vec![(0.0, 0.0, 0.0, 0); cfg.nodes]);
-                let (t, c, w, n) = &mut row[i];
-                *t += total;
-                *c += compute;
-                *w += wait;
-                *n += 1;
-                if row.iter().all(|r| r.3 == last - first + 1) {
-                    let cols: Vec<String> = row
-                        .iter()
-                        .enumerate()
-                        .map(|(r, (t, c, w, n))| {
-                            let n = *n as f64;
-                            format!("r{r} {:.0}ms (compute {:.0}, wait {:.0})", t / n, c / n, w / n)
-                        })
-                        .collect();
-                    progress(&format!(
-                        "  steps {first:>4}-{last:<4} of {} (mean per step): {}",
-                        cfg.steps,
-                        cols.join("  ")
-                    ));
-                }
-            }
-        } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            let ms = |k: &str| v[k].as_f64().unwrap_or(0.0);
-            reports[i] = Some(RankReport {
-                rank: i,
-                node: node_name(i),
-                pid: pids[i],
-                median_ms: ms("median_ms"),
-                p90_ms: ms("p90_ms"),
-                compute_median_ms: ms("compute_median_ms"),
-                wait_median_ms: ms("wait_median_ms"),
-                compute_mean_ms: ms("compute_mean_ms"),
-                wait_mean_ms: ms("wait_mean_ms"),
-            });
         }
     }
     procs.stop_workers();
-    progress("training done; stopping the agents (each commits what it recorded)");
+    progress(if hung.is_some() {
+        "hung ranks stopped; stopping the agents (each commits what it recorded)"
+    } else {
+        "training done; stopping the agents (each commits what it recorded)"
+    });
     for (pid, status) in procs.stop_agents() {
         if !status.success() {
             return Err(SimError::Failed(format!("agent {pid} exited with {status}")));
@@ -529,32 +454,47 @@ pub fn run(
         .filter(|p| Path::new(&format!("/proc/{p}")).exists())
         .collect();
     Ok(ClusterReport {
-        ranks: reports.into_iter().flatten().collect(),
+        ranks: (0..cfg.nodes).map(|i| monitor.report(i, pids[i])).collect(),
         databases,
         survivors,
         seconds: started.elapsed().as_secs_f64(),
+        hung,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scenarios_parse() {
-        assert_eq!(Fault::parse_scenario("none").ok(), Some(vec![]));
-        assert_eq!(
-            Fault::parse_scenario("cpu-contention+checkpoint-io").ok(),
-            Some(vec![Fault::CpuContention, Fault::CheckpointIo])
-        );
-        assert!(Fault::parse_scenario("gpu-on-fire").is_err());
+/// The job is hung: keep the agents tracing for the hold, then hand over to
+/// the caller's hook, ranks still stuck.
+fn hold_hung(
+    hang: &mut Hang,
+    opts: &mut RunOptions<'_>,
+    progress: &mut dyn FnMut(&str),
+    stop: &AtomicBool,
+) -> Result<(), SimError> {
+    let others: Vec<String> = hang
+        .last_steps
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| *r != hang.rank)
+        .map(|(r, s)| format!("r{r} after step {s}"))
+        .collect();
+    progress(&format!(
+        "job hung: rank {} ({}) never started step {}; the others are blocked in their synchronize ({}); agents keep tracing for {:.1} s",
+        hang.rank,
+        hang.node,
+        hang.step,
+        others.join(", "),
+        opts.hold.as_secs_f64()
+    ));
+    let held = Instant::now();
+    while held.elapsed() < opts.hold {
+        if stop.load(Ordering::Relaxed) {
+            return Err(SimError::Interrupted);
+        }
+        std::thread::sleep(Duration::from_millis(50).min(opts.hold.saturating_sub(held.elapsed())));
     }
-
-    #[test]
-    fn the_faulty_rank_gets_a_cpu_of_its_own() {
-        assert_eq!(placement(4, Some(2), 2), vec![0, 0, 1, 0]);
-        assert_eq!(placement(4, None, 2), vec![0, 1, 0, 1]);
-        assert_eq!(placement(3, Some(0), 1), vec![0, 0, 0]);
-        assert_eq!(placement(2, Some(1), 4), vec![0, 3]);
+    hang.held_s = held.elapsed().as_secs_f64();
+    if let Some(hook) = opts.on_hang.as_mut() {
+        hook(hang);
     }
+    Ok(())
 }

@@ -3,14 +3,19 @@
 //!
 //! - `libcuda.so.1`: the CUDA driver API with real signatures and a stream
 //!   model (simulated GPU time), see `native/cuda_stub.c`;
-//! - `libnccl.so.2`: `ncclAllReduce` as a real barrier among ranks over
-//!   loopback TCP, see `native/nccl_stub.c`;
+//! - `libnccl.so.2`: the NCCL 2.28 host API ([`NCCL_EXPORTS`]) with real
+//!   signatures; collectives are real barriers among the ranks of their
+//!   communicator over loopback TCP, see `native/nccl_stub.c`;
 //! - `ingero-sim-workload`: driver and host call patterns with known counts;
 //! - `ingero-sim-cudart`: known calls into the real CUDA runtime;
-//! - `ingero-sim-rank`: one rank of a data-parallel training job.
+//! - `ingero-sim-rank`: one rank of a data-parallel training job;
+//! - `ingero-sim-nccl-check`: a 4-rank job checking the stub NCCL's
+//!   semantics (see `native/nccl_check.c`).
 //!
 //! The real CUDA runtime (`libcudart.so.12`) comes from the PyPI package
 //! `nvidia-cuda-runtime-cu12`; [`libcudart`] finds it.
+
+#![warn(missing_docs)]
 
 use std::{
     path::{Path, PathBuf},
@@ -35,6 +40,38 @@ pub fn libnccl() -> PathBuf {
     dir().join("libnccl.so.2")
 }
 
+/// Every function the stub NCCL exports, by its NCCL name (each also has
+/// a `pncclX` alias at the same address, as in the real library). Each
+/// starts with `push %rbp`.
+pub const NCCL_EXPORTS: &[&str] = &[
+    "ncclGetVersion",
+    "ncclGetUniqueId",
+    "ncclCommInitRank",
+    "ncclCommInitRankConfig",
+    "ncclCommInitAll",
+    "ncclCommSplit",
+    "ncclCommDestroy",
+    "ncclCommAbort",
+    "ncclCommGetAsyncError",
+    "ncclCommCount",
+    "ncclCommCuDevice",
+    "ncclCommUserRank",
+    "ncclGetErrorString",
+    "ncclAllReduce",
+    "ncclAllGather",
+    "ncclReduceScatter",
+    "ncclBroadcast",
+    "ncclBcast",
+    "ncclReduce",
+    "ncclAlltoAll",
+    "ncclGather",
+    "ncclScatter",
+    "ncclSend",
+    "ncclRecv",
+    "ncclGroupStart",
+    "ncclGroupEnd",
+];
+
 /// The test workload program.
 #[must_use]
 pub fn workload() -> PathBuf {
@@ -45,6 +82,12 @@ pub fn workload() -> PathBuf {
 #[must_use]
 pub fn cudart_caller() -> PathBuf {
     dir().join("ingero-sim-cudart")
+}
+
+/// The stub NCCL semantics checker (one rank of a 4-rank job).
+#[must_use]
+pub fn nccl_check() -> PathBuf {
+    dir().join("ingero-sim-nccl-check")
 }
 
 /// The simulated training rank.

@@ -23,13 +23,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ingero_sim::cluster::{self, ClusterConfig, ClusterReport, Fault};
+use ingero_sim::cluster::{self, ClusterConfig, ClusterReport, Fault, RunOptions};
 
 use crate::exec::{cargo, exec, root};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// none, cpu-contention, checkpoint-io, memory-pressure, or a combination joined by '+'
+    /// none, cpu-contention, checkpoint-io, memory-pressure, slow-rank, hang,
+    /// dataloader-starvation, or a combination joined by '+'
     #[arg(long, default_value = "checkpoint-io")]
     pub scenario: String,
     /// Simulated nodes (one rank each)
@@ -71,10 +72,15 @@ pub fn build_ingero() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/ingero"))
 }
 
-/// Runs the job and prints its progress.
+/// Runs the job and prints its progress. A job that hangs is traced for a
+/// few more seconds, hung, before it is stopped.
 pub fn run_cluster(cfg: &ClusterConfig) -> anyhow::Result<ClusterReport> {
     catch_interrupts();
-    let report = cluster::run(cfg, &mut |line| eprintln!("{line}"), &STOP);
+    let opts = RunOptions {
+        hold: std::time::Duration::from_secs(5),
+        ..RunOptions::default()
+    };
+    let report = cluster::run_with(cfg, opts, &mut |line| eprintln!("{line}"), &STOP);
     match report {
         Err(cluster::SimError::Interrupted) => bail!("interrupted; every process of the run was stopped"),
         other => other.context("the simulated job failed"),
@@ -87,25 +93,35 @@ fn print_ranks(report: &ClusterReport) {
         .iter()
         .max_by(|a, b| a.compute_mean_ms.total_cmp(&b.compute_mean_ms))
         .map(|r| r.rank);
+    if let Some(h) = &report.hung {
+        println!(
+            "\nthe job hung: rank {} ({}) never started step {}, every other rank blocked in cuStreamSynchronize \
+             after step {}; hung {:.0}s after training started, traced hung for {:.0}s, then stopped",
+            h.rank,
+            h.node,
+            h.step,
+            h.step - 1,
+            h.detected_after_s,
+            h.held_s
+        );
+    }
     println!("\nper-rank step times in ms (compute = own forward/backward, wait = all-reduce):");
     println!(
-        "  {:<12} {:>4} {:>12} {:>8} {:>13} {:>10}",
-        "node", "rank", "step median", "step p90", "compute mean", "wait mean"
+        "  {:<12} {:>4} {:>6} {:>12} {:>8} {:>13} {:>10}",
+        "node", "rank", "steps", "step median", "step p90", "compute mean", "wait mean"
     );
     for r in &report.ranks {
-        println!(
-            "  {:<12} {:>4} {:>12.1} {:>8.1} {:>13.1} {:>10.1}{}",
-            r.node,
-            r.rank,
-            r.median_ms,
-            r.p90_ms,
-            r.compute_mean_ms,
-            r.wait_mean_ms,
-            if Some(r.rank) == straggler && report.ranks.len() > 1 {
+        let note = match &report.hung {
+            Some(h) if h.rank == r.rank => "   <- hung: stopped before a step",
+            Some(_) => "",
+            None if Some(r.rank) == straggler && report.ranks.len() > 1 => {
                 "   <- straggler: computes longest, waits least"
-            } else {
-                ""
             }
+            None => "",
+        };
+        println!(
+            "  {:<12} {:>4} {:>6} {:>12.1} {:>8.1} {:>13.1} {:>10.1}{note}",
+            r.node, r.rank, r.steps, r.median_ms, r.p90_ms, r.compute_mean_ms, r.wait_mean_ms,
         );
     }
 }
