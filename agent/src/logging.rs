@@ -1,6 +1,20 @@
 //! Diagnostics on stderr through the `log` facade: warnings by default,
 //! `-v` adds info, `-vv` debug. Lines are prefixed like every other
 //! message of the tool ("ingero: warning: ...").
+//!
+//! Every message of the tool goes through [`say!`]: a write to stderr that
+//! cannot fail the program. `eprintln!` panics when stderr is a closed
+//! pipe (a supervisor that stopped reading), which would turn a stopping
+//! agent's last progress line into a crash before it commits.
+
+/// Writes one line to stderr, ignoring failures (see the module documentation).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -19,7 +33,7 @@ impl Log for StderrLogger {
                 Level::Info => "info",
                 Level::Debug | Level::Trace => "debug",
             };
-            eprintln!("ingero: {level}: {}", record.args());
+            crate::say!("ingero: {level}: {}", record.args());
         }
     }
 

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match ingero::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ingero: {e}");
+            ingero::say!("ingero: {e}");
             ExitCode::from(e.exit_code())
         }
     }

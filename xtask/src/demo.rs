@@ -75,9 +75,18 @@ pub fn build_ingero() -> anyhow::Result<PathBuf> {
 /// Runs the job and prints its progress. A job that hangs is traced for a
 /// few more seconds, hung, before it is stopped.
 pub fn run_cluster(cfg: &ClusterConfig) -> anyhow::Result<ClusterReport> {
+    run_cluster_with(cfg, None)
+}
+
+/// [`run_cluster`], calling `on_hang` while a hung job's agents still trace.
+fn run_cluster_with(
+    cfg: &ClusterConfig,
+    on_hang: Option<&mut dyn FnMut(&cluster::Hang)>,
+) -> anyhow::Result<ClusterReport> {
     catch_interrupts();
     let opts = RunOptions {
-        hold: std::time::Duration::from_secs(5),
+        hold: std::time::Duration::from_secs(HANG_AFTER_S + 1),
+        on_hang,
         ..RunOptions::default()
     };
     let report = cluster::run_with(cfg, opts, &mut |line| eprintln!("{line}"), &STOP);
@@ -126,8 +135,18 @@ fn print_ranks(report: &ClusterReport) {
     }
 }
 
+/// The demo's `--hang-after`: short, so the live report comes while the
+/// job is held hung (a real job would use the 30 s default).
+const HANG_AFTER_S: u64 = 5;
+
 /// Runs `ingero ARGS`, printing the command and its output.
 pub fn walkthrough(ingero: &Path, args: &[&str]) -> anyhow::Result<()> {
+    walkthrough_codes(ingero, args, &[0])
+}
+
+/// [`walkthrough`], accepting the exit codes in `ok` (explain exits 5 on a
+/// hung collective: the answer, not a failure).
+fn walkthrough_codes(ingero: &Path, args: &[&str], ok: &[i32]) -> anyhow::Result<()> {
     let shown: Vec<String> = args
         .iter()
         .map(|a| {
@@ -145,7 +164,7 @@ pub fn walkthrough(ingero: &Path, args: &[&str]) -> anyhow::Result<()> {
         .context("running ingero")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
+    if !out.status.code().is_some_and(|c| ok.contains(&c)) {
         bail!("`ingero {}` failed ({})", shown.join(" "), out.status);
     }
     Ok(())
@@ -194,13 +213,13 @@ fn serve(ingero: &Path, pki: &Path, node: &str, db: &Path) -> anyhow::Result<Age
     Ok(Agent { child, addr })
 }
 
-/// The fleet part: certificates, one agent per node, then the questions
-/// an on-call engineer asks all of them at once.
-fn fleet_walkthrough(ingero: &Path, dir: &Path, report: &ClusterReport) -> anyhow::Result<()> {
+/// The fleet's certificates, made with `ingero certs` in `dir/pki`: a CA,
+/// one per node, one for the on-call client.
+fn make_pki(ingero: &Path, dir: &Path, nodes: &[String]) -> anyhow::Result<PathBuf> {
     let pki = dir.join("pki");
     let pki_s = pki.display().to_string();
     walkthrough(ingero, &["certs", "init-ca", "--dir", &pki_s])?;
-    for (i, (node, _)) in report.databases.iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate() {
         let args = [
             "certs",
             "issue",
@@ -218,10 +237,53 @@ fn fleet_walkthrough(ingero: &Path, dir: &Path, report: &ClusterReport) -> anyho
         }
     }
     walkthrough(ingero, &["certs", "issue", "--client", "oncall", "--dir", &pki_s])?;
+    Ok(pki)
+}
+
+/// The client's TLS flags for the demo's PKI.
+fn client_tls(pki: &Path) -> Vec<String> {
+    vec![
+        "--ca-cert".into(),
+        pki.join("ca.pem").display().to_string(),
+        "--client-cert".into(),
+        pki.join("oncall.pem").display().to_string(),
+        "--client-key".into(),
+        pki.join("oncall-key.pem").display().to_string(),
+    ]
+}
+
+/// A hung job: live agents (`ingero trace --listen` over mutual TLS) are
+/// asked while the ranks are still stuck.
+fn live_hang_report(ingero: &Path, pki: &Path, addrs: &[String]) -> anyhow::Result<()> {
+    println!(
+        "\n(the job is hung; its agents are live: `ingero trace --listen` on {})",
+        addrs.join(", ")
+    );
+    let nodes = addrs.join(",");
+    let hang_after = format!("{HANG_AFTER_S}s");
+    let mut args: Vec<String> = vec![
+        "explain".into(),
+        "--nodes".into(),
+        nodes,
+        "--hang-after".into(),
+        hang_after,
+    ];
+    args.extend(client_tls(pki));
+    walkthrough_codes(
+        ingero,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[0, 5],
+    )
+}
+
+/// The fleet part: one agent per node over mutual TLS (the PKI of
+/// [`make_pki`]), then the questions an on-call engineer asks all of them
+/// at once.
+fn fleet_walkthrough(ingero: &Path, pki: &Path, report: &ClusterReport) -> anyhow::Result<()> {
     let agents: Vec<Agent> = report
         .databases
         .iter()
-        .map(|(node, db)| serve(ingero, &pki, node, db))
+        .map(|(node, db)| serve(ingero, pki, node, db))
         .collect::<Result<_, _>>()?;
     println!(
         "
@@ -233,22 +295,11 @@ fn fleet_walkthrough(ingero: &Path, dir: &Path, report: &ClusterReport) -> anyho
         .map(|a| a.addr.clone())
         .collect::<Vec<_>>()
         .join(",");
-    let (ca, cert, key) = (
-        pki.join("ca.pem").display().to_string(),
-        pki.join("oncall.pem").display().to_string(),
-        pki.join("oncall-key.pem").display().to_string(),
-    );
-    let tls = [
-        "--ca-cert",
-        ca.as_str(),
-        "--client-cert",
-        cert.as_str(),
-        "--client-key",
-        key.as_str(),
-    ];
+    let tls = client_tls(pki);
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
     let mut explain = vec!["explain", "--nodes", &nodes];
-    explain.extend(tls);
-    walkthrough(ingero, &explain)?;
+    explain.extend(&tls);
+    walkthrough_codes(ingero, &explain, &[0, 5])?;
     let mut query = vec![
         "query",
         "--nodes",
@@ -258,7 +309,7 @@ fn fleet_walkthrough(ingero: &Path, dir: &Path, report: &ClusterReport) -> anyho
         "--limit",
         "100000",
     ];
-    query.extend(tls);
+    query.extend(&tls);
     query.push("SELECT duration FROM events WHERE source = 4 AND op = 1");
     walkthrough(ingero, &query)?;
     drop(agents);
@@ -293,7 +344,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| root().join("target/demo").join(&opts.scenario));
     let _ = std::fs::remove_dir_all(&dir);
-    let cfg = ClusterConfig {
+    let hang = faults.contains(&Fault::Hang);
+    let names: Vec<String> = (0..opts.nodes).map(cluster::node_name).collect();
+    std::fs::create_dir_all(&dir)?;
+    let pki = make_pki(&ingero, &dir, &names)?;
+    let mut cfg = ClusterConfig {
         ingero: ingero.clone(),
         nodes: opts.nodes,
         steps: opts.steps,
@@ -303,9 +358,34 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         cudart: ingero_sim::libcudart(),
         agent_args: Vec::new(),
     };
-    let report = run_cluster(&cfg)?;
+    // A hung job is asked live: its agents serve their API while tracing.
+    let mut addrs = Vec::new();
+    if hang {
+        for node in &names {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let addr = format!("127.0.0.1:{port}");
+            cfg.agent_args.push(vec![
+                "--listen".into(),
+                addr.clone(),
+                "--tls-cert".into(),
+                pki.join(format!("{node}.pem")).display().to_string(),
+                "--tls-key".into(),
+                pki.join(format!("{node}-key.pem")).display().to_string(),
+                "--ca-cert".into(),
+                pki.join("ca.pem").display().to_string(),
+            ]);
+            addrs.push(addr);
+        }
+    }
+    let mut live_result = Ok(());
+    let mut on_hang = |_: &cluster::Hang| live_result = live_hang_report(&ingero, &pki, &addrs);
+    let report = run_cluster_with(
+        &cfg,
+        hang.then_some(&mut on_hang as &mut dyn FnMut(&cluster::Hang)),
+    )?;
+    live_result?;
     print_ranks(&report);
-    fleet_walkthrough(&ingero, &dir, &report)?;
+    fleet_walkthrough(&ingero, &pki, &report)?;
 
     let faulty = &report.databases[opts.faulty_node - 1].1;
     let faulty = faulty.to_string_lossy();
@@ -323,7 +403,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     merge.extend(report.databases.iter().map(|(_, p)| p.display().to_string()));
     merge.extend(["-o".into(), cluster.clone()]);
     walkthrough(&ingero, &merge.iter().map(String::as_str).collect::<Vec<_>>())?;
-    walkthrough(&ingero, &["explain", "-d", &cluster])?;
+    walkthrough_codes(&ingero, &["explain", "-d", &cluster], &[0, 5])?;
     let trace = dir.join("cluster.json").display().to_string();
     walkthrough(
         &ingero,

@@ -132,9 +132,9 @@ pub async fn start(opts: &ListenOptions, state: Arc<ApiState>) -> Result<Running
     match &tls {
         Some(t) => {
             for warning in &t.warnings {
-                eprintln!("ingero: warning: {warning}");
+                crate::say!("ingero: warning: {warning}");
             }
-            eprintln!(
+            crate::say!(
                 "ingero: API on https://{addr} (TLS 1.3, {}); certificate {} SHA-256 {}",
                 if t.mutual {
                     "clients need a certificate from the CA"
@@ -145,12 +145,12 @@ pub async fn start(opts: &ListenOptions, state: Arc<ApiState>) -> Result<Running
                 t.fingerprint
             );
             if !t.mutual && !addr.ip().is_loopback() {
-                eprintln!(
+                crate::say!(
                     "ingero: warning: any client that reaches {addr} can query this agent; pass --ca-cert for mutual TLS"
                 );
             }
         }
-        None => eprintln!(
+        None => crate::say!(
             "ingero: WARNING: API on plain http://{addr} (--no-tls): traffic is not encrypted{}",
             if state.token.is_some() {
                 "; a bearer token is required"

@@ -418,7 +418,13 @@ impl ApiState {
                     crate::timewin::resolve(range, since, None, None).map_err(ApiError::BadRequest)?;
                 let data = crate::analysis::nccl_data::load(&conn, window, MAX_COLLECTIVE_CALLS)
                     .map_err(|e| db_error(&e))?;
-                let now_ns = crate::clock::unix_ns();
+                // A stored database has no "now": its recording ended at
+                // its last event, and a hang is judged there.
+                let now_ns = if state.live.is_some() {
+                    crate::clock::unix_ns()
+                } else {
+                    range.map_or_else(crate::clock::unix_ns, |(_, last)| last)
+                };
                 let activity = if state.live.is_some() {
                     activity::activity(&conn, &state.node, &data.members, now_ns - ACTIVITY_LOOKBACK_NS)
                         .map_err(|e| db_error(&e))?

@@ -119,7 +119,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
         .ok()
         .and_then(|n| crate::analysis::dataset::odd_warning(&path, n))
     {
-        eprintln!("{w}");
+        crate::say!("{w}");
     }
     let window = super::window(&conn, &args.window)?;
     let reports = analysis::explain(&conn, window, clock::unix_ns())
@@ -139,7 +139,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
             && crate::store::schema::ensure_chains_table(&conn).is_ok()
             && chain::store(&conn, chains).is_ok();
         if !saved {
-            eprintln!(
+            crate::say!(
                 "ingero: note: {} is read-only; the chains were not recorded in it",
                 path.display()
             );

@@ -42,7 +42,7 @@ pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         .ok()
         .and_then(|n| crate::analysis::dataset::odd_warning(&path, n))
     {
-        eprintln!("{w}");
+        crate::say!("{w}");
     }
     let window = super::window(&conn, &args.window)?;
     let out = std::fs::File::create(&args.output)

@@ -65,7 +65,7 @@ impl FleetRun {
     pub fn warn<T>(&self, answers: &[NodeAnswer<T>], corrected: bool) {
         for line in warnings(answers, self.setup.skew_threshold, corrected) {
             // Agents' messages are theirs: no control character gets through.
-            eprintln!("ingero: warning: {}", crate::text::sanitize(&line, 2000));
+            crate::say!("ingero: warning: {}", crate::text::sanitize(&line, 2000));
         }
     }
 }

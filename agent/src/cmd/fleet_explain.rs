@@ -48,7 +48,7 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             collectives: Err(e), ..
         }) = &a.result
         {
-            eprintln!("ingero: warning: {}: no collectives ({e})", a.label());
+            crate::say!("ingero: warning: {}: no collectives ({e})", a.label());
         }
     }
     let verdict = super::verdict::verdict_text(&comparison);
@@ -97,12 +97,13 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
 
 /// The NCCL side of a fleet explain: every answering agent's collective
 /// calls, communicators and thread activity, each node's clock offset with
-/// its error bound, judged at this machine's now. `None` when no agent
-/// traced a collective.
+/// its error bound, judged at the latest "now" the agents gave (a live
+/// agent's clock, a stored database's last event), moved onto this
+/// machine's clock. `None` when no agent traced a collective.
 #[must_use]
 pub fn nccl_input(answers: &[NodeAnswer<NodeExplain>], hang_after: std::time::Duration) -> Option<NcclInput> {
     let mut input = NcclInput {
-        now_ns: crate::clock::unix_ns(),
+        now_ns: i64::MIN,
         hang_after_ns: i64::try_from(hang_after.as_nanos()).unwrap_or(i64::MAX),
         ..NcclInput::default()
     };
@@ -127,6 +128,8 @@ pub fn nccl_input(answers: &[NodeAnswer<NodeExplain>], hang_after: std::time::Du
         {
             input.clocks.entry(node.clone()).or_insert(clock);
         }
+        let offset = a.clock.map_or(0, |e| e.offset_ns);
+        input.now_ns = input.now_ns.max(c.now_ns.saturating_sub(offset));
         input.calls.extend(c.calls.iter().cloned());
         input.members.extend(c.members.iter().cloned());
         input.activity.extend(c.activity.iter().cloned());

@@ -67,7 +67,7 @@ fn write_pages(conn: &Connection, rx: &mpsc::Receiver<Page>, nodes: usize) -> ru
             events += page.rows.len() as u64;
         }
         if shown.elapsed() >= Duration::from_secs(1) {
-            eprintln!(
+            crate::say!(
                 "ingero: fetched {} events from {nodes} node(s) so far",
                 group_digits(events)
             );

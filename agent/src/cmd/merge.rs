@@ -24,7 +24,7 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
     let tty = std::io::stderr().is_terminal();
     let report = merge(&opts, &mut |line| {
         if tty || !line.starts_with("  ") {
-            eprintln!("{line}");
+            crate::say!("{line}");
         }
     })?;
     if args.json {

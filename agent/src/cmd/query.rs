@@ -178,7 +178,7 @@ fn run_fleet(args: &QueryArgs, limits: Limits, fleet: &super::fleet::FleetRun) -
     let rows = fleet.block_on(fleet.setup.fleet.query(request));
     fleet.warn(&rows.answers, false);
     for (node, n) in &rows.cut {
-        eprintln!(
+        crate::say!(
             "ingero: warning: {node}: only the first {n} rows (raise --limit){}",
             if args.merge.is_some() {
                 "; --merge sees only those"

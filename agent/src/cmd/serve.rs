@@ -47,7 +47,7 @@ pub fn run(args: &ServeArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     runtime.block_on(async {
         let state = ApiState::new(settings, None);
         let running = listen::start(&listen, state).await?;
-        eprintln!("ingero: serving {} as node {node}; Ctrl-C to stop", db.display());
+        crate::say!("ingero: serving {} as node {node}; Ctrl-C to stop", db.display());
         if let Some(path) = &args.ready_file {
             super::announce(path, &node, &db, None, Some((&running, &listen)))?;
         }

@@ -135,7 +135,7 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         }
         Ok::<_, CliError>(outcome?)
     })?;
-    eprintln!(
+    crate::say!(
         "ingero: {}: {} events stored in {} (node {}, session {}) over {:.1}s, {} dropped",
         outcome.stop_reason,
         group_digits(outcome.events),
@@ -146,28 +146,28 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         group_digits(outcome.dropped),
     );
     if outcome.dropped > 0 {
-        eprintln!(
+        crate::say!(
             "ingero: warning: {} events could not be delivered while tracing (counted per probe in the drops table); \
              a larger --ringbuf-size helps",
             group_digits(outcome.dropped)
         );
     }
     if outcome.dropped_stopping > 0 {
-        eprintln!(
+        crate::say!(
             "ingero: note: {} calls made while the probes were being removed were not recorded \
              (drops with reason 'stopping'); stop the workload before the tracer to record every call",
             group_digits(outcome.dropped_stopping)
         );
     }
     if outcome.disk_full_dropped > 0 {
-        eprintln!(
+        crate::say!(
             "ingero: warning: {} events were not stored because the disk was full; \
              free space on it or lower --max-db",
             group_digits(outcome.disk_full_dropped)
         );
     }
     if outcome.pruned > 0 {
-        eprintln!(
+        crate::say!(
             "ingero: {} oldest events were pruned to keep the database under --max-db and within \
              the free disk space (their per-minute counts stay in event_aggregates)",
             group_digits(outcome.pruned)

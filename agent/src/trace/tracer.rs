@@ -202,10 +202,10 @@ impl Tracer {
         };
 
         for m in &messages {
-            eprintln!("ingero: {m}");
+            crate::say!("ingero: {m}");
         }
         if probes.attached_libraries().is_empty() {
-            eprintln!(
+            crate::say!(
                 "ingero: no CUDA library found yet; {} will be probed as soon as they load one",
                 if every_cuda_process {
                     "processes"
@@ -214,7 +214,7 @@ impl Tracer {
                 },
             );
         }
-        eprintln!(
+        crate::say!(
             "ingero: tracing {} on node {} into {} (session {session_id}); Ctrl-C to stop",
             if every_cuda_process {
                 "every CUDA process".to_owned()
@@ -326,7 +326,7 @@ impl Tracer {
         match self.discovery.scan(&mut self.probes) {
             Ok(report) => {
                 for lib in &report.new_libraries {
-                    eprintln!("ingero: {}", describe_library(lib));
+                    crate::say!("ingero: {}", describe_library(lib));
                 }
                 for &pid in &report.new_processes {
                     self.pipeline.learn_process(pid);
@@ -343,7 +343,7 @@ impl Tracer {
         let committed = self.writer.stats.committed.load(Relaxed);
         self.live.publish(counts, committed);
         if self.opts.live {
-            eprintln!(
+            crate::say!(
                 "{}",
                 live::summary_line(
                     self.started.elapsed(),
@@ -368,7 +368,7 @@ impl Tracer {
         );
         let links = self.probes.link_count();
         if self.opts.live && links > 8 {
-            eprintln!(
+            crate::say!(
                 "ingero: {}; detaching {links} probes (the kernel removes them one by one)",
                 stop.describe()
             );

@@ -7,6 +7,7 @@
 mod api;
 mod cli_errors;
 mod cluster;
+mod collectives;
 mod common;
 mod config;
 mod explain;

@@ -96,10 +96,10 @@ pub(super) fn forward_lines(
     tx: mpsc::Sender<(usize, String)>,
 ) {
     std::thread::spawn(move || {
+        // Reads to the end even when nobody listens any more: closing the
+        // pipe early would make the child's next write fail (EPIPE).
         for line in BufReader::new(source).lines().map_while(Result::ok) {
-            if tx.send((index, format!("{prefix}{line}"))).is_err() {
-                break;
-            }
+            let _ = tx.send((index, format!("{prefix}{line}")));
         }
     });
 }

@@ -14,8 +14,10 @@
 //! one); held-back time that is an outlier against its peers' (robust score
 //! at least [`OUTLIER_SCORE`], spread floored at [`HELD_BACK_MIN_SCALE_NS`]);
 //! and a median margin at least [`MARGIN_NOISE_RATIO`] times the noise, the
-//! largest of [`MIN_MARGIN_NS`], its peers' median margin when they were
-//! last, and the median clock bound of its own lasts. Of several
+//! larger of [`MIN_MARGIN_NS`] (host-side entry jitter) and the median
+//! clock bound of its own lasts. Its peers' margins are not noise: a rank
+//! that is late on most collectives by a little holds the job back as
+//! surely as one late on a few by a lot, which the held-back test weighs. Of several
 //! candidates (one per communicator at most), the one that held the others
 //! back longest is named.
 
@@ -297,7 +299,7 @@ fn verdict(ranks: &[RankLateness], op: Option<&str>) -> Option<CollectiveVerdict
             .map(|p| p.margin_p50_ns as f64)
             .collect();
         let peers_margin = median(&peer_margins) as i64;
-        let noise = MIN_MARGIN_NS.max(peers_margin).max(r.bound_p50_ns);
+        let noise = MIN_MARGIN_NS.max(r.bound_p50_ns);
         let stands_out = r.last >= MIN_LAST
             && r.z >= MIN_Z
             && share(r) >= min_share
