@@ -48,7 +48,7 @@ fn merged_explain(dir: &Path, report: &ClusterReport) -> anyhow::Result<serde_js
 
 /// The node the collectives name as the straggler, if any.
 fn collective_straggler(v: &serde_json::Value) -> Option<String> {
-    v["collectives"]["lateness"]["straggler"]["rank"]["node"]
+    v["collectives"]["lateness"]["straggler"]["node"]
         .as_str()
         .map(str::to_owned)
 }
