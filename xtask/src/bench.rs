@@ -7,6 +7,9 @@
 //!   1M-event database, against a raw scan and SQLite's own copy.
 //! - `fleet`: fan-out latency to 4, 16 and 64 agents against one agent;
 //!   clock-offset error against offsets injected with faketime.
+//! - `diagnosis`: right node and cause over a matrix of injected faults on
+//!   the simulated 4-node job (fleet and merged explain), with a confusion
+//!   table.
 
 use crate::exec::{cargo, exec, root};
 
@@ -18,6 +21,8 @@ pub enum Which {
     Analysis,
     /// Fan-out latency to 4/16/64 agents and clock-offset error
     Fleet,
+    /// Right node and cause over a matrix of injected faults (needs root)
+    Diagnosis,
 }
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +35,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Which::Trace => "trace",
         Which::Analysis => "analysis",
         Which::Fleet => "fleet",
+        Which::Diagnosis => "diagnosis",
     };
     exec(
         cargo()

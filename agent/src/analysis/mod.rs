@@ -154,6 +154,22 @@ impl Comparison {
             .or(self.verdict.as_ref().map(|v| v.node.as_str()))
     }
 
+    /// The host stress that stands out on the straggler, whichever
+    /// evidence named it, strongest first; empty without a straggler.
+    #[must_use]
+    pub fn straggler_causes(&self) -> Vec<straggler::Cause> {
+        match (
+            self.collectives
+                .as_ref()
+                .and_then(|c| c.lateness.straggler.as_ref()),
+            &self.verdict,
+        ) {
+            (Some(cv), _) => straggler::causes_of(&self.figures, &cv.rank.node),
+            (None, Some(v)) => v.causes.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+
     /// The straggler lines (see [`findings::straggler_lines`]).
     #[must_use]
     pub fn straggler_lines(&self) -> Vec<String> {

@@ -151,6 +151,8 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
             "common": comparison.common,
             "straggler": comparison.verdict,
             "collectives": comparison.collectives,
+            "straggler_node": comparison.straggler_node(),
+            "straggler_causes": comparison.straggler_causes(),
             "hung": verdict.hung,
             "nodes": reports,
         });

@@ -74,6 +74,8 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
             "outcome": Outcome::of(&answers),
             "straggler": comparison.verdict,
             "collectives": comparison.collectives,
+            "straggler_node": comparison.straggler_node(),
+            "straggler_causes": comparison.straggler_causes(),
             "hung": verdict.hung,
             "chains": comparison.chains,
             "common": comparison.common,
