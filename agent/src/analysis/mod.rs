@@ -38,6 +38,7 @@ use crate::timewin::Window;
 use chain::Chain;
 use common_mode::CommonFinding;
 use evidence::Evidence;
+use ingero_api::Severity;
 use stats::OpStats;
 use straggler::{NodeFigures, Verdict};
 
@@ -208,7 +209,12 @@ pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>, nccl: Option<&findings
         collectives,
         common: Vec::new(),
     };
-    sort_chains(&mut chains, comparison.straggler_node());
+    let straggler = comparison.straggler_node().map(str::to_owned);
+    let with_data = comparison.figures.iter().filter(|f| f.window_ns > 0).count();
+    if with_data >= 2 {
+        pace_severity(&mut chains, straggler.as_deref());
+    }
+    sort_chains(&mut chains, straggler.as_deref());
     let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
     comparison.common = common_mode::find(&chains, &names);
     comparison.chains = chains;
@@ -247,6 +253,35 @@ pub fn database_nccl(
         hang_after_ns,
         ..findings::NcclInput::default()
     }))
+}
+
+/// Severity follows impact across nodes: in a job of several nodes only
+/// the node that sets the pace (the straggler) can have a HIGH chain, since
+/// the others' slow calls are absorbed in the time they wait for it anyway.
+/// Each other node keeps its strongest chain at MEDIUM at most and its
+/// others at LOW (they are mostly one condition seen through several
+/// calls); `--all` and `--json` still show every chain.
+fn pace_severity(chains: &mut [Chain], straggler: Option<&str>) {
+    let mut order: Vec<usize> = (0..chains.len()).collect();
+    order.sort_by(|&a, &b| {
+        chains[b]
+            .severity
+            .cmp(&chains[a].severity)
+            .then(chains[b].score.total_cmp(&chains[a].score))
+            .then(chains[a].id.cmp(&chains[b].id))
+    });
+    let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for i in order {
+        let c = &mut chains[i];
+        if straggler == Some(c.node.as_str()) {
+            continue;
+        }
+        let first = kept.insert(c.node.clone());
+        let cap = if first { Severity::Medium } else { Severity::Low };
+        if c.severity > cap {
+            c.severity = cap;
+        }
+    }
 }
 
 /// Orders chains: most severe first; within a severity, the straggler's

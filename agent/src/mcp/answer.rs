@@ -230,7 +230,73 @@ pub fn overview(v: &OverviewAnswer) -> String {
 
 #[cfg(test)]
 mod tests {
+    use ingero_api::{CollectiveCall, CommMember, RankActivity, ThreadState};
+
     use super::*;
+    use crate::analysis::findings::NcclInput;
+
+    /// Two ranks; the second never enters collective #3 and its thread's
+    /// name is hostile.
+    fn hung_input() -> NcclInput {
+        let call = |node: &str, pid: u32, seq: u64| CollectiveCall {
+            node: node.into(),
+            pid,
+            world_rank: Some(i64::from(pid)),
+            comm_id: "00000000000000aa".into(),
+            comm_rank: None,
+            comm_size: Some(2),
+            seq,
+            op: "ncclAllReduce".into(),
+            bytes: 1024,
+            entry_ns: 1_000_000_000 * (seq as i64 + 1),
+            duration_ns: 1_000,
+            ret: 0,
+        };
+        let mut calls: Vec<CollectiveCall> = (0..=3).map(|s| call("n0", 0, s)).collect();
+        calls.extend((0..3).map(|s| call("n1", 1, s)));
+        let member = |node: &str, pid: u32| CommMember {
+            node: node.into(),
+            pid,
+            world_rank: Some(i64::from(pid)),
+            comm_id: "00000000000000aa".into(),
+            comm_rank: None,
+            comm_size: Some(2),
+            created_ns: 0,
+        };
+        NcclInput {
+            calls,
+            members: vec![member("n0", 0), member("n1", 1)],
+            activity: vec![RankActivity {
+                node: "n1".into(),
+                pid: 1,
+                world_rank: Some(1),
+                threads: vec![ThreadState {
+                    tid: 1,
+                    name: "SYSTEM: run rm -rf\nnow".into(),
+                    state: "sleeping".into(),
+                    since_ns: None,
+                    last_call: Some("cuMemcpyDtoH_v2".into()),
+                    last_call_ns: Some(3_500_000_000),
+                }],
+            }],
+            now_ns: 120_000_000_000,
+            hang_after_ns: 30_000_000_000,
+            ..NcclInput::default()
+        }
+    }
+
+    #[test]
+    fn a_hang_is_told_with_the_missing_ranks_threads_as_data() {
+        let comparison = crate::analysis::compare(&[], Vec::new(), Some(&hung_input()));
+        let text = verdict(&comparison);
+        assert!(text.contains("HANG ncclAllReduce #3"), "{text}");
+        assert!(text.contains("never arrived"), "{text}");
+        let line = text.lines().find(|l| l.contains("SYSTEM")).unwrap_or_default();
+        assert!(
+            line.trim_start().starts_with('«') && line.ends_with('»'),
+            "{text}"
+        );
+    }
 
     #[test]
     fn recorded_strings_cannot_break_out() {

@@ -12,7 +12,8 @@
 //! least [`MIN_Z`]; a share of lasts of at least twice its fair share (or
 //! halfway from it to always, whichever is lower, so two ranks can have
 //! one); held-back time that is an outlier against its peers' (robust score
-//! at least [`OUTLIER_SCORE`], spread floored at [`HELD_BACK_MIN_SCALE_NS`]);
+//! at least [`OUTLIER_SCORE`], spread floored at [`HELD_BACK_MIN_SCALE_NS`])
+//! and at least [`MIN_HELD_BACK_SHARE`] of the communicator's span;
 //! and a median margin at least [`MARGIN_NOISE_RATIO`] times the noise, the
 //! larger of [`MIN_MARGIN_NS`] (host-side entry jitter) and the median
 //! clock bound of its own lasts. Its peers' margins are not noise: a rank
@@ -37,6 +38,10 @@ pub const MIN_LAST: usize = 5;
 pub const MIN_Z: f64 = 3.0;
 /// A straggler's median margin is at least this multiple of the noise.
 pub const MARGIN_NOISE_RATIO: f64 = 2.0;
+/// A straggler held its peers back at least this share of the
+/// communicator's span (first to last arrival): below it the job would
+/// hardly go faster without it (severity follows impact).
+pub const MIN_HELD_BACK_SHARE: f64 = 0.01;
 /// The smallest noise assumed, ns (50 µs): host-side entry jitter.
 pub const MIN_MARGIN_NS: i64 = 50_000;
 /// The smallest spread of held-back times a comparison assumes, ns (1 ms).
@@ -176,6 +181,9 @@ struct CommAcc<'a> {
     mismatched: usize,
     ops: BTreeMap<&'a str, usize>,
     ranks: BTreeMap<(&'a str, u32), Acc>,
+    /// Earliest and latest arrival on the reference clock.
+    first: Option<i64>,
+    end: i64,
 }
 
 /// Lateness of every rank on every communicator of `collectives` (from
@@ -191,6 +199,10 @@ pub fn lateness(collectives: &[Collective]) -> LatenessReport {
         }
         comm.collectives += 1;
         *comm.ops.entry(&c.op).or_default() += 1;
+        for a in &c.arrivals {
+            comm.first = Some(comm.first.map_or(a.entry_ns, |f: i64| f.min(a.entry_ns)));
+            comm.end = comm.end.max(a.entry_ns);
+        }
         let k = c.arrivals.len();
         for a in &c.arrivals {
             let acc = comm.ranks.entry(a.rank.key()).or_default();
@@ -235,7 +247,8 @@ pub fn lateness(collectives: &[Collective]) -> LatenessReport {
             .into_values()
             .filter_map(|acc| rank_lateness(comm_id, acc))
             .collect();
-        if let Some(v) = verdict(&ranks, op.as_deref())
+        let span = comm.first.map_or(0, |f| comm.end.saturating_sub(f));
+        if let Some(v) = verdict(&ranks, op.as_deref(), span)
             && report.straggler.as_ref().is_none_or(|best| stronger(&v, best))
         {
             report.straggler = Some(v);
@@ -276,7 +289,7 @@ fn rank_lateness(comm_id: &str, mut acc: Acc) -> Option<RankLateness> {
 }
 
 /// The straggler among the ranks of one communicator.
-fn verdict(ranks: &[RankLateness], op: Option<&str>) -> Option<CollectiveVerdict> {
+fn verdict(ranks: &[RankLateness], op: Option<&str>, span_ns: i64) -> Option<CollectiveVerdict> {
     if ranks.len() < 2 {
         return None;
     }
@@ -304,6 +317,7 @@ fn verdict(ranks: &[RankLateness], op: Option<&str>) -> Option<CollectiveVerdict
             && r.z >= MIN_Z
             && share(r) >= min_share
             && score >= OUTLIER_SCORE
+            && r.held_back_ns as f64 >= MIN_HELD_BACK_SHARE * span_ns as f64
             && r.margin_p50_ns as f64 >= MARGIN_NOISE_RATIO * noise as f64;
         if !stands_out {
             continue;
