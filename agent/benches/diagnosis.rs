@@ -233,20 +233,19 @@ fn cell(fault: Option<Fault>, faulty: usize) -> anyhow::Result<(Verdict, Verdict
         &AtomicBool::new(false),
     )?;
     anyhow::ensure!(report.survivors.is_empty(), "processes outlived the run");
-    let fleet = match live {
-        Some(v) => v,
-        None => {
-            let servers = serve(&report, dir.path())?;
-            ingero_json(&[
-                "explain",
-                "--nodes",
-                &servers.1.join(","),
-                "--no-tls",
-                "--json",
-                "--hang-after",
-                HANG_AFTER,
-            ])?
-        }
+    let fleet = if let Some(v) = live {
+        v
+    } else {
+        let servers = serve(&report, dir.path())?;
+        ingero_json(&[
+            "explain",
+            "--nodes",
+            &servers.1.join(","),
+            "--no-tls",
+            "--json",
+            "--hang-after",
+            HANG_AFTER,
+        ])?
     };
     let merged = dir.path().join("merged.db").display().to_string();
     let mut args: Vec<String> = vec!["merge".into(), "-o".into(), merged.clone()];
@@ -272,11 +271,11 @@ fn cell(fault: Option<Fault>, faulty: usize) -> anyhow::Result<(Verdict, Verdict
     ))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("bench diagnosis skipped: tracing needs root");
-        return Ok(());
+        return;
     }
     let quick = std::env::var_os("INGERO_DIAGNOSIS_QUICK").is_some();
     let faults = [
@@ -383,5 +382,4 @@ fn main() -> anyhow::Result<()> {
     println!("no straggler named: {none_right} of {none_runs} none views (goal: all)");
     println!("healthy nodes within 1 MEDIUM and 0 HIGH chains: {healthy_ok} of {views} views (goal: all)");
     println!("({:.0} s)", started.elapsed().as_secs_f64());
-    Ok(())
 }

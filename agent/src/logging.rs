@@ -2,7 +2,7 @@
 //! `-v` adds info, `-vv` debug. Lines are prefixed like every other
 //! message of the tool ("ingero: warning: ...").
 //!
-//! Every message of the tool goes through [`say!`]: a write to stderr that
+//! Every message of the tool goes through [`crate::say!`]: a write to stderr that
 //! cannot fail the program. `eprintln!` panics when stderr is a closed
 //! pipe (a supervisor that stopped reading), which would turn a stopping
 //! agent's last progress line into a crash before it commits.

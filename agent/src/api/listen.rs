@@ -129,35 +129,34 @@ pub async fn start(opts: &ListenOptions, state: Arc<ApiState>) -> Result<Running
         addr: opts.addr,
         source,
     })?;
-    match &tls {
-        Some(t) => {
-            for warning in &t.warnings {
-                crate::say!("ingero: warning: {warning}");
-            }
-            crate::say!(
-                "ingero: API on https://{addr} (TLS 1.3, {}); certificate {} SHA-256 {}",
-                if t.mutual {
-                    "clients need a certificate from the CA"
-                } else {
-                    "no client certificate required"
-                },
-                t.cert_path.display(),
-                t.fingerprint
-            );
-            if !t.mutual && !addr.ip().is_loopback() {
-                crate::say!(
-                    "ingero: warning: any client that reaches {addr} can query this agent; pass --ca-cert for mutual TLS"
-                );
-            }
+    if let Some(t) = &tls {
+        for warning in &t.warnings {
+            crate::say!("ingero: warning: {warning}");
         }
-        None => crate::say!(
+        crate::say!(
+            "ingero: API on https://{addr} (TLS 1.3, {}); certificate {} SHA-256 {}",
+            if t.mutual {
+                "clients need a certificate from the CA"
+            } else {
+                "no client certificate required"
+            },
+            t.cert_path.display(),
+            t.fingerprint
+        );
+        if !t.mutual && !addr.ip().is_loopback() {
+            crate::say!(
+                "ingero: warning: any client that reaches {addr} can query this agent; pass --ca-cert for mutual TLS"
+            );
+        }
+    } else {
+        crate::say!(
             "ingero: WARNING: API on plain http://{addr} (--no-tls): traffic is not encrypted{}",
             if state.token.is_some() {
                 "; a bearer token is required"
             } else {
                 ""
             }
-        ),
+        );
     }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app = router(Arc::clone(&state));

@@ -19,6 +19,8 @@ use ingero_sim::cluster::{ClusterConfig, ClusterReport, Fault, RunOptions, node_
 use crate::common::{ingero, root_or_skip, serial};
 
 const NODES: usize = 4;
+/// `--hang-after` of the live hang test: short, so the test is short.
+const HANG_AFTER_S: u64 = 5;
 
 fn config(dir: &Path, faults: Vec<Fault>, faulty_node: usize, steps: u64) -> ClusterConfig {
     ClusterConfig {
@@ -118,7 +120,6 @@ fn live_agents_name_the_rank_missing_from_a_hung_collective() -> anyhow::Result<
         return Ok(());
     }
     let _guard = serial();
-    const HANG_AFTER_S: u64 = 5;
     let dir = tempfile::tempdir()?;
     let faulty = 2;
     let mut cfg = config(dir.path(), vec![Fault::Hang], faulty, 40);

@@ -54,6 +54,9 @@ rc["ncclCommDestroy"] = call("ncclCommDestroy", [P], None)
 print(json.dumps({"rc": rc, "tid": threading.get_native_id(), "uid": bytes(uid).hex()}), flush=True)
 "#;
 
+/// (op, count, datatype, bytes, redop, root/peer, stream) of one call.
+type Expected = (u8, i64, i64, i64, Option<i64>, Option<i64>, i64);
+
 #[test]
 fn every_probed_call_of_the_real_library_is_stored_with_its_arguments() -> anyhow::Result<()> {
     if !root_or_skip("every_probed_call_of_the_real_library") {
@@ -103,7 +106,7 @@ fn every_probed_call_of_the_real_library_is_stored_with_its_arguments() -> anyho
     }
     // Arguments, as the program passed them: (op, count, datatype, bytes,
     // redop, root/peer, stream).
-    let expected: &[(u8, i64, i64, i64, Option<i64>, Option<i64>, i64)] = &[
+    let expected: &[Expected] = &[
         (nccl_op::ALL_REDUCE, 1024, 7, 4096, Some(0), None, 0xabc1),
         (nccl_op::ALL_GATHER, 300, 6, 600, None, None, 0xabc2),
         (nccl_op::REDUCE_SCATTER, 500, 8, 4000, Some(2), None, 0xabc3),
