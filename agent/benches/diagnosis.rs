@@ -100,9 +100,18 @@ fn verdict(v: &Value, faulty: Option<&str>) -> Verdict {
     };
     let mut medium: BTreeMap<String, usize> = BTreeMap::new();
     let (mut high, mut med) = (0, 0);
+    // Chains a common finding stands for are said once, "on all nodes":
+    // they did not land on a healthy node.
+    let common: Vec<&str> = v["common"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["members"].as_array().into_iter().flatten())
+        .filter_map(|m| m["chain_id"].as_str())
+        .collect();
     for c in v["chains"].as_array().into_iter().flatten() {
         let n = c["node"].as_str().unwrap_or_default();
-        if Some(n) == faulty {
+        if Some(n) == faulty || common.contains(&c["id"].as_str().unwrap_or_default()) {
             continue;
         }
         match c["severity"].as_str() {

@@ -122,9 +122,19 @@ fn tls_hint(cause: &str) -> &'static str {
     }
 }
 
-fn classify(e: &reqwest::Error, timeout: Duration) -> FleetError {
+fn classify(e: &reqwest::Error, timeout: Duration, anonymous_tls: bool) -> FleetError {
     let cause = root_cause(e);
     let lower = cause.to_ascii_lowercase();
+    // TLS 1.3: the client's side of the handshake completes before the
+    // agent checks its certificate; when the agent's alert loses the race
+    // with the close, all that shows is a closed connection.
+    let closed =
+        lower.contains("not ready") || lower.contains("connection closed") || lower.contains("reset by peer");
+    if anonymous_tls && closed {
+        return FleetError::Tls(format!(
+            "the agent closed the connection right after the TLS handshake; it probably requires a client certificate: pass --client-cert and --client-key ({cause})"
+        ));
+    }
     if e.is_timeout() {
         FleetError::Timeout(timeout)
     } else if lower.contains("connection refused")
@@ -180,6 +190,9 @@ pub struct AgentClient {
     max_answer_bytes: u64,
     /// `host:port` as given.
     pub address: String,
+    /// TLS without a client certificate: an agent that requires one
+    /// closes the connection after the handshake.
+    anonymous_tls: bool,
 }
 
 /// Largest answer read from one agent unless [`AgentClient::with_answer_limit`]
@@ -229,6 +242,7 @@ impl AgentClient {
             timeout,
             max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
             address: address.to_owned(),
+            anonymous_tls: scheme == "https" && tls.client_cert.is_none(),
         })
     }
 
@@ -252,7 +266,10 @@ impl AgentClient {
     /// Sends a request and reads a typed answer; an error status becomes
     /// [`FleetError::Http`] with the agent's own message.
     async fn send<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, FleetError> {
-        let mut response = r.send().await.map_err(|e| classify(&e, self.timeout))?;
+        let mut response = r
+            .send()
+            .await
+            .map_err(|e| classify(&e, self.timeout, self.anonymous_tls))?;
         let status = response.status();
         if response
             .content_length()
@@ -261,7 +278,11 @@ impl AgentClient {
             return Err(FleetError::TooLarge(self.max_answer_bytes));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, self.timeout))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| classify(&e, self.timeout, self.anonymous_tls))?
+        {
             if body.len() as u64 + chunk.len() as u64 > self.max_answer_bytes {
                 return Err(FleetError::TooLarge(self.max_answer_bytes));
             }

@@ -211,12 +211,15 @@ pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>, nccl: Option<&findings
     };
     let straggler = comparison.straggler_node().map(str::to_owned);
     let with_data = comparison.figures.iter().filter(|f| f.window_ns > 0).count();
-    if with_data >= 2 {
-        pace_severity(&mut chains, straggler.as_deref());
-    }
     sort_chains(&mut chains, straggler.as_deref());
     let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
     comparison.common = common_mode::find(&chains, &names);
+    if with_data >= 2
+        && let Some(pace) = straggler.as_deref()
+    {
+        pace_severity(&mut chains, pace, &comparison.common);
+        sort_chains(&mut chains, straggler.as_deref());
+    }
     comparison.chains = chains;
     comparison
 }
@@ -255,13 +258,16 @@ pub fn database_nccl(
     }))
 }
 
-/// Severity follows impact across nodes: in a job of several nodes only
-/// the node that sets the pace (the straggler) can have a HIGH chain, since
-/// the others' slow calls are absorbed in the time they wait for it anyway.
+/// Severity follows impact across nodes: once a straggler is named, only
+/// it can have a HIGH chain, since the other nodes' slow calls are absorbed
+/// in the time they wait for it anyway (without a straggler nothing is
+/// capped: no node is known to set the pace).
 /// Each other node keeps its strongest chain at MEDIUM at most and its
 /// others at LOW (they are mostly one condition seen through several
-/// calls); `--all` and `--json` still show every chain.
-fn pace_severity(chains: &mut [Chain], straggler: Option<&str>) {
+/// calls); `--all` and `--json` still show every chain. A condition seen on
+/// every node (a common finding) keeps its severity: it holds back the
+/// node that sets the pace too.
+fn pace_severity(chains: &mut [Chain], straggler: &str, common: &[CommonFinding]) {
     let mut order: Vec<usize> = (0..chains.len()).collect();
     order.sort_by(|&a, &b| {
         chains[b]
@@ -273,7 +279,7 @@ fn pace_severity(chains: &mut [Chain], straggler: Option<&str>) {
     let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
     for i in order {
         let c = &mut chains[i];
-        if straggler == Some(c.node.as_str()) {
+        if c.node == straggler || common.iter().any(|f| f.covers(&c.id)) {
             continue;
         }
         let first = kept.insert(c.node.clone());
