@@ -4,7 +4,8 @@
 //!
 //! [`explain`] loads each node's events ([`dataset`]), applies the rules
 //! ([`rules`]: tail latency with a concurrent cause, throughput drops, OOM
-//! kills) and returns per-node reports whose chains ([`chain`]) are sorted
+//! kills, input-pipeline starvation: [`input`]) and returns per-node
+//! reports whose chains ([`chain`]) are sorted
 //! by severity. Each node is analysed over its own first to last event
 //! within the window asked for (the whole database without one), so a
 //! merged database gives the same chains as its parts, and a window larger
@@ -24,6 +25,7 @@ pub mod dataset;
 mod describe;
 pub mod evidence;
 pub mod findings;
+pub mod input;
 pub mod nccl_data;
 pub mod rules;
 mod spans;
