@@ -5,7 +5,8 @@
 //! unnamed node; databases that do not say otherwise in `schema_info` are
 //! read with the original ingero's conventions (CUDA timestamps at call
 //! entry, block I/O sizes in 512-byte sectors, no preemption flag on
-//! `sched_switch`).
+//! `sched_switch`). Operations whose stored events are only a sample of
+//! the calls counted in `event_aggregates` are marked ([`super::sampled`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -146,6 +147,9 @@ pub struct NodeData {
     pub children: HashSet<u32>,
     /// The process that created each of `children` (`pid` of its fork event).
     pub parents: HashMap<u32, u32>,
+    /// Operations whose stored events are a sample of the calls
+    /// `event_aggregates` counts ([`super::sampled`]), by (source, op).
+    pub sampled: BTreeMap<(u8, u8), super::sampled::Sampled>,
     /// Rank of the traced process on this node (`events.rank` of the first of
     /// its events read that has one), when known.
     pub rank: Option<i64>,
@@ -391,6 +395,7 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
     }
     load_names(conn, &mut nodes, conv.has_node)?;
     load_snapshots(conn, &mut nodes)?;
+    super::sampled::load(conn, &conv, &mut nodes)?;
     Ok(nodes.into_values().collect())
 }
 
@@ -402,10 +407,13 @@ fn load_names(
     if !table_exists(conn, "process_names")? {
         return Ok(());
     }
-    let node_expr = if has_node && has_column(conn, "process_names", "node")? {
-        "node"
-    } else {
-        "''"
+    let by_node = has_node && has_column(conn, "process_names", "node")?;
+    let node_expr = if by_node { "node" } else { "''" };
+    // Names without a node (the original ingero's table) belong to the
+    // database's only node, whatever its name.
+    let only = match (by_node, nodes.len()) {
+        (false, 1) => nodes.keys().next().cloned(),
+        _ => None,
     };
     let mut stmt = conn.prepare(&format!(
         "SELECT {node_expr}, pid, name FROM process_names
@@ -413,7 +421,10 @@ fn load_names(
     ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let node: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
+        let node: String = only
+            .clone()
+            .map_or_else(|| r.get::<_, Option<String>>(0), |n| Ok(Some(n)))?
+            .unwrap_or_default();
         if let Some(d) = nodes.get_mut(&node) {
             d.names.insert(r.get::<_, i64>(1)? as u32, r.get(2)?);
         }

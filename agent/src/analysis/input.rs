@@ -34,6 +34,8 @@
 //!
 //! Needs the preemption flag of `sched_switch` (this tracer's databases):
 //! without it a wait cannot be told from a preemption, and no wait is found.
+//! Nothing is measured either when the CUDA calls stored are a sample
+//! ([`super::sampled`]): the calls left out would pass for waits.
 
 use std::collections::{HashMap, HashSet};
 
@@ -155,6 +157,13 @@ fn thread_waits(d: &NodeData, from: i64, to: i64) -> Vec<ThreadWaits> {
 /// did (every worker of the node when no thread waited).
 #[must_use]
 pub fn evidence(d: &NodeData, from: i64, to: i64) -> InputEvidence {
+    // Launches or calls missing from a sample would pass for gaps and waits.
+    if d.sampled
+        .keys()
+        .any(|(src, _)| *src == source::CUDA || *src == source::DRIVER)
+    {
+        return InputEvidence::default();
+    }
     let all_workers = workers(d);
     let waits = thread_waits(d, from, to);
     let top = waits.iter().max_by_key(|w| w.waits.total());

@@ -28,6 +28,7 @@ pub mod findings;
 pub mod input;
 pub mod nccl_data;
 pub mod rules;
+pub mod sampled;
 mod spans;
 pub mod stats;
 pub mod straggler;
@@ -63,6 +64,9 @@ pub struct NodeReport {
     pub ops: Vec<OpStats>,
     /// Node-wide evidence over the window (for comparing nodes).
     pub evidence: Evidence,
+    /// Operations whose stored events are a sample ([`sampled`]): their
+    /// `ops` count and total time come from `event_aggregates`.
+    pub sampled: Vec<sampled::Sampled>,
 }
 
 impl NodeReport {
@@ -113,6 +117,7 @@ pub fn explain(
             let (mut chains, ops) = rules::chains(&d, &evidence, &names, detected_at);
             sort_chains(&mut chains, None);
             NodeReport {
+                sampled: d.sampled.values().copied().collect(),
                 evidence,
                 node: d.node,
                 rank: d.rank,

@@ -15,7 +15,8 @@
 //! **Throughput drop.** An op whose calls per second fall below
 //! [`DROP_RATIO`] of its median rate for at least [`DROP_MIN_SECONDS`]
 //! consecutive seconds (not counting its first and last second), while a
-//! cause is present in those seconds. Not raised for ops with a tail chain.
+//! cause is present in those seconds. Not raised for ops with a tail chain,
+//! nor for ops whose stored events are a sample ([`super::sampled`]).
 //!
 //! **OOM kill.** Any OOM kill on the node is a HIGH chain of its own.
 //!
@@ -181,14 +182,21 @@ pub fn chains(
     let mut tail_ops = Vec::new();
     for (&(src, op), calls) in &d.calls {
         let name = op_name(names, src, op);
-        stats.push(op_stats(src, op, &name, calls));
+        let mut stat = op_stats(src, op, &name, calls);
+        // A sample's percentiles stand; its count and time are the aggregates'.
+        if let Some(sampled) = d.sampled.get(&(src, op)) {
+            stat.count = usize::try_from(sampled.counted).unwrap_or(usize::MAX);
+            stat.total_ns = sampled.total_ns;
+        }
+        stats.push(stat);
         if let Some(chain) = tail_chain(d, evidence, &issuers, (src, op), &name, calls, detected_at) {
             tail_ops.push((src, op));
             out.push(chain);
         }
     }
     for (&(src, op), calls) in &d.calls {
-        if tail_ops.contains(&(src, op)) {
+        // Rates from a sample of the calls would be the sample's.
+        if tail_ops.contains(&(src, op)) || d.sampled.contains_key(&(src, op)) {
             continue;
         }
         if let Some(chain) = throughput_drop(d, names, src, op, calls, detected_at) {
@@ -290,14 +298,17 @@ fn tail_chain(
             },
         );
     }
+    let over = d.sampled.get(&(src, op)).map_or_else(
+        || format!("{} calls", s.count),
+        |x| format!("{} stored calls (a sample of the {} counted)", s.count, x.counted),
+    );
     timeline.push(TimelineEntry {
         layer: layer_of(src).into(),
         op: name.to_owned(),
         detail: format!(
-            "p99={} ({ratio:.1}x p50={}) over {} calls, max {}",
+            "p99={} ({ratio:.1}x p50={}) over {over}, max {}",
             format_ns(s.p99_ns as f64),
             format_ns(s.p50_ns as f64),
-            s.count,
             format_ns(s.max_ns as f64)
         ),
         dur_us: s.p99_ns / 1000,
@@ -312,11 +323,10 @@ fn tail_chain(
         summary,
         root_cause,
         explanation: format!(
-            "{name} has a long tail on {}: p99 {} is {ratio:.1}x its p50 {} over {} calls. {}{}",
+            "{name} has a long tail on {}: p99 {} is {ratio:.1}x its p50 {} over {over}. {}{}",
             d.node,
             format_ns(s.p99_ns as f64),
             format_ns(s.p50_ns as f64),
-            s.count,
             texts[0].root_cause,
             if also.is_empty() {
                 String::new()

@@ -17,6 +17,7 @@ mod hostile_misc;
 mod hostile_store;
 mod mcp;
 mod nccl;
+mod other_tracers;
 mod prometheus;
 mod properties;
 mod trace;
