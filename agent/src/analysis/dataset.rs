@@ -395,7 +395,7 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
     }
     load_names(conn, &mut nodes, conv.has_node)?;
     load_snapshots(conn, &mut nodes)?;
-    super::sampled::load(conn, &conv, &mut nodes)?;
+    super::sampled::load(conn, conv, &mut nodes)?;
     Ok(nodes.into_values().collect())
 }
 

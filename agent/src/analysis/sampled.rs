@@ -58,7 +58,7 @@ pub struct Sampled {
 /// Finds each node's sampled operations (`NodeData::sampled`).
 pub(super) fn load(
     conn: &Connection,
-    conv: &Conventions,
+    conv: Conventions,
     nodes: &mut BTreeMap<String, NodeData>,
 ) -> rusqlite::Result<()> {
     if !table_exists(conn, "event_aggregates")? {
