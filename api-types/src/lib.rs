@@ -28,7 +28,7 @@ pub use collectives::{
     CollectiveCall, CollectivesAnswer, CollectivesEndpoint, CommMember, RankActivity, ThreadState,
 };
 pub use duration::parse_duration;
-pub use ops::{CpuEvidence, Evidence, IoEvidence, MemEvidence, NodeOps, OpSummary, OpsAnswer};
+pub use ops::{CpuEvidence, Evidence, InputEvidence, IoEvidence, MemEvidence, NodeOps, OpSummary, OpsAnswer};
 pub use overview::{LiveInfo, OverviewAnswer, SessionInfo};
 pub use query::{MAX_ROWS, QueryAnswer, QueryRequest};
 pub use time::TimeAnswer;

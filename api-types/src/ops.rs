@@ -100,6 +100,47 @@ pub struct MemEvidence {
     pub oom_kills: usize,
 }
 
+/// Evidence of a starved input pipeline: the training thread waiting for
+/// data between its kernel launches while the job's worker processes
+/// (DataLoader workers: children of the traced processes that make no
+/// CUDA call) read and decode it. Figures of the rank that waited most.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputEvidence {
+    /// Process id of the rank that waited most (0 when none waited).
+    pub pid: u32,
+    /// Thread of that rank that waited most among those launching kernels.
+    pub tid: u32,
+    /// Time its kernel-launching threads spent blocked (off-CPU, not
+    /// runnable) between launches and outside any CUDA or NCCL call, ns.
+    pub wait_ns: i64,
+    /// Launch gaps (between consecutive kernel launches of a thread)
+    /// holding at least 1 ms of such waiting.
+    pub gaps: usize,
+    /// Total length of those gaps, ns.
+    pub gap_ns: i64,
+    /// The longest of those gaps, ns.
+    pub longest_gap_ns: i64,
+    /// Worker processes with events in the window.
+    pub workers: usize,
+    /// Their threads' time on a CPU (between their recorded switches), ns.
+    pub worker_cpu_ns: i64,
+    /// Their threads' time runnable but off-CPU (waiting for a CPU), ns.
+    pub worker_runnable_ns: i64,
+    /// Their threads' time blocked (sleeping, or in a read), ns.
+    pub worker_blocked_ns: i64,
+    /// Worker thread time spent busy (on a CPU, waiting for one, or with
+    /// a block read in flight) during the rank's waits, summed over
+    /// threads, ns.
+    pub worker_busy_ns: i64,
+    /// Wait time of the rank during which its own block reads were in
+    /// flight (a training thread loading data itself), ns.
+    pub own_read_ns: i64,
+    /// Block read requests of the workers, and of the rank during its waits.
+    pub reads: usize,
+    /// Bytes those requests read.
+    pub read_bytes: u64,
+}
+
 /// Node-wide evidence of each cause class within a window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
@@ -109,4 +150,8 @@ pub struct Evidence {
     pub io: IoEvidence,
     /// Memory pressure.
     pub mem: MemEvidence,
+    /// A starved input pipeline (absent from the answers of older agents:
+    /// read as none).
+    #[serde(default)]
+    pub input: InputEvidence,
 }

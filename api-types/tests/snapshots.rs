@@ -6,9 +6,9 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use ingero_api::{
-    Chain, ChainsAnswer, CpuEvidence, ErrorAnswer, Evidence, IoEvidence, LiveInfo, MemEvidence, NodeOps,
-    OpSummary, OpsAnswer, OverviewAnswer, QueryAnswer, QueryRequest, SessionInfo, Severity, Since, Span,
-    TimeAnswer, TimelineEntry, Window,
+    Chain, ChainsAnswer, CpuEvidence, ErrorAnswer, Evidence, InputEvidence, IoEvidence, LiveInfo,
+    MemEvidence, NodeOps, OpSummary, OpsAnswer, OverviewAnswer, QueryAnswer, QueryRequest, SessionInfo,
+    Severity, Since, Span, TimeAnswer, TimelineEntry, Window,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -168,10 +168,36 @@ fn ops_answer() {
                         swap_pages: 0,
                         oom_kills: 0,
                     },
+                    input: InputEvidence {
+                        pid: 4242,
+                        tid: 4242,
+                        wait_ns: 860_000_000,
+                        gaps: 59,
+                        gap_ns: 1_650_000_000,
+                        longest_gap_ns: 44_000_000,
+                        workers: 2,
+                        worker_cpu_ns: 1_850_000_000,
+                        worker_runnable_ns: 2_340_000_000,
+                        worker_blocked_ns: 210_000_000,
+                        worker_busy_ns: 1_640_000_000,
+                        own_read_ns: 0,
+                        reads: 59,
+                        read_bytes: 61_865_984,
+                    },
                 },
             }],
         },
     );
+}
+
+#[test]
+fn evidence_of_an_older_agent_reads_as_no_input_starvation() {
+    let old = r#"{"cpu":{"preemptions":3,"preempted_ns":9,"top_preemptors":[]},
+        "io":{"requests":0,"read_bytes":0,"write_bytes":0,"busy_ns":0,"peak_ns":0,"top_issuers":[]},
+        "mem":{"alloc_bytes":0,"swap_pages":0,"oom_kills":0}}"#;
+    let e: Evidence = serde_json::from_str(old).expect("an answer without `input` parses");
+    assert_eq!(e.cpu.preemptions, 3);
+    assert_eq!(e.input, InputEvidence::default());
 }
 
 #[test]

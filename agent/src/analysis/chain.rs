@@ -1,7 +1,10 @@
 //! Causal chains (the wire type [`Chain`]): how they print (alone, and
 //! with the common findings of a comparison said once), and how they are
 //! stored in `causal_chains` (one row per chain id; ids carry the node and
-//! the window start, so history accumulates instead of being overwritten).
+//! the window start, so history accumulates instead of being overwritten)
+//! and read back: all of them ([`load_stored`]), or only those another
+//! tracer recorded live, told apart by their missing `window_from`
+//! ([`load_recorded`], printed marked as such by [`render_recorded`]).
 
 pub use ingero_api::{Chain, Severity, TimelineEntry};
 use rusqlite::{Connection, params};
@@ -87,6 +90,50 @@ pub fn render_compared(
     out
 }
 
+/// A chain another tracer recorded live ([`load_recorded`]): as
+/// [`render`], marked `[recorded live]`, with when it was detected.
+#[must_use]
+pub fn render_recorded(chain: &Chain) -> String {
+    let block = render(chain);
+    let (first, rest) = block.split_once('\n').unwrap_or((&block, ""));
+    let sev = format!("[{}] ", chain.severity.as_str());
+    let node = if chain.node.is_empty() {
+        String::new()
+    } else {
+        format!("[{}] ", sanitize(&chain.node, 4000))
+    };
+    let summary = first
+        .strip_prefix(&sev)
+        .and_then(|x| x.strip_prefix(&format!("[{}] ", sanitize(&chain.node, 4000))))
+        .unwrap_or(first);
+    // The original ingero stores no fixes as ''.
+    let rest = rest.strip_suffix("  Fix: \n").unwrap_or(rest);
+    format!(
+        "{sev}[recorded live] {node}{summary}\n  Detected: {} by the tracer's live engine (id {})\n{rest}",
+        crate::timewin::format_instant(chain.detected_at),
+        sanitize(&chain.id, 200)
+    )
+}
+
+/// The chains another tracer recorded, as a section after this engine's:
+/// a header saying whose they are, then each with [`render_recorded`].
+/// Empty without any.
+#[must_use]
+pub fn render_recorded_section(recorded: &[Chain]) -> String {
+    if recorded.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nRECORDED LIVE BY THE TRACER - {} chain(s) the tracer's own engine found while capturing, as stored in causal_chains (not found by this engine's rules; shown as recorded):\n",
+        recorded.len()
+    );
+    for c in recorded {
+        out.push('\n');
+        out.push_str(&render_recorded(c));
+    }
+    out
+}
+
 /// Writes chains to `causal_chains` (insert or replace by id).
 pub fn store(conn: &Connection, chains: &[Chain]) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
@@ -122,20 +169,85 @@ pub fn store(conn: &Connection, chains: &[Chain]) -> rusqlite::Result<()> {
 }
 
 /// Chains stored in a database detected at or after `since` (Unix ns),
-/// most severe first.
+/// most severe first: this engine's and any recorded by another tracer.
+/// Columns an older table lacks read as their defaults.
 pub fn load_stored(conn: &Connection, since: i64) -> rusqlite::Result<Vec<Chain>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, node, severity, summary, root_cause, explanation, recommendations, cuda_op,
-                cuda_p99_us, cuda_p50_us, tail_ratio, timeline, detected_at,
-                ifnull(window_from, detected_at), ifnull(window_to, detected_at), ifnull(peak_at, detected_at)
-         FROM causal_chains WHERE detected_at >= ?1",
-    )?;
-    let rows = stmt.query_map([since], |r| {
+    load_where(conn, "detected_at >= ?1", since, i64::MAX)
+}
+
+/// Chains another tracer recorded in the database, detected between `from`
+/// and `to` (Unix ns), most severe first: the rows this engine did not
+/// write. [`store`] always fills `window_from`; the original ingero's live
+/// engine has no such column (`causal_chains` gains it, NULL, when this
+/// engine first stores a chain there), so its rows are those without one.
+pub fn load_recorded(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<Chain>> {
+    if !crate::store::schema::table_exists(conn, "causal_chains")? {
+        return Ok(Vec::new());
+    }
+    let recorded = if crate::store::schema::has_column(conn, "causal_chains", "window_from")? {
+        "window_from IS NULL AND "
+    } else {
+        ""
+    };
+    load_where(
+        conn,
+        &format!("{recorded}detected_at >= ?1 AND detected_at <= ?2"),
+        from,
+        to,
+    )
+}
+
+/// Rows of `causal_chains` matching `condition` (over `?1`, `?2`).
+fn load_where(conn: &Connection, condition: &str, a: i64, b: i64) -> rusqlite::Result<Vec<Chain>> {
+    let has = |c: &str| crate::store::schema::has_column(conn, "causal_chains", c);
+    let or = |c: &str, default: &str| -> rusqlite::Result<String> {
+        Ok(if has(c)? { c.to_owned() } else { default.to_owned() })
+    };
+    let text = |c: &str| -> rusqlite::Result<String> {
+        Ok(if has(c)? {
+            format!("ifnull(CAST({c} AS TEXT), '')")
+        } else {
+            "''".to_owned()
+        })
+    };
+    let num = |c: &str| -> rusqlite::Result<String> {
+        Ok(if has(c)? {
+            format!("ifnull(CAST({c} AS REAL), 0)")
+        } else {
+            "0".to_owned()
+        })
+    };
+    let at = |c: &str| -> rusqlite::Result<String> {
+        Ok(format!(
+            "CAST(ifnull({}, detected_at) AS INTEGER)",
+            or(c, "NULL")?
+        ))
+    };
+    let sql = format!(
+        "SELECT CAST(id AS TEXT), {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, detected_at, {}, {}, {}
+         FROM causal_chains WHERE typeof(detected_at) = 'integer' AND {condition}",
+        text("node")?,
+        text("severity")?,
+        text("summary")?,
+        text("root_cause")?,
+        text("explanation")?,
+        text("recommendations")?,
+        text("cuda_op")?,
+        num("cuda_p99_us")?,
+        num("cuda_p50_us")?,
+        num("tail_ratio")?,
+        text("timeline")?,
+        at("window_from")?,
+        at("window_to")?,
+        at("peak_at")?,
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([a, b], |r| {
         let recommendations: String = r.get(6)?;
         let timeline: String = r.get(11)?;
         let detected_at: i64 = r.get(12)?;
         Ok(Chain {
-            id: r.get(0)?,
+            id: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
             node: r.get(1)?,
             severity: Severity::parse(&r.get::<_, String>(2)?).unwrap_or(Severity::Low),
             score: 0.0,
@@ -161,6 +273,7 @@ pub fn load_stored(conn: &Connection, since: i64) -> rusqlite::Result<Vec<Chain>
         b.severity
             .cmp(&a.severity)
             .then(b.detected_at.cmp(&a.detected_at))
+            .then(a.id.cmp(&b.id))
     });
     Ok(chains)
 }

@@ -5,11 +5,12 @@
 //! unnamed node; databases that do not say otherwise in `schema_info` are
 //! read with the original ingero's conventions (CUDA timestamps at call
 //! entry, block I/O sizes in 512-byte sectors, no preemption flag on
-//! `sched_switch`).
+//! `sched_switch`). Operations whose stored events are only a sample of
+//! the calls counted in `event_aggregates` are marked ([`super::sampled`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use agent_common::catalog::{arg0_is_bytes, host_op, op_info, source};
+use agent_common::catalog::{arg0_is_bytes, host_op, io_op, op_info, source};
 use rusqlite::Connection;
 
 use crate::{
@@ -72,8 +73,11 @@ pub struct Io {
     /// Size of the request in bytes (`arg0`, converted from 512-byte
     /// sectors for databases that count in sectors).
     pub bytes: u64,
-    /// A write request (`io_op::WRITE`); every other request counts as a read.
+    /// A write request (`io_op::WRITE`); every other request counts as a
+    /// read in the I/O evidence.
     pub write: bool,
+    /// A read request proper (`io_op::READ`: not a flush or a discard).
+    pub read: bool,
 }
 
 /// Page allocations reported at `ts` (a summary or a single allocation).
@@ -121,6 +125,10 @@ pub struct NodeData {
     pub node: String,
     /// Calls per (source, op), in timestamp order.
     pub calls: BTreeMap<(u8, u8), Vec<Call>>,
+    /// NCCL calls (collectives, groups, communicator set-up), by start:
+    /// time their callers spent inside a call. Read from this tracer's
+    /// databases only (source 6 is TCP in the original ingero's).
+    pub nccl_calls: Vec<Call>,
     /// Off-CPU spans of traced threads (`sched_switch` events), by start.
     pub off_cpu: Vec<OffCpu>,
     /// Block I/O requests (`events` of the I/O source), by start.
@@ -137,6 +145,11 @@ pub struct NodeData {
     /// Processes created by traced processes (`arg1` of fork events):
     /// the job's worker processes, such as DataLoader workers.
     pub children: HashSet<u32>,
+    /// The process that created each of `children` (`pid` of its fork event).
+    pub parents: HashMap<u32, u32>,
+    /// Operations whose stored events are a sample of the calls
+    /// `event_aggregates` counts ([`super::sampled`]), by (source, op).
+    pub sampled: BTreeMap<(u8, u8), super::sampled::Sampled>,
     /// Rank of the traced process on this node (`events.rank` of the first of
     /// its events read that has one), when known.
     pub rank: Option<i64>,
@@ -338,6 +351,7 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
                 }),
                 host_op::PROCESS_FORK if arg1 > 0 => {
                     d.children.insert(arg1 as u32);
+                    d.parents.insert(arg1 as u32, pid);
                 }
                 host_op::OOM_KILL => d.oom_kills.push(OomKill {
                     ts,
@@ -356,7 +370,15 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
                 } else {
                     arg0.max(0) as u64 * 512
                 },
-                write: op == 2,
+                write: op == io_op::WRITE,
+                read: op == io_op::READ,
+            }),
+            source::NCCL if conv.timestamps_at_end => d.nccl_calls.push(Call {
+                pid,
+                tid,
+                start,
+                end,
+                bytes: 0,
             }),
             _ => {}
         }
@@ -369,9 +391,11 @@ pub fn load(conn: &Connection, window: Option<Window>) -> rusqlite::Result<Vec<N
         }
         d.off_cpu.sort_by_key(|o| o.start);
         d.io.sort_by_key(|i| i.start);
+        d.nccl_calls.sort_by_key(|c| c.start);
     }
     load_names(conn, &mut nodes, conv.has_node)?;
     load_snapshots(conn, &mut nodes)?;
+    super::sampled::load(conn, conv, &mut nodes)?;
     Ok(nodes.into_values().collect())
 }
 
@@ -383,10 +407,13 @@ fn load_names(
     if !table_exists(conn, "process_names")? {
         return Ok(());
     }
-    let node_expr = if has_node && has_column(conn, "process_names", "node")? {
-        "node"
-    } else {
-        "''"
+    let by_node = has_node && has_column(conn, "process_names", "node")?;
+    let node_expr = if by_node { "node" } else { "''" };
+    // Names without a node (the original ingero's table) belong to the
+    // database's only node, whatever its name.
+    let only = match (by_node, nodes.len()) {
+        (false, 1) => nodes.keys().next().cloned(),
+        _ => None,
     };
     let mut stmt = conn.prepare(&format!(
         "SELECT {node_expr}, pid, name FROM process_names
@@ -394,7 +421,10 @@ fn load_names(
     ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let node: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
+        let node: String = only
+            .clone()
+            .map_or_else(|| r.get::<_, Option<String>>(0), |n| Ok(Some(n)))?
+            .unwrap_or_default();
         if let Some(d) = nodes.get_mut(&node) {
             d.names.insert(r.get::<_, i64>(1)? as u32, r.get(2)?);
         }

@@ -31,6 +31,12 @@
 //!   page allocations by traced processes of at least [`MIN_MEM_BYTES`]
 //!   (bytes against [`MEM_FULL_BYTES`], at [`CONTEXT_WEIGHT`]).
 //!
+//! The preemptions counted are those of the traced threads outside the
+//! job's worker processes (children of traced processes that make no CUDA
+//! call, see [`super::input`]): a DataLoader worker waiting for a CPU is
+//! a figure of the input pipeline (`input`), not CPU contention of the
+//! threads making CUDA calls.
+//!
 //! Preemption is split by who preempted: by a thread that issues block I/O
 //! on the node (a checkpoint writer, say), or by a kernel I/O thread
 //! (`kworker`, `jbd2`, `kblockd`, `ksoftirqd`) while the node has block I/O,
@@ -64,7 +70,7 @@ pub enum Cause {
     Memory,
 }
 
-pub use ingero_api::{CpuEvidence, Evidence, IoEvidence, MemEvidence};
+pub use ingero_api::{CpuEvidence, Evidence, InputEvidence, IoEvidence, MemEvidence};
 
 fn top<K: Copy + Eq + std::hash::Hash + Ord, V: Copy + Ord + std::ops::AddAssign + Default>(
     items: impl Iterator<Item = (K, V)>,
@@ -84,10 +90,13 @@ fn top<K: Copy + Eq + std::hash::Hash + Ord, V: Copy + Ord + std::ops::AddAssign
 #[must_use]
 pub fn evidence(d: &NodeData, from: i64, to: i64) -> Evidence {
     let within = |s: i64, e: i64| e >= from && s <= to;
+    // Worker processes waiting for a CPU are the input pipeline's business
+    // (see `input`), not contention of the threads making CUDA calls.
+    let workers = super::input::workers(d);
     let preempted: Vec<_> = d
         .off_cpu
         .iter()
-        .filter(|o| o.preempted != Some(false) && within(o.start, o.end))
+        .filter(|o| o.preempted != Some(false) && within(o.start, o.end) && !workers.contains(&o.pid))
         .collect();
     let io: Vec<_> = d.io.iter().filter(|i| within(i.start, i.end)).collect();
     Evidence {
@@ -125,6 +134,7 @@ pub fn evidence(d: &NodeData, from: i64, to: i64) -> Evidence {
                 .sum(),
             oom_kills: d.oom_kills.iter().filter(|k| k.ts >= from && k.ts <= to).count(),
         },
+        input: super::input::evidence(d, from, to),
     }
 }
 
@@ -282,13 +292,21 @@ mod tests {
                 swap_pages: 13,
                 oom_kills: 14,
             },
+            input: InputEvidence {
+                wait_ns: 15,
+                workers: 16,
+                ..InputEvidence::default()
+            },
         };
         assert_eq!(
             serde_json::to_string(&e).expect("evidence serialises"),
             concat!(
                 r#"{"cpu":{"preemptions":1,"preempted_ns":2,"top_preemptors":[[3,4]]},"#,
                 r#""io":{"requests":5,"read_bytes":6,"write_bytes":7,"busy_ns":8,"peak_ns":9,"top_issuers":[[10,11]]},"#,
-                r#""mem":{"alloc_bytes":12,"swap_pages":13,"oom_kills":14}}"#
+                r#""mem":{"alloc_bytes":12,"swap_pages":13,"oom_kills":14},"#,
+                r#""input":{"pid":0,"tid":0,"wait_ns":15,"gaps":0,"gap_ns":0,"longest_gap_ns":0,"workers":16,"#,
+                r#""worker_cpu_ns":0,"worker_runnable_ns":0,"worker_blocked_ns":0,"worker_busy_ns":0,"#,
+                r#""own_read_ns":0,"reads":0,"read_bytes":0}}"#
             )
         );
     }

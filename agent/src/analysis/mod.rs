@@ -4,7 +4,8 @@
 //!
 //! [`explain`] loads each node's events ([`dataset`]), applies the rules
 //! ([`rules`]: tail latency with a concurrent cause, throughput drops, OOM
-//! kills) and returns per-node reports whose chains ([`chain`]) are sorted
+//! kills, input-pipeline starvation: [`input`]) and returns per-node
+//! reports whose chains ([`chain`]) are sorted
 //! by severity. Each node is analysed over its own first to last event
 //! within the window asked for (the whole database without one), so a
 //! merged database gives the same chains as its parts, and a window larger
@@ -24,8 +25,10 @@ pub mod dataset;
 mod describe;
 pub mod evidence;
 pub mod findings;
+pub mod input;
 pub mod nccl_data;
 pub mod rules;
+pub mod sampled;
 mod spans;
 pub mod stats;
 pub mod straggler;
@@ -62,6 +65,9 @@ pub struct NodeReport {
     pub ops: Vec<OpStats>,
     /// Node-wide evidence over the window (for comparing nodes).
     pub evidence: Evidence,
+    /// Operations whose stored events are a sample ([`sampled`]): their
+    /// `ops` count and total time come from `event_aggregates`.
+    pub sampled: Vec<sampled::Sampled>,
 }
 
 impl NodeReport {
@@ -112,6 +118,7 @@ pub fn explain(
             let (mut chains, ops) = rules::chains(&d, &evidence, &names, detected_at);
             sort_chains(&mut chains, None);
             NodeReport {
+                sampled: d.sampled.values().copied().collect(),
                 evidence,
                 node: d.node,
                 rank: d.rank,

@@ -15,9 +15,17 @@
 //! **Throughput drop.** An op whose calls per second fall below
 //! [`DROP_RATIO`] of its median rate for at least [`DROP_MIN_SECONDS`]
 //! consecutive seconds (not counting its first and last second), while a
-//! cause is present in those seconds. Not raised for ops with a tail chain.
+//! cause is present in those seconds. Not raised for ops with a tail chain,
+//! nor for ops whose stored events are a sample ([`super::sampled`]).
 //!
 //! **OOM kill.** Any OOM kill on the node is a HIGH chain of its own.
+//!
+//! **Input-pipeline starvation** ([`super::input`]): the kernel-launching
+//! thread that waited most spent at least [`MIN_INPUT_WAIT`] of the window
+//! blocked outside any CUDA or NCCL call between its launches, while its
+//! rank's worker processes were busy (at least [`MIN_WORKERS_BUSY`] worker
+//! threads on average) or its own block reads were in flight
+//! ([`MIN_OWN_READ`] of the waits). MEDIUM, HIGH from [`HIGH_INPUT_WAIT`].
 //!
 //! **Severity** of a tail ([`severity`]) combines the size of the effect
 //! and of the cause: HIGH when p99/p50 is at least [`HIGH_RATIO`] and the
@@ -113,6 +121,22 @@ pub const MEM_FULL_BYTES: u64 = 4 << 30;
 pub const DROP_RATIO: f64 = 0.6;
 /// Fewest consecutive slow seconds that make a throughput drop.
 pub const DROP_MIN_SECONDS: usize = 2;
+/// Share of the node's window a kernel-launching thread must spend waiting
+/// for input (blocked outside any CUDA or NCCL call, between launches) for
+/// input-pipeline starvation to be a chain (10%).
+pub const MIN_INPUT_WAIT: f64 = 0.10;
+/// Share of the window spent waiting for input from which that chain is HIGH (25%).
+pub const HIGH_INPUT_WAIT: f64 = 0.25;
+/// Worker threads busy (on a CPU, runnable, or with a block read in flight),
+/// on average over the rank's waits, for the waits to be waits for the
+/// workers (half a worker thread).
+pub const MIN_WORKERS_BUSY: f64 = 0.5;
+/// Share of the rank's waits during which its own block reads were in
+/// flight for the waits to be its own data loading (50%).
+pub const MIN_OWN_READ: f64 = 0.5;
+/// Waiting within one gap between kernel launches that makes it a gap the
+/// GPU was starved in (1 ms).
+pub const INPUT_GAP_MIN_WAIT_NS: i64 = 1_000_000;
 
 /// The severity of a tail: its p99/p50, the strength of its strongest
 /// cause and its impact (see the module doc).
@@ -142,7 +166,7 @@ pub fn tail_severity(tail_ratio: f64, cause: f64, impact: f64, window_share: f64
 }
 
 /// Chains of one node, in the order found: tails (by op), throughput
-/// drops, OOM kills; and the duration statistics of every op. `evidence`
+/// drops, OOM kills, input starvation; and the duration statistics of every op. `evidence`
 /// is the node's evidence over its whole window,
 /// `evidence(d, d.window.from, d.window.to)`.
 #[must_use]
@@ -158,14 +182,21 @@ pub fn chains(
     let mut tail_ops = Vec::new();
     for (&(src, op), calls) in &d.calls {
         let name = op_name(names, src, op);
-        stats.push(op_stats(src, op, &name, calls));
+        let mut stat = op_stats(src, op, &name, calls);
+        // A sample's percentiles stand; its count and time are the aggregates'.
+        if let Some(sampled) = d.sampled.get(&(src, op)) {
+            stat.count = usize::try_from(sampled.counted).unwrap_or(usize::MAX);
+            stat.total_ns = sampled.total_ns;
+        }
+        stats.push(stat);
         if let Some(chain) = tail_chain(d, evidence, &issuers, (src, op), &name, calls, detected_at) {
             tail_ops.push((src, op));
             out.push(chain);
         }
     }
     for (&(src, op), calls) in &d.calls {
-        if tail_ops.contains(&(src, op)) {
+        // Rates from a sample of the calls would be the sample's.
+        if tail_ops.contains(&(src, op)) || d.sampled.contains_key(&(src, op)) {
             continue;
         }
         if let Some(chain) = throughput_drop(d, names, src, op, calls, detected_at) {
@@ -174,6 +205,9 @@ pub fn chains(
     }
     if evidence.mem.oom_kills > 0 {
         out.push(oom_chain(d, detected_at));
+    }
+    if let Some(chain) = super::input::chain(d, &evidence.input, names, detected_at) {
+        out.push(chain);
     }
     (out, stats)
 }
@@ -264,14 +298,17 @@ fn tail_chain(
             },
         );
     }
+    let over = d.sampled.get(&(src, op)).map_or_else(
+        || format!("{} calls", s.count),
+        |x| format!("{} stored calls (a sample of the {} counted)", s.count, x.counted),
+    );
     timeline.push(TimelineEntry {
         layer: layer_of(src).into(),
         op: name.to_owned(),
         detail: format!(
-            "p99={} ({ratio:.1}x p50={}) over {} calls, max {}",
+            "p99={} ({ratio:.1}x p50={}) over {over}, max {}",
             format_ns(s.p99_ns as f64),
             format_ns(s.p50_ns as f64),
-            s.count,
             format_ns(s.max_ns as f64)
         ),
         dur_us: s.p99_ns / 1000,
@@ -286,11 +323,10 @@ fn tail_chain(
         summary,
         root_cause,
         explanation: format!(
-            "{name} has a long tail on {}: p99 {} is {ratio:.1}x its p50 {} over {} calls. {}{}",
+            "{name} has a long tail on {}: p99 {} is {ratio:.1}x its p50 {} over {over}. {}{}",
             d.node,
             format_ns(s.p99_ns as f64),
             format_ns(s.p50_ns as f64),
-            s.count,
             texts[0].root_cause,
             if also.is_empty() {
                 String::new()

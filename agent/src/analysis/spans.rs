@@ -62,7 +62,7 @@ impl SpanIndex {
 
 /// Disjoint, sorted spans with prefix sums: how much of `[s, e]` they cover.
 #[derive(Debug, Default)]
-struct Coverage {
+pub(super) struct Coverage {
     starts: Vec<i64>,
     ends: Vec<i64>,
     /// Total length of the spans before each position.
@@ -70,7 +70,8 @@ struct Coverage {
 }
 
 impl Coverage {
-    fn new(mut spans: Vec<(i64, i64)>) -> Self {
+    /// The union of `spans` (any order; empty spans are kept as points).
+    pub(super) fn new(mut spans: Vec<(i64, i64)>) -> Self {
         spans.sort_unstable();
         let mut c = Self::default();
         for (s, e) in spans {
@@ -91,7 +92,8 @@ impl Coverage {
         c
     }
 
-    fn covered(&self, s: i64, e: i64) -> i64 {
+    /// How much of `[s, e]` the spans cover, ns.
+    pub(super) fn covered(&self, s: i64, e: i64) -> i64 {
         let i = self.ends.partition_point(|end| *end <= s);
         let j = self.starts.partition_point(|start| *start < e);
         if i >= j {
@@ -99,6 +101,43 @@ impl Coverage {
         }
         let full = self.prefix[j] - self.prefix[i];
         full - (s - self.starts[i]).max(0) - (self.ends[j - 1] - e).max(0)
+    }
+}
+
+impl Coverage {
+    /// The pieces of `[s, e]` the spans do not cover, in order.
+    pub(super) fn uncovered(&self, s: i64, e: i64) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        let mut at = s;
+        let first = self.ends.partition_point(|end| *end <= s);
+        for (cs, ce) in self.starts[first..].iter().zip(&self.ends[first..]) {
+            if *cs >= e {
+                break;
+            }
+            if *cs > at {
+                out.push((at, *cs));
+            }
+            at = at.max(*ce);
+        }
+        if at < e {
+            out.push((at, e));
+        }
+        out
+    }
+
+    /// Total time the spans cover, ns.
+    pub(super) fn total(&self) -> i64 {
+        self.prefix.last().copied().unwrap_or(0)
+    }
+
+    /// How much of the spans of `other` these spans cover, ns.
+    pub(super) fn overlap(&self, other: &Coverage) -> i64 {
+        other
+            .starts
+            .iter()
+            .zip(&other.ends)
+            .map(|(s, e)| self.covered(*s, *e))
+            .sum()
     }
 }
 
@@ -187,5 +226,11 @@ mod tests {
         assert_eq!(c.covered(15, 35), 10);
         assert_eq!(c.covered(20, 30), 0);
         assert_eq!(c.covered(38, 39), 1);
+        assert_eq!(c.total(), 30);
+        assert_eq!(c.uncovered(-5, 45), vec![(-5, 0), (20, 30), (40, 45)]);
+        assert_eq!(c.uncovered(2, 8), Vec::<(i64, i64)>::new());
+        assert_eq!(c.uncovered(12, 35), vec![(20, 30)]);
+        let other = Coverage::new(vec![(15, 32), (39, 50)]);
+        assert_eq!(c.overlap(&other), 5 + 2 + 1);
     }
 }

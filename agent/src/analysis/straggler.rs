@@ -7,7 +7,9 @@
 //! The verdict therefore rests on the share of time each node spends in
 //! synchronize calls, and then names the host stress that is an outlier on
 //! that node (CPU preemption of its traced threads, block I/O, memory
-//! allocation, a launch-latency tail).
+//! allocation, a launch-latency tail, a starved input pipeline; the last,
+//! when it stands out, is named first: the reads and CPU use that may
+//! stand out with it are its workers').
 //!
 //! Every comparison is robust, node against the *others*: the distance of
 //! a node's value from the others' median, in units of the others' median
@@ -61,6 +63,10 @@ pub struct NodeFigures {
     pub alloc_bytes: u64,
     /// OOM kills on the node in the window.
     pub oom_kills: u64,
+    /// Time its launching thread waited for input (blocked between kernel
+    /// launches outside any CUDA call while its workers were busy), ns;
+    /// 0 when its waits were not for input ([`super::input::starved`]).
+    pub input_wait_ns: i64,
     /// The most frequent kernel-launch call: (name, p50 ns, p99 ns, count).
     pub launch: Option<(String, i64, i64, u64)>,
 }
@@ -117,6 +123,7 @@ impl NodeFigures {
             io_write_bytes: ev.io.write_bytes,
             alloc_bytes: ev.mem.alloc_bytes,
             oom_kills: ev.mem.oom_kills as u64,
+            input_wait_ns: super::input::starved_wait_ns(&ev.input),
             launch,
         }
     }
@@ -143,6 +150,7 @@ impl NodeFigures {
             Stress::Io => self.per_window(self.io_busy_ns as f64),
             Stress::Write => self.per_window(self.io_write_bytes as f64 * 1e9),
             Stress::Memory => self.per_window(self.alloc_bytes as f64 * 1e9),
+            Stress::Input => self.per_window(self.input_wait_ns as f64),
             Stress::LaunchTail => self
                 .launch
                 .as_ref()
@@ -165,16 +173,27 @@ pub enum Stress {
     Memory,
     /// p99 / p50 of the kernel-launch call.
     LaunchTail,
+    /// Share of the time the launching thread waited for input (a starved
+    /// input pipeline).
+    Input,
 }
 
 impl Stress {
     /// Every stress signal, in the order that breaks ties between causes.
-    pub const ALL: [Self; 5] = [Self::Cpu, Self::Io, Self::Write, Self::Memory, Self::LaunchTail];
+    pub const ALL: [Self; 6] = [
+        Self::Cpu,
+        Self::Io,
+        Self::Write,
+        Self::Memory,
+        Self::LaunchTail,
+        Self::Input,
+    ];
 
     /// Below this a value is too small to be a cause, whatever its score.
     fn floor(self) -> f64 {
         match self {
             Self::Cpu | Self::Io => 0.02,
+            Self::Input => 0.05,
             Self::Write => 1024.0 * 1024.0,
             Self::Memory => 256.0 * 1024.0 * 1024.0,
             Self::LaunchTail => 3.0,
@@ -185,13 +204,14 @@ impl Stress {
     fn min_scale(self) -> f64 {
         match self {
             Self::Cpu | Self::Io => 0.005,
+            Self::Input => 0.01,
             Self::Write | Self::Memory => 256.0 * 1024.0,
             Self::LaunchTail => 0.25,
         }
     }
 
     /// The cause class the signal points to, as the headline names it ("CPU",
-    /// "I/O", "memory", "launch latency").
+    /// "I/O", "memory", "launch latency", "input starvation").
     #[must_use]
     pub fn class(self) -> &'static str {
         match self {
@@ -199,6 +219,7 @@ impl Stress {
             Self::Io | Self::Write => "I/O",
             Self::Memory => "memory",
             Self::LaunchTail => "launch latency",
+            Self::Input => "input starvation",
         }
     }
 
@@ -206,7 +227,7 @@ impl Stress {
     #[must_use]
     pub fn format(self, v: f64) -> String {
         match self {
-            Self::Cpu | Self::Io => format!("{:.1}%", v * 100.0),
+            Self::Cpu | Self::Io | Self::Input => format!("{:.1}%", v * 100.0),
             Self::Write | Self::Memory => format!("{:.1} MiB/s", v / (1024.0 * 1024.0)),
             Self::LaunchTail => format!("{v:.1}x"),
         }
@@ -219,6 +240,7 @@ impl Stress {
             Self::Write => "written",
             Self::Memory => "pages allocated",
             Self::LaunchTail => "launch p99/p50",
+            Self::Input => "its training thread waited for input",
         }
     }
 }
@@ -369,9 +391,12 @@ fn stress_of(nodes: &[&NodeFigures], i: usize) -> Vec<Cause> {
                 })
         })
         .collect();
+    // A starved input pipeline comes first: the block reads and CPU use
+    // that may also stand out are its workers' (the more specific cause).
     causes.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
+        (b.stress == Stress::Input)
+            .cmp(&(a.stress == Stress::Input))
+            .then(b.score.total_cmp(&a.score))
             .then((a.stress as u8).cmp(&(b.stress as u8)))
     });
     causes
@@ -440,144 +465,4 @@ pub fn find(nodes: &[NodeFigures]) -> Option<Verdict> {
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn node(name: &str, wait: f64, preempt: f64, write_mib_s: f64) -> NodeFigures {
-        let window_ns = 40_000_000_000;
-        NodeFigures {
-            node: name.into(),
-            rank: Some(name.bytes().last().map_or(0, |b| i64::from(b) - 48)),
-            events: 10_000,
-            window_ns,
-            sync_ns: (wait * window_ns as f64) as i64,
-            sync_op: Some("cuStreamSynchronize".into()),
-            preempted_ns: (preempt * window_ns as f64) as i64,
-            io_busy_ns: 0,
-            io_write_bytes: (write_mib_s * 1024.0 * 1024.0 * 40.0) as u64,
-            alloc_bytes: 0,
-            oom_kills: 0,
-            launch: Some(("cuLaunchKernel".into(), 20_000, 60_000, 1_000)),
-        }
-    }
-
-    #[test]
-    fn the_node_that_does_not_wait_is_the_straggler_and_its_stress_is_named() {
-        let nodes = [
-            node("n0", 0.99, 0.004, 0.0),
-            node("n1", 0.98, 0.006, 0.0),
-            node("n2", 0.01, 0.76, 80.0),
-            node("n3", 0.985, 0.005, 0.0),
-        ];
-        let v = find(&nodes).expect("a straggler");
-        assert_eq!(v.node, "n2");
-        assert_eq!(v.rank, Some(2));
-        assert!((v.peers_wait_share - 0.985).abs() < 1e-9);
-        let kinds: Vec<Stress> = v.causes.iter().map(|c| c.stress).collect();
-        assert_eq!(kinds.len(), 2, "{:?}", v.causes);
-        assert!(kinds.contains(&Stress::Cpu) && kinds.contains(&Stress::Write));
-        let line = v.headline();
-        assert!(line.starts_with("STRAGGLER n2 (rank 2): waits 1.0% of the time while its 3 peer(s) wait 98.5% (median) in cuStreamSynchronize"), "{line}");
-        assert!(
-            line.contains("CPU: its threads preempted 76.0% vs 0.5%"),
-            "{line}"
-        );
-    }
-
-    #[test]
-    fn two_nodes_are_enough() {
-        let v = find(&[node("a", 0.9, 0.0, 0.0), node("b", 0.1, 0.5, 0.0)]).expect("straggler");
-        assert_eq!(v.node, "b");
-    }
-
-    #[test]
-    fn nobody_waiting_means_no_straggler() {
-        // A job bound by the GPU everywhere: nobody waits for anybody.
-        assert_eq!(
-            find(&[
-                node("a", 0.01, 0.0, 0.0),
-                node("b", 0.0, 0.3, 0.0),
-                node("c", 0.02, 0.0, 0.0)
-            ]),
-            None
-        );
-        // One node alone cannot be compared.
-        assert_eq!(find(&[node("a", 0.9, 0.0, 0.0)]), None);
-    }
-
-    #[test]
-    fn ordinary_spread_is_not_an_outlier() {
-        let nodes = [
-            node("a", 0.50, 0.01, 0.0),
-            node("b", 0.46, 0.01, 0.0),
-            node("c", 0.55, 0.02, 0.0),
-            node("d", 0.43, 0.01, 0.0),
-        ];
-        assert_eq!(find(&nodes), None);
-    }
-
-    #[test]
-    #[expect(clippy::float_cmp, reason = "medians of small exact values are exact")]
-    fn robust_statistics_ignore_one_wild_value() {
-        assert_eq!(median(&[1.0, 2.0, 100.0]), 2.0);
-        assert_eq!(median(&[1.0, 2.0, 3.0, 100.0]), 2.5);
-        assert_eq!(mad(&[1.0, 2.0, 3.0, 100.0]), 1.0);
-        assert!(robust_score(100.0, &[1.0, 2.0, 3.0], 0.0) > 30.0);
-    }
-
-    fn fleet() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
-        prop::collection::vec((0.0f64..1.0, 0.0f64..1.0, 0.0f64..100.0), 2..9)
-    }
-
-    fn build(spec: &[(f64, f64, f64)]) -> Vec<NodeFigures> {
-        spec.iter()
-            .enumerate()
-            .map(|(i, &(w, p, io))| node(&format!("n{i}"), w, p, io))
-            .collect()
-    }
-
-    proptest! {
-        #[test]
-        fn the_verdict_does_not_depend_on_node_order(spec in fleet(), rotate in 0usize..8) {
-            let nodes = build(&spec);
-            let mut shuffled = nodes.clone();
-            let k = rotate % shuffled.len();
-            shuffled.rotate_left(k);
-            shuffled.reverse();
-            prop_assert_eq!(find(&nodes), find(&shuffled));
-        }
-
-        #[test]
-        fn identical_nodes_have_no_straggler((w, p, io) in (0.0f64..1.0, 0.0f64..1.0, 0.0f64..100.0), n in 2usize..9) {
-            let nodes = build(&vec![(w, p, io); n]);
-            prop_assert_eq!(find(&nodes), None);
-        }
-
-        #[test]
-        fn the_window_length_does_not_matter(spec in fleet(), factor in 1i64..5) {
-            let nodes = build(&spec);
-            let scaled: Vec<NodeFigures> = nodes
-                .iter()
-                .map(|n| NodeFigures {
-                    window_ns: n.window_ns * factor,
-                    sync_ns: n.sync_ns * factor,
-                    preempted_ns: n.preempted_ns * factor,
-                    io_write_bytes: n.io_write_bytes * factor as u64,
-                    ..n.clone()
-                })
-                .collect();
-            let (a, b) = (find(&nodes), find(&scaled));
-            prop_assert_eq!(a.as_ref().map(|v| &v.node), b.as_ref().map(|v| &v.node));
-        }
-
-        #[test]
-        fn a_node_that_alone_does_not_wait_is_found(n in 2usize..9, which in 0usize..8, peers_wait in 0.3f64..1.0) {
-            let which = which % n;
-            let spec: Vec<(f64, f64, f64)> = (0..n).map(|i| if i == which { (0.0, 0.5, 0.0) } else { (peers_wait, 0.0, 0.0) }).collect();
-            let v = find(&build(&spec));
-            prop_assert_eq!(v.map(|v| v.node), Some(format!("n{which}")));
-        }
-    }
-}
+mod tests;

@@ -3,8 +3,11 @@
 //! (after a `STRAGGLER` line when a merged database shows one; the
 //! node-specific chains first, then each condition common to all nodes
 //! once, unless `--all`),
-//! or as JSON, and recorded in the database's `causal_chains` table. With
-//! `--nodes`, see [`super::fleet_explain`].
+//! or as JSON, and recorded in the database's `causal_chains` table. Chains
+//! another tracer recorded there live (the original ingero's engine) are
+//! printed after this engine's, marked as such (`recorded` in JSON); a
+//! database whose stored events are a sample says so in a `note:` line.
+//! With `--nodes`, see [`super::fleet_explain`].
 
 use std::process::ExitCode;
 
@@ -50,16 +53,56 @@ fn asked(window: &WindowArgs) -> Option<String> {
     }
 }
 
-/// The chains as text: a header line, then one block per chain. `asked`:
-/// the window the flags asked for, in words; the span printed is the one
-/// of the data actually analysed.
+/// One `note:` line per node whose stored events are a sample of the
+/// calls `event_aggregates` counts, naming the sampled operations.
+fn sample_notes(reports: &[NodeReport], names: &std::collections::HashMap<(u8, u8), String>) -> String {
+    let mut out = String::new();
+    for r in reports.iter().filter(|r| !r.sampled.is_empty()) {
+        let (stored, counted) = r
+            .sampled
+            .iter()
+            .fold((0, 0), |(s, c), x| (s + x.stored, c + x.counted));
+        let ops: Vec<String> = r
+            .sampled
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} {} of {}",
+                    analysis::dataset::op_name(names, x.source, x.op),
+                    group_digits(x.stored),
+                    group_digits(x.counted)
+                )
+            })
+            .collect();
+        let node = if r.node.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", sanitize(&r.node, 200))
+        };
+        out.push_str(&format!(
+            "note: {node}the stored events are a sample: event_aggregates counts {} calls of {} operation(s) where events holds {} ({}); their counts and time in calls come from the aggregates, their percentiles from the sample, and no throughput drop is judged on them\n",
+            group_digits(counted),
+            r.sampled.len(),
+            group_digits(stored),
+            sanitize(&ops.join(", "), 2000)
+        ));
+    }
+    out
+}
+
+/// The chains as text: a header line, then one block per chain, then the
+/// chains another tracer recorded live (`recorded`). `asked`: the window
+/// the flags asked for, in words; the span printed is the one of the data
+/// actually analysed. `notes`: lines printed after the verdict.
 #[must_use]
 fn render(
     reports: &[NodeReport],
     comparison: &Comparison,
+    recorded: &[chain::Chain],
     asked: Option<&str>,
     all: bool,
     verdict: &str,
+    notes: &str,
 ) -> String {
     let chains = &comparison.chains;
     let events: u64 = reports.iter().map(|r| r.events).sum();
@@ -77,9 +120,15 @@ fn render(
     );
     let straggler = verdict;
     if chains.is_empty() {
+        let lead = if recorded.is_empty() {
+            "No causal chains"
+        } else {
+            "No causal chains found by this engine's rules"
+        };
         return format!(
-            "No causal chains: {span}.\n{straggler}No CUDA operation had a tail (p99 >= {}x p50) or a throughput drop with a concurrent cause.\n",
-            analysis::rules::TAIL_RATIO
+            "{lead}: {span}.\n{straggler}{notes}No CUDA operation had a tail (p99 >= {}x p50), a throughput drop with a concurrent cause or a starved input pipeline.\n{}",
+            analysis::rules::TAIL_RATIO,
+            chain::render_recorded_section(recorded)
         );
     }
     let count = |s: chain::Severity| chains.iter().filter(|c| c.severity == s).count();
@@ -92,7 +141,9 @@ fn render(
         count(chain::Severity::Low),
     );
     out.push_str(straggler);
+    out.push_str(notes);
     out.push_str(&chain::render_compared(comparison, all, &chain::render));
+    out.push_str(&chain::render_recorded_section(recorded));
     out
 }
 
@@ -132,6 +183,19 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     )
     .map_err(|e| CliError::Failed(format!("cannot read the NCCL tables of {}: {e}", path.display())))?;
     let comparison = analysis::compare_reports(&reports, nccl.as_ref());
+    // Chains the tracer recorded live, read before this run stores its own.
+    let recorded = chain::load_recorded(
+        &conn,
+        window.map_or(i64::MIN, |w| w.from),
+        window.map_or(i64::MAX, |w| w.to),
+    )
+    .unwrap_or_else(|e| {
+        eprintln!(
+            "ingero: warning: cannot read the chains recorded in {}: {e}",
+            path.display()
+        );
+        Vec::new()
+    });
     let verdict = super::verdict::verdict_text(&comparison);
     let chains = &comparison.chains;
     if !args.no_save && !chains.is_empty() {
@@ -148,6 +212,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
     if args.json {
         let out = serde_json::json!({
             "chains": chains,
+            "recorded": recorded,
             "common": comparison.common,
             "straggler": comparison.verdict,
             "collectives": comparison.collectives,
@@ -166,9 +231,11 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
             render(
                 &reports,
                 &comparison,
+                &recorded,
                 asked(&args.window).as_deref(),
                 args.all,
-                &verdict.text
+                &verdict.text,
+                &sample_notes(&reports, &analysis::dataset::op_names(&conn).unwrap_or_default()),
             )
         );
     }

@@ -144,8 +144,9 @@ pub fn verdict(comparison: &crate::analysis::Comparison) -> String {
 /// One line per node: the figures the straggler verdict compares.
 #[must_use]
 pub fn figures(figures: &[NodeFigures]) -> String {
-    let mut out =
-        String::from("node: waiting in sync / preempted / io busy / written / allocated / launch p50..p99\n");
+    let mut out = String::from(
+        "node: waiting in sync / preempted / io busy / written / allocated / waiting for input / launch p50..p99\n",
+    );
     for f in figures {
         let launch = f.launch.as_ref().map_or("-".into(), |(name, p50, p99, _)| {
             format!(
@@ -156,7 +157,7 @@ pub fn figures(figures: &[NodeFigures]) -> String {
             )
         });
         out.push_str(&format!(
-            "{}{}: {:.1}% / {} / {} / {} / {} / {launch}\n",
+            "{}{}: {:.1}% / {} / {} / {} / {} / {} / {launch}\n",
             clean(&f.node, 64),
             f.rank.map_or(String::new(), |r| format!(" (rank {r})")),
             f.wait_share() * 100.0,
@@ -164,6 +165,7 @@ pub fn figures(figures: &[NodeFigures]) -> String {
             Stress::Io.format(f.signal(Stress::Io)),
             Stress::Write.format(f.signal(Stress::Write)),
             Stress::Memory.format(f.signal(Stress::Memory)),
+            Stress::Input.format(f.signal(Stress::Input)),
         ));
     }
     out

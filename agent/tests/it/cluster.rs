@@ -403,3 +403,153 @@ fn perfetto_export_has_a_track_per_node_and_thread() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The chains of a scenario's node that say "Input pipeline starvation".
+fn starvation_chains(s: &Scenario, node: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(chains(&db_path(s, node)?)?
+        .into_iter()
+        .filter(|c| {
+            c["root_cause"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Input pipeline starvation"))
+        })
+        .collect())
+}
+
+#[test]
+fn a_starved_input_pipeline_is_named_with_its_figures_and_fixes() -> anyhow::Result<()> {
+    if !root_or_skip("a_starved_input_pipeline") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let s = scenario(Fault::DataloaderStarvation)?;
+    let faulty = db(s, "gpu-node-02")?;
+    // The workers were traced from birth: forked by the rank, reading.
+    assert_eq!(
+        scalar(
+            &faulty,
+            &format!(
+                "SELECT count(*) FROM events WHERE source = {} AND op = {}",
+                source::HOST,
+                host_op::PROCESS_FORK
+            )
+        )?,
+        2
+    );
+    assert!(
+        scalar(
+            &faulty,
+            &format!(
+                "SELECT count(DISTINCT pid) FROM events WHERE source = {} AND pid IN
+                   (SELECT arg1 FROM events WHERE source = {} AND op = {})",
+                source::IO,
+                source::HOST,
+                host_op::PROCESS_FORK
+            )
+        )? == 2,
+        "both workers read"
+    );
+
+    let found = starvation_chains(s, "gpu-node-02")?;
+    let c = found.first().context("a starvation chain on the starved node")?;
+    assert!(c["severity"] == "HIGH" || c["severity"] == "MEDIUM", "{c:#}");
+    let root = c["root_cause"].as_str().unwrap_or("");
+    assert!(
+        root.contains("issued no GPU work for") && root.contains("blocked outside any CUDA call in"),
+        "{root}"
+    );
+    assert!(
+        root.contains("its 2 worker processes (pt_data_worker (") && root.contains("MiB/s)"),
+        "the workers and what they did: {root}"
+    );
+    let fixes = c["recommendations"].to_string();
+    for knob in [
+        "num_workers",
+        "pin_memory",
+        "prefetch_factor",
+        "persistent_workers",
+    ] {
+        assert!(fixes.contains(knob), "{knob}: {fixes}");
+    }
+    assert!(
+        starvation_chains(s, "gpu-node-01")?.is_empty(),
+        "the healthy peer waits in its synchronize, for the straggler"
+    );
+
+    // Merged: the straggler and its cause class.
+    let m = top_chain(s)?;
+    assert_eq!(m.straggler, "gpu-node-02");
+    assert_eq!(
+        m.causes.first().map(String::as_str),
+        Some("input"),
+        "input starvation is the straggler's first cause: {:?}",
+        m.causes
+    );
+    assert!(
+        !m.causes.contains(&"cpu".to_owned()),
+        "the workers' CPU is not contention: {:?}",
+        m.causes
+    );
+    assert_eq!(m.top_node, "gpu-node-02");
+    assert!(
+        m.top_cause.starts_with("Input pipeline starvation"),
+        "{}",
+        m.top_cause
+    );
+
+    // Live agents: `explain --nodes` says the same.
+    let dir = tempfile::tempdir()?;
+    let pki = crate::common::Pki::new(dir.path().join("pki"))?;
+    let mut agents = Vec::new();
+    let mut addrs = Vec::new();
+    for node in ["gpu-node-01", "gpu-node-02"] {
+        let copy = dir.path().join(format!("{node}.db"));
+        std::fs::copy(db_path(s, node)?, &copy)?;
+        let mut agent = pki.serve_as(node, &copy, &[], &[])?;
+        addrs.push(agent.api_addr()?);
+        agents.push(agent);
+    }
+    let mut args = vec!["explain".to_owned(), "--nodes".to_owned(), addrs.join(",")];
+    args.extend(pki.client_flags());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = ingero(&args)?;
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("STRAGGLER"))
+        .with_context(|| format!("no straggler line:\n{out}"))?;
+    assert!(
+        line.starts_with("STRAGGLER gpu-node-02")
+            && line.contains("; input starvation: its training thread waited for input"),
+        "{line}"
+    );
+    assert!(out.contains("[gpu-node-02] input pipeline starvation:"), "{out}");
+    drop(agents);
+    Ok(())
+}
+
+#[test]
+fn input_starvation_is_not_claimed_where_the_loader_is_not_the_cause() -> anyhow::Result<()> {
+    if !root_or_skip("input_starvation_is_not_claimed") {
+        return Ok(());
+    }
+    let _guard = serial();
+    // A slow input step on the training thread itself (busy, not waiting),
+    // checkpoint writes (the rank waits on its writer, with no worker
+    // feeding it), and CPU hogs.
+    for fault in [Fault::SlowRank, Fault::CheckpointIo, Fault::CpuContention] {
+        let s = scenario(fault)?;
+        for node in ["gpu-node-01", "gpu-node-02"] {
+            let found = starvation_chains(s, node)?;
+            assert!(found.is_empty(), "{} on {node}: {found:#?}", fault.name());
+        }
+        let m = top_chain(s)?;
+        assert!(
+            !m.causes.contains(&"input".to_owned()),
+            "{}: {:?}",
+            fault.name(),
+            m.causes
+        );
+    }
+    Ok(())
+}

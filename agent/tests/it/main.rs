@@ -18,6 +18,7 @@ mod hostile_misc;
 mod hostile_store;
 mod mcp;
 mod nccl;
+mod other_tracers;
 mod prometheus;
 mod properties;
 mod trace;

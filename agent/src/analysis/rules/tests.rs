@@ -292,6 +292,7 @@ fn block_io(d: &mut NodeData, starts: impl IntoIterator<Item = i64>, len: i64, b
             end: start + len,
             bytes,
             write,
+            read: !write,
         });
     }
 }
@@ -458,6 +459,7 @@ fn a_throughput_drop_with_io_in_the_same_seconds_fires() {
             end: start + 60 * MS,
             bytes: 32 << 20,
             write: true,
+            read: false,
         });
     }
     let c = run(&d);
