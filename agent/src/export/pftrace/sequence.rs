@@ -1,0 +1,740 @@
+//! One node's packet sequence in the native Perfetto trace: its clock, its
+//! tracks, its slices, instants and counters, and its interned strings.
+//!
+//! Invariants, each one a rule of Perfetto's trace format:
+//! - the sequence opens with one packet that clears incremental state
+//!   (`SEQ_INCREMENTAL_STATE_CLEARED`) and carries the node's clock
+//!   snapshot, the packet defaults (timestamps on the node's clock) and the
+//!   fixed interned strings; every later packet that has a timestamp or an
+//!   interned id says `SEQ_NEEDS_INCREMENTAL_STATE`;
+//! - timestamps are on the node's own clock (a sequence-scoped clock,
+//!   id 64, delta-encoded), never decreasing along the sequence: callers
+//!   hand items in time order and every END waits in a heap until the
+//!   stream has passed its time;
+//! - a track is declared (TrackDescriptor) before any event uses it, a
+//!   parent before its children;
+//! - slices on one track nest strictly: a slice goes to the first lane of
+//!   its thread (or of the node's block I/O) where it fits inside the open
+//!   slice, and a new lane is declared when none does, so BEGIN and END
+//!   always pair up on a track;
+//! - an interned name is defined in a packet before (or in) the packet
+//!   that first uses it; at most [`MAX_NAMES`] names per sequence are
+//!   interned, later ones are written in full, so memory stays bounded.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    io::Write,
+};
+
+use super::super::protobuf::Encoder;
+
+/// Field numbers of Perfetto's trace protos
+/// (perfetto/protos/perfetto/trace/...), by message.
+mod field {
+    /// `Trace.packet`.
+    pub const TRACE_PACKET: u32 = 1;
+    /// `TracePacket`.
+    pub mod packet {
+        pub const CLOCK_SNAPSHOT: u32 = 6;
+        pub const TIMESTAMP: u32 = 8;
+        pub const TRUSTED_PACKET_SEQUENCE_ID: u32 = 10;
+        pub const TRACK_EVENT: u32 = 11;
+        pub const INTERNED_DATA: u32 = 12;
+        pub const SEQUENCE_FLAGS: u32 = 13;
+        pub const TRACE_PACKET_DEFAULTS: u32 = 59;
+        pub const TRACK_DESCRIPTOR: u32 = 60;
+        pub const FIRST_PACKET_ON_SEQUENCE: u32 = 87;
+        /// `TracePacket.SequenceFlags`.
+        pub const SEQ_INCREMENTAL_STATE_CLEARED: u64 = 1;
+        pub const SEQ_NEEDS_INCREMENTAL_STATE: u64 = 2;
+    }
+    /// `TracePacketDefaults`.
+    pub const DEFAULTS_TIMESTAMP_CLOCK_ID: u32 = 58;
+    /// `ClockSnapshot` and `ClockSnapshot.Clock`.
+    pub mod clock {
+        pub const CLOCKS: u32 = 1;
+        pub const PRIMARY_TRACE_CLOCK: u32 = 2;
+        pub const CLOCK_ID: u32 = 1;
+        pub const TIMESTAMP: u32 = 2;
+        pub const IS_INCREMENTAL: u32 = 3;
+        /// `BuiltinClock.BUILTIN_CLOCK_REALTIME`: Unix time.
+        pub const REALTIME: u64 = 1;
+        /// The first sequence-scoped clock id (64..=127): a node's clock.
+        pub const NODE: u64 = 64;
+    }
+    /// `InternedData` and its entries (`EventName`, `DebugAnnotationName`).
+    pub mod interned {
+        pub const EVENT_NAMES: u32 = 2;
+        pub const DEBUG_ANNOTATION_NAMES: u32 = 3;
+        pub const IID: u32 = 1;
+        pub const NAME: u32 = 2;
+    }
+    /// `TrackEvent`.
+    pub mod event {
+        pub const DEBUG_ANNOTATIONS: u32 = 4;
+        pub const TYPE: u32 = 9;
+        pub const NAME_IID: u32 = 10;
+        pub const TRACK_UUID: u32 = 11;
+        pub const NAME: u32 = 23;
+        pub const DOUBLE_COUNTER_VALUE: u32 = 44;
+        pub const FLOW_IDS: u32 = 47;
+        pub const TERMINATING_FLOW_IDS: u32 = 48;
+        /// `TrackEvent.Type`.
+        pub const SLICE_BEGIN: u64 = 1;
+        pub const SLICE_END: u64 = 2;
+        pub const INSTANT: u64 = 3;
+        pub const COUNTER: u64 = 4;
+    }
+    /// `DebugAnnotation`.
+    pub mod annotation {
+        pub const NAME_IID: u32 = 1;
+        pub const INT_VALUE: u32 = 4;
+        pub const STRING_VALUE: u32 = 6;
+        pub const ARRAY_VALUES: u32 = 12;
+    }
+    /// `TrackDescriptor`, `ProcessDescriptor`, `ThreadDescriptor`,
+    /// `CounterDescriptor`.
+    pub mod track {
+        pub const UUID: u32 = 1;
+        pub const NAME: u32 = 2;
+        pub const PROCESS: u32 = 3;
+        pub const THREAD: u32 = 4;
+        pub const PARENT_UUID: u32 = 5;
+        pub const COUNTER: u32 = 8;
+        pub const PROCESS_PID: u32 = 1;
+        pub const PROCESS_NAME: u32 = 6;
+        pub const THREAD_PID: u32 = 1;
+        pub const THREAD_TID: u32 = 2;
+        pub const THREAD_NAME: u32 = 5;
+        pub const COUNTER_UNIT_NAME: u32 = 6;
+    }
+}
+
+use field::{annotation, clock, event, interned, packet, track};
+
+/// Interned event names per sequence, at most; later names are written in
+/// full in each event.
+pub const MAX_NAMES: usize = 10_000;
+
+/// The names of the debug annotations (args) the export writes, interned
+/// once per sequence: [`Arg`] `n` has iid `n`.
+const ARG_NAMES: [&str; 20] = [
+    "arg0",
+    "arg1",
+    "ret",
+    "next",
+    "bytes",
+    "sector",
+    "issuer_pid",
+    "issuer_tid",
+    "pid",
+    "tid",
+    "comm",
+    "seq",
+    "count",
+    "datatype",
+    "peer",
+    "severity",
+    "root_cause",
+    "explanation",
+    "fix",
+    "chain_id",
+];
+
+/// A debug annotation's name: each variant is the [`ARG_NAMES`] entry of
+/// the same name.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    Arg0 = 1,
+    Arg1,
+    Ret,
+    Next,
+    Bytes,
+    Sector,
+    IssuerPid,
+    IssuerTid,
+    Pid,
+    Tid,
+    Comm,
+    Seq,
+    Count,
+    Datatype,
+    Peer,
+    Severity,
+    RootCause,
+    Explanation,
+    Fix,
+    ChainId,
+}
+
+/// A debug annotation's value.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    /// An integer.
+    Int(i64),
+    /// A text.
+    Str(&'a str),
+    /// A list of texts.
+    Strs(&'a [String]),
+}
+
+/// What a name is interned under: ops by their ids, preemptions by the
+/// preempting task, fixed texts by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameKey {
+    /// An operation `(source, op)`.
+    Op(u8, u8),
+    /// "off-CPU: preempted by" this task.
+    PreemptedBy(u32),
+    /// A constant text.
+    Fixed(&'static str),
+}
+
+/// An event's name: interned, or written in full.
+#[derive(Debug, Clone)]
+pub enum Name {
+    /// An iid from this sequence's interned event names.
+    Iid(u64),
+    /// The text itself.
+    Text(String),
+}
+
+/// How a slice takes part in a flow (arrows across tracks).
+#[derive(Debug, Clone, Copy)]
+pub enum Flow {
+    /// Not in a flow.
+    None,
+    /// Starts or continues flow `id`.
+    Step(u64),
+    /// Ends flow `id`.
+    Last(u64),
+}
+
+/// The trace file: packets are encoded into a buffer, written out in
+/// blocks. Owns the track-uuid counter (uuids are global to the trace).
+pub struct Output<W: Write> {
+    out: W,
+    enc: Encoder,
+    next_uuid: u64,
+    /// Whether a clock snapshot was written (the first one names the trace
+    /// clock).
+    clocked: bool,
+}
+
+impl<W: Write> Output<W> {
+    /// A trace written to `out`.
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            enc: Encoder::default(),
+            next_uuid: 1,
+            clocked: false,
+        }
+    }
+
+    fn uuid(&mut self) -> u64 {
+        self.next_uuid += 1;
+        self.next_uuid - 1
+    }
+
+    fn maybe_flush(&mut self) -> std::io::Result<()> {
+        if self.enc.as_bytes().len() >= 1 << 16 {
+            self.out.write_all(self.enc.as_bytes())?;
+            self.enc.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.out.write_all(self.enc.as_bytes())?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// A track on which slices nest: its uuid and the ends of its open slices
+/// (innermost last).
+#[derive(Debug)]
+struct Lane {
+    uuid: u64,
+    open: Vec<i64>,
+}
+
+/// A traced process of the node: its track and its counter track.
+#[derive(Debug)]
+struct Process {
+    uuid: u64,
+    allocations: Option<u64>,
+}
+
+/// One node's sequence. See the module documentation for its invariants.
+#[derive(Debug)]
+pub struct Sequence {
+    id: u64,
+    node_uuid: u64,
+    /// The pid the node's process descriptor (and its threads) carry.
+    node_pid: i64,
+    /// The last timestamp written, on the node's clock.
+    last_ts: i64,
+    lanes: Vec<Lane>,
+    /// A thread's lanes by tid: its thread track first.
+    threads: HashMap<u32, Vec<usize>>,
+    processes: HashMap<u32, Process>,
+    io_lanes: Vec<usize>,
+    cpu: Option<u64>,
+    /// Pending ENDs: (time, begin order reversed, lane); the earliest first
+    /// and, at equal times, the latest begun (the innermost) first.
+    ends: BinaryHeap<Reverse<(i64, Reverse<u64>, usize)>>,
+    begun: u64,
+    names: HashMap<NameKey, u64>,
+    new_names: Vec<(u64, String)>,
+}
+
+impl Sequence {
+    /// Opens sequence `id` (1-based, one per node) with its first packet
+    /// and its node track. `start` is the node's earliest time on its own
+    /// clock (nothing in the sequence may be earlier), `offset_ns` how far
+    /// the node's clock is ahead of the reference (Unix) clock.
+    pub fn start<W: Write>(
+        out: &mut Output<W>,
+        id: u64,
+        label: &str,
+        node_pid: i64,
+        start: i64,
+        offset_ns: i64,
+    ) -> std::io::Result<Self> {
+        let start = start.max(0);
+        let primary = !out.clocked;
+        out.clocked = true;
+        out.enc.message(field::TRACE_PACKET, |p| {
+            p.uint(packet::TRUSTED_PACKET_SEQUENCE_ID, id);
+            p.uint(packet::SEQUENCE_FLAGS, packet::SEQ_INCREMENTAL_STATE_CLEARED);
+            p.boolean(packet::FIRST_PACKET_ON_SEQUENCE, true);
+            p.message(packet::CLOCK_SNAPSHOT, |c| {
+                c.message(clock::CLOCKS, |k| {
+                    k.uint(clock::CLOCK_ID, clock::NODE);
+                    k.uint(clock::TIMESTAMP, start as u64);
+                    k.boolean(clock::IS_INCREMENTAL, true);
+                });
+                c.message(clock::CLOCKS, |k| {
+                    k.uint(clock::CLOCK_ID, clock::REALTIME);
+                    k.uint(clock::TIMESTAMP, start.saturating_sub(offset_ns).max(0) as u64);
+                });
+                if primary {
+                    c.uint(clock::PRIMARY_TRACE_CLOCK, clock::REALTIME);
+                }
+            });
+            p.message(packet::TRACE_PACKET_DEFAULTS, |d| {
+                d.uint(field::DEFAULTS_TIMESTAMP_CLOCK_ID, clock::NODE);
+            });
+            p.message(packet::INTERNED_DATA, |i| {
+                for (n, name) in ARG_NAMES.iter().enumerate() {
+                    i.message(interned::DEBUG_ANNOTATION_NAMES, |e| {
+                        e.uint(interned::IID, n as u64 + 1);
+                        e.string(interned::NAME, name);
+                    });
+                }
+            });
+        });
+        let node_uuid = out.uuid();
+        let seq = Self {
+            id,
+            node_uuid,
+            node_pid,
+            last_ts: start,
+            lanes: Vec::new(),
+            threads: HashMap::new(),
+            processes: HashMap::new(),
+            io_lanes: Vec::new(),
+            cpu: None,
+            ends: BinaryHeap::new(),
+            begun: 0,
+            names: HashMap::new(),
+            new_names: Vec::new(),
+        };
+        seq.descriptor(out, |d| {
+            d.uint(track::UUID, node_uuid);
+            d.string(track::NAME, label);
+            d.message(track::PROCESS, |p| {
+                p.int(track::PROCESS_PID, node_pid);
+                p.string(track::PROCESS_NAME, label);
+            });
+        })?;
+        Ok(seq)
+    }
+
+    /// The node's own track (a process track): chains go here.
+    pub fn node_track(&self) -> u64 {
+        self.node_uuid
+    }
+
+    /// How many thread tracks the sequence declared.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Writes a packet of this sequence: a timestamp (as a delta on the
+    /// node's clock) if `ts` is given, the names interned since the last
+    /// packet, and `body`.
+    fn packet<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        ts: Option<i64>,
+        body: impl FnOnce(&mut Encoder),
+    ) -> std::io::Result<()> {
+        let delta = ts.map(|t| {
+            debug_assert!(t >= self.last_ts, "timestamps go back on sequence {}", self.id);
+            let d = (t - self.last_ts).max(0);
+            self.last_ts += d;
+            d as u64
+        });
+        let new_names = std::mem::take(&mut self.new_names);
+        let id = self.id;
+        out.enc.message(field::TRACE_PACKET, |p| {
+            if let Some(d) = delta {
+                p.uint(packet::TIMESTAMP, d);
+            }
+            p.uint(packet::TRUSTED_PACKET_SEQUENCE_ID, id);
+            p.uint(packet::SEQUENCE_FLAGS, packet::SEQ_NEEDS_INCREMENTAL_STATE);
+            if !new_names.is_empty() {
+                p.message(packet::INTERNED_DATA, |i| {
+                    for (iid, name) in &new_names {
+                        i.message(interned::EVENT_NAMES, |e| {
+                            e.uint(interned::IID, *iid);
+                            e.string(interned::NAME, name);
+                        });
+                    }
+                });
+            }
+            body(p);
+        });
+        out.maybe_flush()
+    }
+
+    /// Writes a track descriptor (no timestamp, no interned data).
+    fn descriptor<W: Write>(
+        &self,
+        out: &mut Output<W>,
+        body: impl FnOnce(&mut Encoder),
+    ) -> std::io::Result<()> {
+        out.enc.message(field::TRACE_PACKET, |p| {
+            p.uint(packet::TRUSTED_PACKET_SEQUENCE_ID, self.id);
+            p.message(packet::TRACK_DESCRIPTOR, body);
+        });
+        out.maybe_flush()
+    }
+
+    /// The name for `key`, interned on first use (`make` gives its text).
+    pub fn name(&mut self, key: NameKey, make: impl FnOnce() -> String) -> Name {
+        if let Some(&iid) = self.names.get(&key) {
+            return Name::Iid(iid);
+        }
+        if self.names.len() >= MAX_NAMES {
+            return Name::Text(make());
+        }
+        let iid = self.names.len() as u64 + 1;
+        self.names.insert(key, iid);
+        self.new_names.push((iid, make()));
+        Name::Iid(iid)
+    }
+
+    /// The track of traced process `pid`, declared under the node on first
+    /// use (`label` names it).
+    pub fn process<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        pid: u32,
+        label: impl FnOnce() -> String,
+    ) -> std::io::Result<u64> {
+        if let Some(p) = self.processes.get(&pid) {
+            return Ok(p.uuid);
+        }
+        let uuid = out.uuid();
+        let parent = self.node_uuid;
+        self.descriptor(out, |d| {
+            d.uint(track::UUID, uuid);
+            d.uint(track::PARENT_UUID, parent);
+            d.string(track::NAME, &label());
+        })?;
+        self.processes.insert(
+            pid,
+            Process {
+                uuid,
+                allocations: None,
+            },
+        );
+        Ok(uuid)
+    }
+
+    /// The thread track of `tid` (of process `pid`, whose track must exist),
+    /// declared on first use with `name`.
+    pub fn thread<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        pid: u32,
+        tid: u32,
+        name: impl FnOnce() -> String,
+    ) -> std::io::Result<u64> {
+        if let Some(lanes) = self.threads.get(&tid) {
+            return Ok(self.lanes[lanes[0]].uuid);
+        }
+        let uuid = out.uuid();
+        let parent = self.processes.get(&pid).map_or(self.node_uuid, |p| p.uuid);
+        let node_pid = self.node_pid;
+        self.descriptor(out, |d| {
+            d.uint(track::UUID, uuid);
+            d.uint(track::PARENT_UUID, parent);
+            d.message(track::THREAD, |t| {
+                t.int(track::THREAD_PID, node_pid);
+                t.int(track::THREAD_TID, i64::from(tid));
+                t.string(track::THREAD_NAME, &name());
+            });
+        })?;
+        self.lanes.push(Lane {
+            uuid,
+            open: Vec::new(),
+        });
+        self.threads.insert(tid, vec![self.lanes.len() - 1]);
+        Ok(uuid)
+    }
+
+    /// A counter track under `parent`, declared now.
+    fn counter_track<W: Write>(
+        &self,
+        out: &mut Output<W>,
+        parent: u64,
+        name: &str,
+        unit: &str,
+    ) -> std::io::Result<u64> {
+        let uuid = out.uuid();
+        self.descriptor(out, |d| {
+            d.uint(track::UUID, uuid);
+            d.uint(track::PARENT_UUID, parent);
+            d.string(track::NAME, name);
+            d.message(track::COUNTER, |c| c.string(track::COUNTER_UNIT_NAME, unit));
+        })?;
+        Ok(uuid)
+    }
+
+    /// The page-allocation counter of process `pid` (whose track must exist).
+    pub fn allocations<W: Write>(&mut self, out: &mut Output<W>, pid: u32) -> std::io::Result<u64> {
+        let parent = match self.processes.get(&pid) {
+            Some(Process {
+                allocations: Some(uuid),
+                ..
+            }) => return Ok(*uuid),
+            Some(p) => p.uuid,
+            None => self.node_uuid,
+        };
+        let uuid = self.counter_track(out, parent, "page allocations (MiB/s)", "MiB/s")?;
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.allocations = Some(uuid);
+        }
+        Ok(uuid)
+    }
+
+    /// The node's CPU-load counter.
+    pub fn cpu<W: Write>(&mut self, out: &mut Output<W>) -> std::io::Result<u64> {
+        if let Some(uuid) = self.cpu {
+            return Ok(uuid);
+        }
+        let uuid = self.counter_track(out, self.node_uuid, "CPU busy %", "%")?;
+        self.cpu = Some(uuid);
+        Ok(uuid)
+    }
+
+    /// Writes the ENDs of the slices that are over by `t`.
+    pub fn advance<W: Write>(&mut self, out: &mut Output<W>, t: i64) -> std::io::Result<()> {
+        while let Some(&Reverse((end, _, lane))) = self.ends.peek() {
+            if end > t {
+                break;
+            }
+            self.ends.pop();
+            self.lanes[lane].open.pop();
+            let uuid = self.lanes[lane].uuid;
+            self.packet(out, Some(end), |p| {
+                p.message(packet::TRACK_EVENT, |e| {
+                    e.uint(event::TYPE, event::SLICE_END);
+                    e.uint(event::TRACK_UUID, uuid);
+                });
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The first lane among `lanes` where a slice ending at `end` nests.
+    fn fitting(&self, lanes: &[usize], end: i64) -> Option<usize> {
+        lanes
+            .iter()
+            .copied()
+            .find(|&l| self.lanes[l].open.last().is_none_or(|&top| top >= end))
+    }
+
+    /// A new lane under `parent` named `name`.
+    fn new_lane<W: Write>(&mut self, out: &mut Output<W>, parent: u64, name: &str) -> std::io::Result<usize> {
+        let uuid = out.uuid();
+        self.descriptor(out, |d| {
+            d.uint(track::UUID, uuid);
+            d.uint(track::PARENT_UUID, parent);
+            d.string(track::NAME, name);
+        })?;
+        self.lanes.push(Lane {
+            uuid,
+            open: Vec::new(),
+        });
+        Ok(self.lanes.len() - 1)
+    }
+
+    /// A slice `[start, end]` on thread `tid` (declared with
+    /// [`Self::thread`]): on its thread track, or on an extra lane under it
+    /// when it overlaps the open slice there without nesting.
+    #[expect(clippy::too_many_arguments, reason = "a slice has this many parts")]
+    pub fn thread_slice<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        tid: u32,
+        start: i64,
+        end: i64,
+        name: Name,
+        args: &[(Arg, Value<'_>)],
+        flow: Flow,
+    ) -> std::io::Result<()> {
+        self.advance(out, start)?;
+        let lanes = self.threads.get(&tid).map(Vec::as_slice).unwrap_or_default();
+        let (fit, first) = (self.fitting(lanes, end), lanes.first().copied());
+        let lane = match fit {
+            Some(l) => l,
+            None => {
+                let parent = first.map_or(self.node_uuid, |l| self.lanes[l].uuid);
+                let l = self.new_lane(out, parent, "overlapping calls")?;
+                if let Some(v) = self.threads.get_mut(&tid) {
+                    v.push(l);
+                }
+                l
+            }
+        };
+        self.begin(out, lane, start, end, &name, args, flow)
+    }
+
+    /// A block I/O request `[start, end]` on the node's I/O lanes.
+    pub fn io_slice<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        start: i64,
+        end: i64,
+        name: Name,
+        args: &[(Arg, Value<'_>)],
+    ) -> std::io::Result<()> {
+        self.advance(out, start)?;
+        let lane = match self.fitting(&self.io_lanes, end) {
+            Some(l) => l,
+            None => {
+                let l = self.new_lane(out, self.node_uuid, "block I/O")?;
+                self.io_lanes.push(l);
+                l
+            }
+        };
+        self.begin(out, lane, start, end, &name, args, Flow::None)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "a slice has this many parts")]
+    fn begin<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        lane: usize,
+        start: i64,
+        end: i64,
+        name: &Name,
+        args: &[(Arg, Value<'_>)],
+        flow: Flow,
+    ) -> std::io::Result<()> {
+        self.lanes[lane].open.push(end);
+        self.begun += 1;
+        self.ends.push(Reverse((end, Reverse(self.begun), lane)));
+        let uuid = self.lanes[lane].uuid;
+        self.packet(out, Some(start), |p| {
+            p.message(packet::TRACK_EVENT, |e| {
+                e.uint(event::TYPE, event::SLICE_BEGIN);
+                e.uint(event::TRACK_UUID, uuid);
+                write_name(e, name);
+                write_args(e, args);
+                match flow {
+                    Flow::None => {}
+                    Flow::Step(id) => e.fixed64(event::FLOW_IDS, id),
+                    Flow::Last(id) => e.fixed64(event::TERMINATING_FLOW_IDS, id),
+                }
+            });
+        })
+    }
+
+    /// An instant event on `track` at `t`.
+    pub fn instant<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        track: u64,
+        t: i64,
+        name: &Name,
+        args: &[(Arg, Value<'_>)],
+    ) -> std::io::Result<()> {
+        self.advance(out, t)?;
+        self.packet(out, Some(t), |p| {
+            p.message(packet::TRACK_EVENT, |e| {
+                e.uint(event::TYPE, event::INSTANT);
+                e.uint(event::TRACK_UUID, track);
+                write_name(e, name);
+                write_args(e, args);
+            });
+        })
+    }
+
+    /// A counter sample on counter track `track` at `t`.
+    pub fn counter<W: Write>(
+        &mut self,
+        out: &mut Output<W>,
+        track: u64,
+        t: i64,
+        value: f64,
+    ) -> std::io::Result<()> {
+        self.advance(out, t)?;
+        self.packet(out, Some(t), |p| {
+            p.message(packet::TRACK_EVENT, |e| {
+                e.uint(event::TYPE, event::COUNTER);
+                e.uint(event::TRACK_UUID, track);
+                e.double(event::DOUBLE_COUNTER_VALUE, value);
+            });
+        })
+    }
+
+    /// Ends every open slice: the sequence is complete.
+    pub fn finish<W: Write>(mut self, out: &mut Output<W>) -> std::io::Result<()> {
+        self.advance(out, i64::MAX)
+    }
+}
+
+fn write_name(e: &mut Encoder, name: &Name) {
+    match name {
+        Name::Iid(iid) => e.uint(event::NAME_IID, *iid),
+        Name::Text(s) => e.string(event::NAME, s),
+    }
+}
+
+fn write_args(e: &mut Encoder, args: &[(Arg, Value<'_>)]) {
+    for (arg, value) in args {
+        e.message(event::DEBUG_ANNOTATIONS, |a| {
+            a.uint(annotation::NAME_IID, *arg as u64);
+            match value {
+                Value::Int(v) => a.int(annotation::INT_VALUE, *v),
+                Value::Str(s) => a.string(annotation::STRING_VALUE, s),
+                Value::Strs(list) => {
+                    for s in *list {
+                        a.message(annotation::ARRAY_VALUES, |v| {
+                            v.string(annotation::STRING_VALUE, s)
+                        });
+                    }
+                }
+            }
+        });
+    }
+}
