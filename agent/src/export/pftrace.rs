@@ -54,7 +54,7 @@ const COLLECTIVE: i64 = 2;
 /// The export query: every item of the window, sorted by node, start time
 /// and (for slices starting together) the longest first, so slices nest.
 /// Columns: kind, node, t (start, or the time of an instant/counter), dur,
-/// pid, tid, then eight kind-specific values a..h.
+/// pid, tid, then nine kind-specific values a..i.
 fn items_sql(
     conn: &Connection,
     conv: &Conventions,
@@ -77,12 +77,12 @@ fn items_sql(
                      WHEN source = {io} OR (source = {host} AND op = {switch}) THEN timestamp - max(duration, 0)
                      ELSE timestamp END AS t,
                 max(duration, 0) AS dur, pid, tid, source AS a, op AS b, arg0 AS c, arg1 AS d, ret_code AS e,
-                {rank_col} AS f, NULL AS g, NULL AS h
+                {rank_col} AS f, NULL AS g, NULL AS h, NULL AS i
          FROM events {filter} AND source IN ({cuda}, {host}, {driver}, {io})"
     )];
     if table_exists(conn, "system_snapshots")? && has_column(conn, "system_snapshots", "node")? {
         parts.push(format!(
-            "SELECT {CPU}, node, timestamp, 0, 0, 0, cpu_pct, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+            "SELECT {CPU}, node, timestamp, 0, 0, 0, cpu_pct, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
              FROM system_snapshots
              WHERE typeof(node) = 'text' AND typeof(timestamp) = 'integer'
                AND typeof(cpu_pct) IN ('integer', 'real') AND timestamp BETWEEN {from} AND {to}"

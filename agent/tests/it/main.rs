@@ -16,6 +16,7 @@ mod hostile_misc;
 mod hostile_store;
 mod mcp;
 mod nccl;
+mod perfetto;
 mod prometheus;
 mod properties;
 mod trace;
