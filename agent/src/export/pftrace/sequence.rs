@@ -24,6 +24,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
+    hash::{BuildHasherDefault, Hasher},
     io::Write,
 };
 
@@ -211,6 +212,44 @@ pub enum Flow {
     Last(u64),
 }
 
+/// A multiply-rotate hasher for the small integer keys of the per-event
+/// lookups (tids, pids, op ids): several times cheaper than SipHash, and
+/// the keys come from the database, not from an adversary who could pick
+/// colliding ones to any effect beyond a slower export.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// A map keyed by ids, hashed with [`IdHasher`].
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 /// The trace file: packets are encoded into a buffer, written out in
 /// blocks. Owns the track-uuid counter (uuids are global to the trace).
 pub struct Output<W: Write> {
@@ -280,15 +319,15 @@ pub struct Sequence {
     last_ts: i64,
     lanes: Vec<Lane>,
     /// A thread's lanes by tid: its thread track first.
-    threads: HashMap<u32, Vec<usize>>,
-    processes: HashMap<u32, Process>,
+    threads: IdMap<u32, Vec<usize>>,
+    processes: IdMap<u32, Process>,
     io_lanes: Vec<usize>,
     cpu: Option<u64>,
     /// Pending ENDs: (time, begin order reversed, lane); the earliest first
     /// and, at equal times, the latest begun (the innermost) first.
     ends: BinaryHeap<Reverse<(i64, Reverse<u64>, usize)>>,
     begun: u64,
-    names: HashMap<NameKey, u64>,
+    names: IdMap<NameKey, u64>,
     new_names: Vec<(u64, String)>,
 }
 
@@ -345,13 +384,13 @@ impl Sequence {
             node_pid,
             last_ts: start,
             lanes: Vec::new(),
-            threads: HashMap::new(),
-            processes: HashMap::new(),
+            threads: IdMap::default(),
+            processes: IdMap::default(),
             io_lanes: Vec::new(),
             cpu: None,
             ends: BinaryHeap::new(),
             begun: 0,
-            names: HashMap::new(),
+            names: IdMap::default(),
             new_names: Vec::new(),
         };
         seq.descriptor(out, |d| {
@@ -466,6 +505,11 @@ impl Sequence {
             },
         );
         Ok(uuid)
+    }
+
+    /// The thread track of `tid`, if declared.
+    pub fn thread_uuid(&self, tid: u32) -> Option<u64> {
+        self.threads.get(&tid).map(|lanes| self.lanes[lanes[0]].uuid)
     }
 
     /// The thread track of `tid` (of process `pid`, whose track must exist),
