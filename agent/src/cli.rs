@@ -321,7 +321,7 @@ pub struct MergeArgs {
 /// The file formats `ingero export` writes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// Chrome Trace Event JSON for ui.perfetto.dev
+    /// A trace for ui.perfetto.dev: Perfetto's protobuf format when the output ends in .pftrace, Chrome JSON otherwise
     Perfetto,
 }
 
@@ -334,7 +334,7 @@ pub struct ExportArgs {
     /// Database file [default: ~/.ingero/ingero.db]
     #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// The trace file to write
+    /// The trace file to write (trace.pftrace: native protobuf; trace.json: Chrome JSON)
     #[arg(short, long, value_name = "PATH")]
     pub output: PathBuf,
     /// The time range to export.

@@ -17,12 +17,16 @@ use crate::exec::{exec, output, succeeds};
 /// bpf-linker release that matches nightly's LLVM (see README, Toolchain).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Python packages for the tests, pinned: the real CUDA runtime and NCCL
-/// (a 351 MB wheel, installed once), and the official MCP SDK that drives
-/// `ingero mcp` as an independent client.
+/// (a 351 MB wheel, installed once), the official MCP SDK that drives
+/// `ingero mcp` as an independent client, and Perfetto's generated trace
+/// protos (with the protobuf runtime) that decode the native `.pftrace`
+/// export.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("nvidia-cuda-runtime-cu12", "12.9.79"),
     ("nvidia-nccl-cu12", "2.32.3"),
     ("mcp", "2.3.0"),
+    ("protobuf", "7.36.2"),
+    ("perfetto", "0.59.1"),
 ];
 
 /// Everything: what building needs ([`toolchain`]) and what the tests,

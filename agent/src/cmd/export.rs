@@ -3,10 +3,16 @@
 
 use std::process::ExitCode;
 
-use crate::{cli::ExportArgs, config::FileConfig, error::CliError, export::export};
+use crate::{
+    cli::ExportArgs,
+    config::FileConfig,
+    error::CliError,
+    export::{ExportReport, TraceFormat, write},
+};
 
 /// Runs `ingero export`: writes the database's window as a Perfetto trace
-/// to `--output` and prints a summary (text or JSON). Exit 0; 2 when the
+/// to `--output` (native protobuf for `.pftrace`, Chrome JSON otherwise;
+/// see [`TraceFormat::for_path`]) and prints a summary (text or JSON). Exit 0; 2 when the
 /// database is missing or not an ingero database or the window is invalid;
 /// 1 when the output cannot be written. With `--nodes`/`--fleet` it hands
 /// over to the fleet form.
@@ -47,7 +53,8 @@ pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let window = super::window(&conn, &args.window)?;
     let out = std::fs::File::create(&args.output)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;
-    let report = export(&conn, out, window, &std::collections::HashMap::new())
+    let format = TraceFormat::for_path(&args.output);
+    let report = write(format, &conn, out, window, &std::collections::HashMap::new())
         .map_err(|e| CliError::Failed(format!("export to {} failed: {e}", args.output.display())))?;
     if args.json {
         println!(
@@ -56,14 +63,28 @@ pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         );
     } else {
         println!(
-            "wrote {}: {} node(s), {} thread(s), {} slices, {} markers, {} counter samples; open it in https://ui.perfetto.dev",
+            "wrote {} ({}): {} node(s), {}; open it in https://ui.perfetto.dev",
             args.output.display(),
+            describe(format),
             report.nodes,
-            report.threads,
-            report.slices,
-            report.markers,
-            report.counters
+            counts(&report)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The format's name in the summary line.
+pub(super) fn describe(format: TraceFormat) -> &'static str {
+    match format {
+        TraceFormat::Json => "Chrome JSON",
+        TraceFormat::Protobuf => "Perfetto protobuf",
+    }
+}
+
+/// The summary's counts: threads, slices, collectives, markers, counters.
+pub(super) fn counts(r: &ExportReport) -> String {
+    format!(
+        "{} thread(s), {} slices, {} NCCL collective calls, {} markers, {} counter samples",
+        r.threads, r.slices, r.collectives, r.markers, r.counters
+    )
 }

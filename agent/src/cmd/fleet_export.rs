@@ -1,6 +1,8 @@
 //! `ingero export --nodes ... --format perfetto`: one trace of the whole
 //! fleet, one process per node, each node's timestamps moved onto this
-//! machine's clock by its estimated offset.
+//! machine's clock by its estimated offset (shifted in the JSON format; in
+//! the protobuf format each node keeps its clock and its clock snapshot
+//! carries the offset).
 //!
 //! Each agent's rows are fetched in pages ([`ingero_fleet::pages`]) into a
 //! scratch database beside the output, which the ordinary exporter then streams
@@ -18,7 +20,12 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use super::fleet::{FleetRun, check_window, finish};
-use crate::{cli::ExportArgs, error::CliError, export::export, trace::live::group_digits};
+use crate::{
+    cli::ExportArgs,
+    error::CliError,
+    export::{TraceFormat, write},
+    trace::live::group_digits,
+};
 
 /// Removes the scratch database (and its WAL files) when dropped.
 struct Scratch(PathBuf);
@@ -134,7 +141,8 @@ pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
     let offsets = ingero_fleet::offsets(&answers);
     let out = std::fs::File::create(&args.output)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;
-    let report = export(&conn, out, None, &offsets)
+    let format = TraceFormat::for_path(&args.output);
+    let report = write(format, &conn, out, None, &offsets)
         .map_err(|e| CliError::Failed(format!("export to {} failed: {e}", args.output.display())))?;
     if args.json {
         let nodes: Vec<Value> = answers
@@ -147,14 +155,12 @@ pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
         println!("{v}");
     } else {
         println!(
-            "wrote {}: {} events from {} node(s) on this machine's clock, {} thread(s), {} slices, {} markers, {} counter samples; open it in https://ui.perfetto.dev",
+            "wrote {} ({}): {} events from {} node(s) on this machine's clock, {}; open it in https://ui.perfetto.dev",
             args.output.display(),
+            super::export::describe(format),
             group_digits(written),
             report.nodes,
-            report.threads,
-            report.slices,
-            report.markers,
-            report.counters
+            super::export::counts(&report)
         );
     }
     Ok(code)

@@ -361,6 +361,36 @@ fn clock_offsets_are_estimated_within_their_bound_and_correct_the_timelines() ->
             "{node}: moved {moved_us} µs, expected {expected_us} µs"
         );
     }
+    // The native trace keeps each node's clock; its clock snapshot carries
+    // the estimated offset instead.
+    let native = out_dir.path().join("cluster.pftrace");
+    let (code, _, err) = f.ingero(
+        &[
+            "export",
+            "--format",
+            "perfetto",
+            "-o",
+            native.to_str().context("path")?,
+        ],
+        &f.addrs,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let v = crate::perfetto::check(&native)?;
+    let seqs = v["sequences"].as_object().context("sequences")?;
+    assert_eq!(seqs.len(), 3);
+    for s in seqs.values() {
+        let label = s["node"].as_str().unwrap_or_default();
+        let i = ["gpu-node-01", "gpu-node-02", "gpu-node-03"]
+            .iter()
+            .position(|n| label.starts_with(n))
+            .context("a sample node")?;
+        let offset = s["clock"].as_i64().unwrap_or(0) - s["realtime"].as_i64().unwrap_or(0);
+        assert!(
+            (offset - SHIFTS[i]).abs() < 50_000_000,
+            "{label}: snapshot offset {offset} ns, injected {} ns",
+            SHIFTS[i]
+        );
+    }
     Ok(())
 }
 

@@ -63,6 +63,11 @@ fn a_text_timestamp_spoils_no_command() -> anyhow::Result<()> {
     assert_eq!(code, 0, "export: {err}");
     let parsed: Value = serde_json::from_slice(&std::fs::read(&trace)?)?;
     assert!(parsed["traceEvents"].as_array().is_some_and(|a| !a.is_empty()));
+    let native = dir.path().join("t.pftrace");
+    let (code, _, err) = ingero(&["export", "--format", "perfetto", "-d", &db_s, "-o", &s(&native)])?;
+    assert_eq!(code, 0, "native export: {err}");
+    let v = crate::perfetto::check(&native)?;
+    assert!(v["slices"].as_array().is_some_and(|a| !a.is_empty()));
 
     let other = sample(dir.path(), 2)?;
     let merged = dir.path().join("m.db");

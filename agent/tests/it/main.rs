@@ -19,6 +19,7 @@ mod hostile_store;
 mod mcp;
 mod nccl;
 mod other_tracers;
+mod perfetto;
 mod prometheus;
 mod properties;
 mod trace;
