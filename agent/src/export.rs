@@ -126,8 +126,8 @@ pub(crate) struct NodeInfo {
 
 /// The `WHERE` clause of the events an export reads: well-typed rows, in
 /// the window if there is one.
-pub(crate) fn events_filter(conv: &Conventions, window: Option<Window>) -> String {
-    let typed = well_typed(conv, &["ret_code"]);
+pub(crate) fn events_filter(conv: Conventions, window: Option<Window>) -> String {
+    let typed = well_typed(&conv, &["ret_code"]);
     window.map_or(format!("WHERE {typed}"), |w| {
         format!("WHERE timestamp BETWEEN {} AND {} AND {typed}", w.from, w.to)
     })
@@ -136,7 +136,7 @@ pub(crate) fn events_filter(conv: &Conventions, window: Option<Window>) -> Strin
 /// The nodes with events passing `filter`, by name (one aggregate query).
 pub(crate) fn node_list(
     conn: &Connection,
-    conv: &Conventions,
+    conv: Conventions,
     filter: &str,
 ) -> rusqlite::Result<Vec<NodeInfo>> {
     let node_col = if conv.has_node { "node" } else { "''" };
@@ -159,7 +159,7 @@ pub(crate) fn node_list(
 /// Process and thread names by (node, pid), from `process_names`.
 pub(crate) fn thread_names(
     conn: &Connection,
-    conv: &Conventions,
+    conv: Conventions,
 ) -> rusqlite::Result<HashMap<(String, u32), String>> {
     if !table_exists(conn, "process_names")? {
         return Ok(HashMap::new());

@@ -146,13 +146,13 @@ pub fn export(
     let conv = conventions(conn)?;
     let names = op_names(conn)?;
     let node_col = if conv.has_node { "node" } else { "''" };
-    let filter = events_filter(&conv, window);
+    let filter = events_filter(conv, window);
 
     // Pass 1 (aggregate only): nodes, their ranks, the earliest start.
     let mut nodes: HashMap<String, NodeTrack> = HashMap::new();
     let mut labels: Vec<(String, String)> = Vec::new();
     let mut t0 = i64::MAX;
-    for n in node_list(conn, &conv, &filter)? {
+    for n in node_list(conn, conv, &filter)? {
         let offset_ns = offsets.get(&n.node).copied().unwrap_or(0);
         t0 = t0.min(n.first_start - offset_ns);
         labels.push((n.node.clone(), node_label(&n.node, n.min_rank, n.max_rank)));
@@ -167,7 +167,7 @@ pub fn export(
     if t0 == i64::MAX {
         t0 = 0;
     }
-    let thread_names = thread_names(conn, &conv)?;
+    let thread_names = thread_names(conn, conv)?;
 
     let mut w = TraceWriter {
         out: std::io::BufWriter::new(out),

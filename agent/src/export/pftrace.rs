@@ -1,7 +1,7 @@
 //! `ingero export --format perfetto -o trace.pftrace`: a database as
 //! Perfetto's native protobuf trace (the format the Perfetto SDK writes).
 //!
-//! Layout, per node (one packet sequence each, see [`sequence`]):
+//! Layout, per node (one packet sequence each, see the `sequence` module):
 //! - the node is a process track (`gpu-node-01 (rank 0)`) whose pid is
 //!   synthetic (`NODE_PID_BASE + n`, above any Linux pid) so nodes never
 //!   merge, whatever pids they share; under it a track per traced process
@@ -83,7 +83,7 @@ pub const MAX_LAG_NS: i64 = 1_000_000_000;
 pub(super) struct Context<'a> {
     pub(super) ops: HashMap<(u8, u8), String>,
     pub(super) names: HashMap<(String, u32), String>,
-    pub(super) conv: &'a Conventions,
+    pub(super) conv: Conventions,
     pub(super) offsets: &'a HashMap<String, i64>,
 }
 
@@ -234,12 +234,12 @@ pub fn export(
     offsets: &HashMap<String, i64>,
 ) -> Result<ExportReport, ExportError> {
     let conv = conventions(conn)?;
-    let nodes = scan_nodes(conn, &conv, window)?;
+    let nodes = scan_nodes(conn, conv, window)?;
     let by_rowid = nodes.iter().all(|(_, f)| f.lag <= MAX_LAG_NS);
     let cx = Context {
         ops: op_names(conn)?,
-        names: super::thread_names(conn, &conv)?,
-        conv: &conv,
+        names: super::thread_names(conn, conv)?,
+        conv,
         offsets,
     };
     let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.0.as_str(), i)).collect();
@@ -255,7 +255,7 @@ pub fn export(
     for list in &mut chains {
         list.sort_by_key(|c| c.peak_at);
     }
-    fill_side(conn, &conv, window)?;
+    fill_side(conn, conv, window)?;
     let result = write_all(conn, out, window, &nodes, &index, chains, by_rowid, &cx);
     // The side table would go with the connection; drop it now so the
     // connection can export again.

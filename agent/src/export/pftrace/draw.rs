@@ -74,7 +74,7 @@ impl<W: Write> Writer<'_, '_, W> {
                 ];
                 let args = if e.ret == 0 { &args[..2] } else { &args[..] };
                 self.seq
-                    .thread_slice(self.out, e.tid, t, t + dur, name, args, Flow::None)
+                    .thread_slice(self.out, e.tid, t, t + dur, &name, args, Flow::None)
             }
             (source::HOST, host_op::SCHED_SWITCH) => {
                 self.report.slices += 1;
@@ -98,7 +98,7 @@ impl<W: Write> Writer<'_, '_, W> {
                     e.tid,
                     t,
                     t + dur,
-                    name,
+                    &name,
                     &[(Arg::Next, Value::Int(e.arg1))],
                     Flow::None,
                 )
@@ -135,7 +135,7 @@ impl<W: Write> Writer<'_, '_, W> {
                     self.out,
                     t,
                     t + dur,
-                    name,
+                    &name,
                     &[
                         (Arg::Bytes, Value::Int(bytes)),
                         (Arg::Sector, Value::Int(e.arg1)),
@@ -179,7 +179,7 @@ impl<W: Write> Writer<'_, '_, W> {
             c.tid,
             t,
             t + dur,
-            Name::Text(format!("{call} #{}", c.seq)),
+            &Name::Text(format!("{call} #{}", c.seq)),
             &args,
             flow,
         )

@@ -107,19 +107,19 @@ impl Ord for Item {
 }
 
 /// The columns both event scans read.
-pub(super) fn event_columns(conv: &Conventions) -> String {
+pub(super) fn event_columns(conv: Conventions) -> String {
     let node_col = if conv.has_node { "node" } else { "''" };
     let rank_col = if conv.has_rank { "rank" } else { "NULL" };
     format!("{node_col}, timestamp, duration, pid, tid, source, op, arg0, arg1, ret_code, {rank_col}")
 }
 
-/// Reads an events row of [`event_columns`]: its node, start, duration
-/// and content; `None` for a badly typed row or a source the export does
-/// not draw.
-pub(super) fn read_event<'r>(
-    r: &'r Row<'_>,
-    conv: &Conventions,
-) -> rusqlite::Result<Option<(&'r [u8], i64, i64, Event)>> {
+/// An event as read: its node (the text as stored), start, duration and
+/// content.
+pub(super) type Placed<'r> = (&'r [u8], i64, i64, Event);
+
+/// Reads an events row of [`event_columns`]; `None` for a badly typed row
+/// or a source the export does not draw.
+pub(super) fn read_event<'r>(r: &'r Row<'_>, conv: Conventions) -> rusqlite::Result<Option<Placed<'r>>> {
     let int = |i: usize| -> rusqlite::Result<Option<i64>> {
         Ok(match r.get_ref(i)? {
             ValueRef::Integer(v) => Some(v),
@@ -170,7 +170,7 @@ pub(super) fn read_event<'r>(
 
 /// When an event of `source`/`op` starts (a slice) or happens (a marker,
 /// a counter sample); `None` for a source the export does not draw.
-pub(super) fn start(conv: &Conventions, ts: i64, dur: i64, src: u8, op: u8) -> Option<i64> {
+pub(super) fn start(conv: Conventions, ts: i64, dur: i64, src: u8, op: u8) -> Option<i64> {
     match (src, op) {
         (source::CUDA | source::DRIVER, _) if !conv.timestamps_at_end => Some(ts),
         (source::CUDA | source::DRIVER | source::IO, _) | (source::HOST, host_op::SCHED_SWITCH) => {
@@ -203,7 +203,7 @@ pub(super) fn window_sql(window: Option<Window>) -> String {
 /// First scan: the nodes (by name) and their ranks and lags.
 pub(super) fn scan_nodes(
     conn: &Connection,
-    conv: &Conventions,
+    conv: Conventions,
     window: Option<Window>,
 ) -> rusqlite::Result<Vec<(String, Found)>> {
     let mut nodes: Vec<(String, Found)> = Vec::new();
@@ -266,7 +266,7 @@ pub(super) fn scan_nodes(
 /// flow ids). Columns: kind, node, t, dur, c0..c10.
 pub(super) fn fill_side(
     conn: &Connection,
-    conv: &Conventions,
+    conv: Conventions,
     window: Option<Window>,
 ) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
@@ -294,7 +294,7 @@ pub(super) fn fill_side(
                 duration, pid, tid, source, op, arg0, arg1, ret_code, {rank_col}, NULL, NULL, NULL
          FROM events NOT INDEXED
          WHERE duration >= {LONG_NS} AND {} AND source IN ({cuda}, {host}, {driver}, {io}) AND {within}",
-        well_typed(conv, &["ret_code"])
+        well_typed(&conv, &["ret_code"])
     ))?;
     if table_exists(conn, "system_snapshots")? && has_column(conn, "system_snapshots", "node")? {
         conn.execute_batch(&format!(

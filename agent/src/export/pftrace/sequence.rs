@@ -470,25 +470,24 @@ impl Sequence {
         tid: u32,
         start: i64,
         end: i64,
-        name: Name,
+        name: &Name,
         args: &[(Arg, Value<'_>)],
         flow: Flow,
     ) -> std::io::Result<()> {
         self.advance(out, start)?;
         let lanes = self.threads.get(&tid).map(Vec::as_slice).unwrap_or_default();
         let (fit, first) = (self.fitting(lanes, end), lanes.first().copied());
-        let lane = match fit {
-            Some(l) => l,
-            None => {
-                let parent = first.map_or(self.node_uuid, |l| self.lanes[l].uuid);
-                let l = self.new_lane(out, parent, "overlapping calls")?;
-                if let Some(v) = self.threads.get_mut(&tid) {
-                    v.push(l);
-                }
-                l
+        let lane = if let Some(l) = fit {
+            l
+        } else {
+            let parent = first.map_or(self.node_uuid, |l| self.lanes[l].uuid);
+            let l = self.new_lane(out, parent, "overlapping calls")?;
+            if let Some(v) = self.threads.get_mut(&tid) {
+                v.push(l);
             }
+            l
         };
-        self.begin(out, lane, start, end, &name, args, flow)
+        self.begin(out, lane, start, end, name, args, flow)
     }
 
     /// A block I/O request `[start, end]` on the node's I/O lanes.
@@ -497,19 +496,18 @@ impl Sequence {
         out: &mut Output<W>,
         start: i64,
         end: i64,
-        name: Name,
+        name: &Name,
         args: &[(Arg, Value<'_>)],
     ) -> std::io::Result<()> {
         self.advance(out, start)?;
-        let lane = match self.fitting(&self.io_lanes, end) {
-            Some(l) => l,
-            None => {
-                let l = self.new_lane(out, self.node_uuid, "block I/O")?;
-                self.io_lanes.push(l);
-                l
-            }
+        let lane = if let Some(l) = self.fitting(&self.io_lanes, end) {
+            l
+        } else {
+            let l = self.new_lane(out, self.node_uuid, "block I/O")?;
+            self.io_lanes.push(l);
+            l
         };
-        self.begin(out, lane, start, end, &name, args, Flow::None)
+        self.begin(out, lane, start, end, name, args, Flow::None)
     }
 
     #[expect(clippy::too_many_arguments, reason = "a slice has this many parts")]
