@@ -172,7 +172,7 @@ pub fn store(conn: &Connection, chains: &[Chain]) -> rusqlite::Result<()> {
 /// most severe first: this engine's and any recorded by another tracer.
 /// Columns an older table lacks read as their defaults.
 pub fn load_stored(conn: &Connection, since: i64) -> rusqlite::Result<Vec<Chain>> {
-    load_where(conn, "detected_at >= ?1", since, i64::MAX)
+    load_where(conn, "detected_at >= ?1 AND detected_at <= ?2", since, i64::MAX)
 }
 
 /// Chains another tracer recorded in the database, detected between `from`
