@@ -182,6 +182,15 @@ pub(crate) fn thread_names(
     .collect()
 }
 
+/// The causal chains stored in the database (none without the table).
+pub(crate) fn stored_chains(conn: &Connection) -> rusqlite::Result<Vec<crate::analysis::chain::Chain>> {
+    if table_exists(conn, "causal_chains")? {
+        crate::analysis::chain::load_stored(conn, i64::MIN)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
 /// A node's display name: `gpu-node-01 (rank 0)`, `(ranks 0-7)` for a node
 /// running several, `node` for the unnamed node of an old database.
 pub(crate) fn node_label(node: &str, min_rank: Option<i64>, max_rank: Option<i64>) -> String {

@@ -301,7 +301,7 @@ pub fn export(
         }
     }
     collectives(conn, &mut w, &nodes, window, &us, &mut report)?;
-    for c in crate::analysis::chain::load_stored(conn, i64::MIN).unwrap_or_default() {
+    for c in super::stored_chains(conn)? {
         let Some(track) = nodes.get(&c.node) else { continue };
         if window.is_some_and(|w| c.peak_at < w.from || c.peak_at > w.to) {
             continue;

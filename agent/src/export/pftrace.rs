@@ -244,7 +244,7 @@ pub fn export(
     };
     let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.0.as_str(), i)).collect();
     let mut chains: Vec<Vec<Chain>> = vec![Vec::new(); nodes.len()];
-    for c in crate::analysis::chain::load_stored(conn, i64::MIN).unwrap_or_default() {
+    for c in super::stored_chains(conn)? {
         if window.is_some_and(|w| c.peak_at < w.from || c.peak_at > w.to) {
             continue;
         }
