@@ -233,6 +233,29 @@ pub fn export(
     window: Option<Window>,
     offsets: &HashMap<String, i64>,
 ) -> Result<ExportReport, ExportError> {
+    // One snapshot for every scan: rows a live tracer appends meanwhile
+    // would not have been measured by the first.
+    let own = conn.is_autocommit();
+    if own {
+        conn.execute_batch("BEGIN")?;
+    }
+    let result = export_snapshot(conn, out, window, offsets);
+    // The side table would go with the connection; drop it now so the
+    // connection can export again.
+    let _ = conn.execute_batch(&format!("DROP TABLE IF EXISTS {SIDE}"));
+    if own {
+        let _ = conn.execute_batch("COMMIT");
+    }
+    result
+}
+
+/// [`export`] within one read transaction.
+fn export_snapshot(
+    conn: &Connection,
+    out: impl Write,
+    window: Option<Window>,
+    offsets: &HashMap<String, i64>,
+) -> Result<ExportReport, ExportError> {
     let conv = conventions(conn)?;
     let nodes = scan_nodes(conn, conv, window)?;
     let by_rowid = nodes.iter().all(|(_, f)| f.lag <= MAX_LAG_NS);
@@ -256,11 +279,7 @@ pub fn export(
         list.sort_by_key(|c| c.peak_at);
     }
     fill_side(conn, conv, window)?;
-    let result = write_all(conn, out, window, &nodes, &index, chains, by_rowid, &cx);
-    // The side table would go with the connection; drop it now so the
-    // connection can export again.
-    let _ = conn.execute_batch(&format!("DROP TABLE IF EXISTS {SIDE}"));
-    result
+    write_all(conn, out, window, &nodes, &index, chains, by_rowid, &cx)
 }
 
 /// The second scan and the writing, once the side table is filled.
