@@ -15,6 +15,11 @@
 //! node list, thread names, the events filter) are shared so the two agree
 //! on what they export.
 
+#![expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "the readers of both formats take the database's conventions by reference, as they did before the type became Copy"
+)]
+
 pub mod json;
 pub mod pftrace;
 mod protobuf;

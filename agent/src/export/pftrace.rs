@@ -1,7 +1,7 @@
 //! `ingero export --format perfetto -o trace.pftrace`: a database as
 //! Perfetto's native protobuf trace (the format the Perfetto SDK writes).
 //!
-//! Layout, per node (one packet sequence each, see [`sequence`]):
+//! Layout, per node (one packet sequence each, see `sequence`):
 //! - the node is a process track (`gpu-node-01 (rank 0)`) whose pid is
 //!   synthetic (`NODE_PID_BASE + n`, above any Linux pid) so nodes never
 //!   merge, whatever pids they share; under it a track per traced process

@@ -226,7 +226,7 @@ fn exports_every_event(dir: &Path, db: &Path) -> anyhow::Result<()> {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(Chrome JSON)"), "{out}");
     let v = check(&pftrace)?;
-    let conn = open(&db)?;
+    let conn = open(db)?;
 
     // A sequence per node, each on its own clock, offset 0 for a local database.
     let seqs = v["sequences"].as_object().context("sequences")?;

@@ -205,7 +205,7 @@ pub(super) fn write_args(e: &mut Encoder, args: &[(Arg, Value<'_>)]) {
                 Value::Strs(list) => {
                     for s in *list {
                         a.message(annotation::ARRAY_VALUES, |v| {
-                            v.string(annotation::STRING_VALUE, s)
+                            v.string(annotation::STRING_VALUE, s);
                         });
                     }
                 }

@@ -9,6 +9,11 @@
 //! events go either there (at least [`LONG_NS`] long) or to the scans
 //! (shorter), never both.
 
+#![expect(
+    clippy::type_complexity,
+    reason = "one event row and its raw bytes, returned together once"
+)]
+
 use std::{cmp::Reverse, collections::HashMap};
 
 use agent_common::catalog::{host_op, source};

@@ -21,6 +21,12 @@
 //!   that first uses it; at most [`MAX_NAMES`] names per sequence are
 //!   interned, later ones are written in full, so memory stays bounded.
 
+#![expect(
+    clippy::needless_pass_by_value,
+    clippy::single_match_else,
+    reason = "written against an older toolchain's lint set; behaviour covered by the perfetto tests"
+)]
+
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
