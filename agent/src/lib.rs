@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod fleet_nccl;
 pub mod host;
 pub mod logging;
 pub mod mcp;

@@ -5,7 +5,7 @@
 //! sample as if it were every call would understate counts, time in calls
 //! and rates.
 //!
-//! [`load`] compares, per node and `(source, op)`, the calls the
+//! `load` compares, per node and `(source, op)`, the calls the
 //! aggregates count with the events stored over the same minutes (the
 //! minute buckets covering the node's span). An operation is sampled when
 //! the aggregates count at least [`SAMPLE_RATIO`] times the stored events

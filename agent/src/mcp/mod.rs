@@ -122,7 +122,7 @@ impl IngeroMcp {
             FleetAction::Chains => {
                 let answers = fleet.fleet.explain(since).await;
                 let n = answered(&answers)?;
-                let nccl = crate::cmd::fleet_explain::nccl_input(&answers, fleet.hang_after);
+                let nccl = crate::fleet_nccl::nccl_input(&answers, fleet.hang_after);
                 let x = analysis::compare(
                     &fleet_explain::node_ops(&answers),
                     fleet_explain::chains(&answers),
