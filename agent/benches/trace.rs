@@ -289,7 +289,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         None => {
-            println!("NCCL: skipped (no libnccl.so.2 from nvidia-nccl-cu12; cargo xtask setup installs it)")
+            println!("NCCL: skipped (no libnccl.so.2 from nvidia-nccl-cu12; cargo xtask setup installs it)");
         }
     }
 

@@ -126,6 +126,12 @@ pub struct TraceArgs {
     /// Once tracing (and the API listening), write {pid, node, db, session_id, listen} as JSON here
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Archive the recording as Parquet files into this directory while tracing [default: archive.dir, else off]
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
+    /// Time between archive passes [default: archive.interval, else 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub archive_interval: Option<HumanDuration>,
     /// The agent API served while tracing (only with `--listen` or `agent.listen`).
     #[command(flatten)]
     pub api: ApiArgs,
@@ -320,6 +326,8 @@ pub struct MergeArgs {
 pub enum ExportFormat {
     /// Chrome Trace Event JSON for ui.perfetto.dev
     Perfetto,
+    /// Hive-partitioned Parquet files for Spark, Trino and DuckDB (-o names a directory)
+    Parquet,
 }
 
 /// Options of `ingero export`.
@@ -331,7 +339,7 @@ pub struct ExportArgs {
     /// Database file [default: ~/.ingero/ingero.db]
     #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// The trace file to write
+    /// The trace file to write (perfetto), or the archive directory (parquet)
     #[arg(short, long, value_name = "PATH")]
     pub output: PathBuf,
     /// The time range to export.
@@ -340,6 +348,9 @@ pub struct ExportArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// Parquet: node name for rows without one (a database of another tracer)
+    #[arg(long, value_name = "NAME")]
+    pub force_node: Option<String>,
     /// The agents to export from instead of the local database.
     #[command(flatten)]
     pub fleet: FleetArgs,

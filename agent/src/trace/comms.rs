@@ -85,11 +85,11 @@ impl Comms {
                 stream: event.stream,
                 ret_code: event.ret,
             });
-        } else if matches!(op, nccl_op::COMM_DESTROY | nccl_op::COMM_ABORT) {
-            if let Some(c) = self.by_handle.remove(&(pid, tail.comm)) {
-                row.arg1 = c.id as u64;
-                batch.comms_freed.push((pid, c.id, row.timestamp));
-            }
+        } else if matches!(op, nccl_op::COMM_DESTROY | nccl_op::COMM_ABORT)
+            && let Some(c) = self.by_handle.remove(&(pid, tail.comm))
+        {
+            row.arg1 = c.id as u64;
+            batch.comms_freed.push((pid, c.id, row.timestamp));
         }
     }
 

@@ -103,6 +103,10 @@ fn every_probed_call_of_the_real_library_is_stored_with_its_arguments() -> anyho
     }
     // Arguments, as the program passed them: (op, count, datatype, bytes,
     // redop, root/peer, stream).
+    #[expect(
+        clippy::type_complexity,
+        reason = "one row of the table below, read as written"
+    )]
     let expected: &[(u8, i64, i64, i64, Option<i64>, Option<i64>, i64)] = &[
         (nccl_op::ALL_REDUCE, 1024, 7, 4096, Some(0), None, 0xabc1),
         (nccl_op::ALL_GATHER, 300, 6, 600, None, None, 0xabc2),
