@@ -7,6 +7,9 @@
 //!   1M-event database, against a raw scan and SQLite's own copy.
 //! - `fleet`: fan-out latency to 4, 16 and 64 agents against one agent;
 //!   clock-offset error against offsets injected with faketime.
+//! - `archive`: Parquet archive writing throughput against the SQLite
+//!   ingest rate of the same rows, file size per million events against
+//!   SQLite's, and the ingest rate while archiving every second.
 
 use crate::exec::{cargo, exec, root};
 
@@ -18,6 +21,8 @@ pub enum Which {
     Analysis,
     /// Fan-out latency to 4/16/64 agents and clock-offset error
     Fleet,
+    /// Parquet archive throughput and size against SQLite's
+    Archive,
 }
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +35,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Which::Trace => "trace",
         Which::Analysis => "analysis",
         Which::Fleet => "fleet",
+        Which::Archive => "archive",
     };
     exec(
         cargo()

@@ -42,6 +42,9 @@ use crate::store::schema::table_exists;
 /// redo, the read transaction's length (the WAL cannot be reset past an
 /// open reader) and each file's size.
 pub const MAX_WINDOW_ROWS: i64 = 1 << 20;
+/// Rowids read per statement within a window: a read transaction that
+/// short never holds the writer's WAL back for long.
+const READ_SLICE_ROWS: i64 = 1 << 16;
 /// Nice value of the archiver thread: the lowest priority.
 const ARCHIVE_NICE: i32 = 19;
 
@@ -397,10 +400,18 @@ impl State {
             },
         );
         let mut stmt = self.read.prepare(&sql)?;
-        let mut rows = stmt.query(params![lo, hi])?;
-        while let Some(r) = rows.next()? {
-            sink.push(r, None)?;
+        // In slices, each its own short read transaction: the writer's
+        // checkpoints can reset the WAL between them.
+        let mut from = lo;
+        while from < hi {
+            let to = hi.min(from.saturating_add(READ_SLICE_ROWS));
+            let mut rows = stmt.query(params![from, to])?;
+            while let Some(r) = rows.next()? {
+                sink.push(r, None)?;
+            }
+            from = to;
         }
+        drop(stmt);
         let (pending, report) = sink.finish()?;
         Ok((pending, report.rows, report.skipped))
     }
