@@ -126,6 +126,12 @@ pub struct TraceArgs {
     /// Once tracing (and the API listening), write {pid, node, db, session_id, listen} as JSON here
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Archive the recording as Parquet files into this directory while tracing [default: archive.dir, else off]
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
+    /// Time between archive passes [default: archive.interval, else 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub archive_interval: Option<HumanDuration>,
     /// The agent API served while tracing (only with `--listen` or `agent.listen`).
     #[command(flatten)]
     pub api: ApiArgs,
@@ -323,6 +329,8 @@ pub struct MergeArgs {
 pub enum ExportFormat {
     /// A trace for ui.perfetto.dev: Perfetto's protobuf format when the output ends in .pftrace, Chrome JSON otherwise
     Perfetto,
+    /// Hive-partitioned Parquet files for Spark, Trino and DuckDB (-o names a directory)
+    Parquet,
 }
 
 /// Options of `ingero export`.
@@ -334,7 +342,7 @@ pub struct ExportArgs {
     /// Database file [default: ~/.ingero/ingero.db]
     #[arg(short = 'd', long, env = "INGERO_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// The trace file to write (trace.pftrace: native protobuf; trace.json: Chrome JSON)
+    /// The trace file to write (perfetto: trace.pftrace native protobuf, trace.json Chrome JSON), or the archive directory (parquet)
     #[arg(short, long, value_name = "PATH")]
     pub output: PathBuf,
     /// The time range to export.
@@ -343,6 +351,9 @@ pub struct ExportArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// Parquet: node name for rows without one (a database of another tracer)
+    #[arg(long, value_name = "NAME")]
+    pub force_node: Option<String>,
     /// The agents to export from instead of the local database.
     #[command(flatten)]
     pub fleet: FleetArgs,

@@ -5,14 +5,14 @@
 //! at its deadline); 2 bad input (usage, a pid that does not exist, a
 //! library path that is wrong, SQL that is refused or invalid, a database
 //! that does not exist, a database that is not ingero's); 69 the kernel lacks
-//! something (BTF, tracefs, a tracepoint); 73 the database cannot be
-//! written; 77 not enough privileges; 78 bad configuration file. Fleet
+//! something (BTF, tracefs, a tracepoint); 73 the database or a Parquet
+//! archive cannot be written; 77 not enough privileges; 78 bad configuration file. Fleet
 //! commands (`--nodes`): 3 when only some nodes answered (their rows are
 //! printed), 4 when none did.
 
 use crate::{
-    api::listen::ListenError, config::ConfigError, merge::MergeError, readonly::QueryError,
-    store::StoreError, tls::TlsError, trace::TraceError,
+    api::listen::ListenError, archive::ArchiveError, config::ConfigError, merge::MergeError,
+    readonly::QueryError, store::StoreError, tls::TlsError, trace::TraceError,
 };
 
 /// Why a command failed; `exit_code` maps each case to the process exit code.
@@ -46,6 +46,12 @@ pub enum CliError {
     /// invalid or already exists: exit 2.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A Parquet archive could not be written: exit 73 when a file or
+    /// directory cannot be written (disk full, permissions), 2 when the
+    /// request is refused (the output is a file or already holds these
+    /// nodes), 1 when the database cannot be read.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
     /// Input the user can correct (a path, a time, a flag combination).
     #[error("{0}")]
     BadInput(String),
@@ -85,6 +91,9 @@ impl CliError {
             Self::Merge(MergeError::Output { .. }) => 73,
             Self::Listen(ListenError::Bind { .. }) => 1,
             Self::Listen(_) | Self::Tls(_) => 2,
+            Self::Archive(ArchiveError::Write { .. }) => 73,
+            Self::Archive(ArchiveError::Refused(_)) => 2,
+            Self::Archive(ArchiveError::Sql(_)) => 1,
             Self::Trace(TraceError::Io(_)) | Self::Failed(_) => 1,
             Self::NoNodeAnswered(_) => 4,
         }
@@ -102,5 +111,10 @@ mod tests {
         assert_eq!(CliError::from(TraceError::NoBtf("/x".into())).exit_code(), 69);
         assert_eq!(CliError::from(ConfigError::NoHome).exit_code(), 78);
         assert_eq!(CliError::Failed("x".into()).exit_code(), 1);
+        assert_eq!(
+            CliError::from(ArchiveError::write("/a", "disk full")).exit_code(),
+            73
+        );
+        assert_eq!(CliError::from(ArchiveError::Refused("x".into())).exit_code(), 2);
     }
 }

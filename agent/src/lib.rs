@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod api;
+pub mod archive;
 pub mod check;
 pub mod cli;
 pub mod clock;

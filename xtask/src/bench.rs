@@ -10,6 +10,9 @@
 //! - `diagnosis`: right node and cause over a matrix of injected faults on
 //!   the simulated 4-node job (fleet and merged explain), with a confusion
 //!   table.
+//! - `archive`: Parquet archive writing throughput against the SQLite
+//!   ingest rate of the same rows, file size per million events against
+//!   SQLite's, and the ingest rate while archiving every second.
 
 use crate::exec::{cargo, exec, root};
 
@@ -23,6 +26,8 @@ pub enum Which {
     Fleet,
     /// Right node and cause over a matrix of injected faults (needs root)
     Diagnosis,
+    /// Parquet archive throughput and size against SQLite's
+    Archive,
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +41,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Which::Analysis => "analysis",
         Which::Fleet => "fleet",
         Which::Diagnosis => "diagnosis",
+        Which::Archive => "archive",
     };
     exec(
         cargo()

@@ -5,8 +5,8 @@
 //! `-Z build-std=core`), `bpf-linker` 0.10.4 (the last release that links
 //! with rustc's own LLVM), a C compiler (the simulator's stubs), tracefs
 //! mounted, the stock tools the API tests check against (curl, openssl,
-//! promtool and the Prometheus server, faketime), and the Python packages
-//! the tests use.
+//! promtool and the Prometheus server, faketime, a Java runtime for
+//! Spark), and the Python packages the tests use.
 
 use std::{path::Path, process::Command};
 
@@ -18,15 +18,20 @@ use crate::exec::{exec, output, succeeds};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Python packages for the tests, pinned: the real CUDA runtime and NCCL
 /// (a 351 MB wheel, installed once), the official MCP SDK that drives
-/// `ingero mcp` as an independent client, and Perfetto's generated trace
+/// `ingero mcp` as an independent client, Perfetto's generated trace
 /// protos (with the protobuf runtime) that decode the native `.pftrace`
-/// export.
+/// export, and the engines that read the Parquet archive (DuckDB, pyarrow,
+/// and Spark in local mode: about 500 MB installed, once; pip keeps the
+/// downloaded wheels in its cache).
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("nvidia-cuda-runtime-cu12", "12.9.79"),
     ("nvidia-nccl-cu12", "2.32.3"),
     ("mcp", "2.3.0"),
     ("protobuf", "7.36.2"),
     ("perfetto", "0.59.1"),
+    ("duckdb", "2.0.1"),
+    ("pyarrow", "26.0.1"),
+    ("pyspark", "4.3.0"),
 ];
 
 /// Everything: what building needs ([`toolchain`]) and what the tests,
@@ -86,13 +91,15 @@ fn c_compiler() -> anyhow::Result<()> {
 /// Commands the tests run as independent checks, and their Debian packages:
 /// clients no one here wrote (curl, openssl s_client), Prometheus's own
 /// format checker and server (it scrapes a live agent), and a clock
-/// shifter for the skew tests.
+/// shifter for the skew tests, and the Java runtime local Spark runs on
+/// (the archive test).
 const TEST_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
     ("faketime", "faketime"),
+    ("java", "openjdk-17-jre-headless"),
 ];
 
 fn test_tools() -> anyhow::Result<()> {

@@ -190,7 +190,7 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
         window.map_or(i64::MAX, |w| w.to),
     )
     .unwrap_or_else(|e| {
-        eprintln!(
+        crate::say!(
             "ingero: warning: cannot read the chains recorded in {}: {e}",
             path.display()
         );

@@ -1,13 +1,16 @@
-//! `ingero export`: see [`crate::export`]; with `--nodes`, see
+//! `ingero export`: see [`crate::export`] (Perfetto) and
+//! [`crate::archive::export`] (Parquet); with `--nodes`, see
 //! [`super::fleet_export`].
 
 use std::process::ExitCode;
 
 use crate::{
-    cli::ExportArgs,
+    archive::{ExportOptions, ExportSummary},
+    cli::{ExportArgs, ExportFormat},
     config::FileConfig,
     error::CliError,
     export::{ExportReport, TraceFormat, write},
+    trace::live::group_digits,
 };
 
 /// Runs `ingero export`: writes the database's window as a Perfetto trace
@@ -51,6 +54,14 @@ pub fn run(args: &ExportArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         crate::say!("{w}");
     }
     let window = super::window(&conn, &args.window)?;
+    if matches!(args.format, ExportFormat::Parquet) {
+        return parquet(&conn, args, window);
+    }
+    if args.force_node.is_some() {
+        return Err(CliError::BadInput(
+            "--force-node goes with --format parquet (a Perfetto trace shows such rows under an unnamed node)".into(),
+        ));
+    }
     let out = std::fs::File::create(&args.output)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;
     let format = TraceFormat::for_path(&args.output);
@@ -87,4 +98,57 @@ pub(super) fn counts(r: &ExportReport) -> String {
         "{} thread(s), {} slices, {} NCCL collective calls, {} markers, {} counter samples",
         r.threads, r.slices, r.collectives, r.markers, r.counters
     )
+}
+
+/// `--format parquet`: the database as an archive directory (see
+/// [`crate::archive::export`]), with progress on stderr.
+fn parquet(
+    conn: &rusqlite::Connection,
+    args: &ExportArgs,
+    window: Option<crate::timewin::Window>,
+) -> Result<ExitCode, CliError> {
+    if let Some(node) = &args.force_node {
+        crate::config::validate_node(node)?;
+    }
+    let opts = ExportOptions {
+        dir: args.output.clone(),
+        window,
+        forced_node: args.force_node.clone(),
+    };
+    let summary = crate::archive::export(conn, &opts, &mut |line| crate::say!("ingero: {line}"))?;
+    print_parquet_summary(&summary, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The closing summary of a Parquet export: one line (and a warning for
+/// rows left out), or the summary as JSON.
+pub(crate) fn print_parquet_summary(summary: &ExportSummary, json: bool) -> Result<(), CliError> {
+    if summary.skipped > 0 {
+        crate::say!(
+            "ingero: warning: {} row(s) were left out because a value does not fit its column \
+             (text or a real in an integer column, a NULL where the schema has none, a pid past 32 bits)",
+            group_digits(summary.skipped)
+        );
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(summary).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let rows = |t: &str| summary.tables.get(t).map_or(0, |t| t.rows);
+    println!(
+        "wrote {}: {} events and {} NCCL calls of {} node(s) in {} Parquet file(s), {}, in {:.1}s; \
+         query it with read_parquet('{}/table=events/**/*.parquet', hive_partitioning = true)",
+        summary.dir.display(),
+        group_digits(rows("events")),
+        group_digits(rows("nccl_collectives")),
+        summary.nodes.len(),
+        summary.files,
+        format_args!("{:.1} MiB", summary.bytes as f64 / 1_048_576.0),
+        summary.seconds,
+        summary.dir.display(),
+    );
+    Ok(())
 }

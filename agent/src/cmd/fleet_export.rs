@@ -6,7 +6,10 @@
 //!
 //! Each agent's rows are fetched in pages ([`ingero_fleet::pages`]) into a
 //! scratch database beside the output, which the ordinary exporter then streams
-//! out; the scratch file is removed afterwards, whatever happens.
+//! out; the scratch file is removed afterwards, whatever happens. With
+//! `--format parquet` the scratch database is written as an archive
+//! instead (events, process names and chains, with each node's own
+//! timestamps; sessions and NCCL tables are not fetched).
 
 use std::{
     path::{Path, PathBuf},
@@ -138,6 +141,18 @@ pub fn run(args: &ExportArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
     })?;
     fleet.warn(&answers, true);
     let code = finish(&answers)?;
+    if matches!(args.format, crate::cli::ExportFormat::Parquet) {
+        // The rows as each node recorded them (its own clock): an archive
+        // keeps the database's values.
+        let opts = crate::archive::ExportOptions {
+            dir: args.output.clone(),
+            window: None,
+            forced_node: None,
+        };
+        let summary = crate::archive::export(&conn, &opts, &mut |line| crate::say!("ingero: {line}"))?;
+        super::export::print_parquet_summary(&summary, args.json)?;
+        return Ok(code);
+    }
     let offsets = ingero_fleet::offsets(&answers);
     let out = std::fs::File::create(&args.output)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", args.output.display())))?;

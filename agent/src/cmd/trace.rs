@@ -7,6 +7,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use crate::{
     api::{self, ApiSettings, ApiState, LiveView, listen::ListenOptions, metrics::EventCounts},
+    archive::{Archiver, ArchiverOptions, ArchiverReport},
     cli::TraceArgs,
     config::{self, FileConfig, defaults},
     error::CliError,
@@ -66,6 +67,63 @@ fn trace_options(args: &TraceArgs, file: &FileConfig) -> Result<TraceOptions, Cl
     })
 }
 
+/// `--archive DIR` (or `archive.dir`) with its interval; `None`: off.
+fn archive_options(
+    args: &TraceArgs,
+    file: &FileConfig,
+    opts: &TraceOptions,
+) -> Result<Option<ArchiverOptions>, CliError> {
+    let Some(dir) = args.archive.as_deref().or(file.archive.dir.as_deref()) else {
+        return Ok(None);
+    };
+    let interval = args
+        .archive_interval
+        .or(file.archive.interval)
+        .map_or(defaults::ARCHIVE_INTERVAL, |d| d.0);
+    if interval < std::time::Duration::from_secs(1) {
+        return Err(CliError::BadInput(
+            "--archive-interval must be at least 1s (each pass rewrites the small tables)".into(),
+        ));
+    }
+    Ok(Some(ArchiverOptions {
+        db: opts.db.clone(),
+        dir: config::expand_home(dir),
+        interval,
+        node: opts.node.clone(),
+    }))
+}
+
+/// The archive's closing lines.
+fn report_archive(a: &ArchiverReport) {
+    crate::say!(
+        "ingero: archived {} events and {} NCCL calls to {} ({} file(s) written, {:.1} MiB)",
+        group_digits(a.events),
+        group_digits(a.collectives),
+        a.dir.display(),
+        group_digits(a.files),
+        a.bytes as f64 / 1_048_576.0,
+    );
+    if let Some(e) = &a.last_error {
+        crate::say!(
+            "ingero: warning: the last archive pass failed ({e}); the events stay in the database and the next \
+             `ingero trace --archive` on it archives them"
+        );
+    }
+    if a.pruned_before_archived > 0 {
+        crate::say!(
+            "ingero: warning: {} events were pruned (--max-db) before they could be archived; \
+             archive more often (--archive-interval) or raise --max-db",
+            group_digits(a.pruned_before_archived)
+        );
+    }
+    if a.skipped > 0 {
+        crate::say!(
+            "ingero: warning: {} row(s) were not archived because a value does not fit its column",
+            group_digits(a.skipped)
+        );
+    }
+}
+
 /// The tracer's counters as the API shows them.
 impl LiveView for LiveStats {
     fn info(&self) -> ingero_api::LiveInfo {
@@ -111,11 +169,24 @@ impl LiveView for LiveStats {
 /// database cannot be written or another tracer is writing it.
 pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     let opts = trace_options(args, file)?;
+    let archive = archive_options(args, file, &opts)?;
+    if let Some(a) = &archive {
+        crate::archive::live::prepare_dir(&a.dir)?;
+    }
     let api: Option<(ListenOptions, ApiSettings)> =
         super::api_options(&args.api, file, &opts.node, &opts.db, Some(defaults::LIVE_WINDOW))?;
     let runtime = crate::runtime()?;
     let outcome = runtime.block_on(async {
         let mut tracer = Tracer::start(opts.clone())?;
+        // After the tracer: the database exists and is ours alone.
+        let archiver = archive.as_ref().map(Archiver::start).transpose()?;
+        if let Some(a) = &archiver {
+            crate::say!(
+                "ingero: archiving to {} every {}",
+                a.dir().display(),
+                crate::units::HumanDuration(a.interval())
+            );
+        }
         let running = match &api {
             Some((listen, settings)) => {
                 let live: Arc<dyn LiveView> = tracer.live();
@@ -133,8 +204,16 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         if let Some(running) = running {
             running.stop().await;
         }
-        Ok::<_, CliError>(outcome?)
+        // The writer has committed everything: the archive takes the tail.
+        let archived = archiver.map(|a| {
+            if opts.live {
+                crate::say!("ingero: archiving the last events");
+            }
+            tokio::task::block_in_place(|| a.finish())
+        });
+        Ok::<_, CliError>((outcome?, archived))
     })?;
+    let (outcome, archived) = outcome;
     crate::say!(
         "ingero: {}: {} events stored in {} (node {}, session {}) over {:.1}s, {} dropped",
         outcome.stop_reason,
@@ -165,6 +244,9 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
              free space on it or lower --max-db",
             group_digits(outcome.disk_full_dropped)
         );
+    }
+    if let Some(a) = &archived {
+        report_archive(a);
     }
     if outcome.pruned > 0 {
         crate::say!(

@@ -61,5 +61,11 @@ pub const MAX_ANSWER: ByteSize = ByteSize(256 << 20);
 /// keep the error bound near half the best round trip at no extra wait).
 pub const CLOCK_SAMPLES: usize = 5;
 
+/// Archive: time between the passes that write newly committed events
+/// as Parquet files (`archive.interval`, `trace --archive-interval`); the
+/// archive itself is off unless a directory is given (`archive.dir`,
+/// `trace --archive`).
+pub const ARCHIVE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// MCP: deadline of one SQL statement asked by the assistant.
 pub const MCP_SQL_TIMEOUT: Duration = Duration::from_secs(10);

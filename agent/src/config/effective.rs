@@ -49,6 +49,7 @@ fn list(v: &[impl std::fmt::Display]) -> Option<String> {
 pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
     let home = invoking_home().map_or_else(|| "~".to_owned(), |h| h.display().to_string());
     let (a, t, q, f) = (&file.agent, &file.trace, &file.query, &file.fleet);
+    let archive = &file.archive;
     let cuda: Vec<String> = t.cuda_lib.iter().map(|p| p.display().to_string()).collect();
     let cudart: Vec<String> = t.cudart_lib.iter().map(|p| p.display().to_string()).collect();
     let nccl: Vec<String> = t.nccl_lib.iter().map(|p| p.display().to_string()).collect();
@@ -193,6 +194,12 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
             path(f.tls.client_key.as_ref()),
             "-".into(),
         ),
+        ("archive.dir", path(archive.dir.as_ref()), "- (no archive)".into()),
+        (
+            "archive.interval",
+            show(archive.interval),
+            fmt_duration(defaults::ARCHIVE_INTERVAL),
+        ),
     ];
     let file_label = file_path.map_or_else(|| "file".to_owned(), |p| format!("file {}", p.display()));
     rows.into_iter()
@@ -234,6 +241,38 @@ mod tests {
         assert_eq!(get("fleet.timeout").source, "file /etc/ingero/ingero.yaml");
         assert_eq!(get("fleet.deadline").value, "1m");
         assert_eq!(get("fleet.deadline").source, "default");
+        assert_eq!(get("archive.dir").value, "- (no archive)");
+    }
+
+    #[test]
+    fn the_archive_defaults_agree_everywhere() {
+        // defaults.rs, `ingero config` and the example file say the same.
+        let shown = entries(&FileConfig::default(), None);
+        let interval = shown
+            .iter()
+            .find(|e| e.key == "archive.interval")
+            .expect("listed");
+        assert_eq!(interval.value, "10m");
+        assert_eq!(
+            interval.value,
+            fmt_duration(defaults::ARCHIVE_INTERVAL),
+            "ingero config shows the default"
+        );
+        let example =
+            FileConfig::parse(include_str!("../../../configs/ingero.yaml")).expect("example parses");
+        assert_eq!(
+            example.archive.interval.map(|d| d.0),
+            Some(defaults::ARCHIVE_INTERVAL),
+            "configs/ingero.yaml shows the default interval"
+        );
+        assert!(
+            example.archive.dir.is_none(),
+            "the example leaves archiving off, as the default does"
+        );
+        assert!(
+            include_str!("../../../configs/ingero.yaml").contains("# dir: "),
+            "the example shows where the directory goes"
+        );
     }
 
     #[test]

@@ -78,6 +78,19 @@ pub struct FileConfig {
     pub query: QuerySection,
     /// `fleet:`: the agents fleet commands ask and how.
     pub fleet: FleetSection,
+    /// `archive:`: the Parquet archive written while tracing.
+    pub archive: ArchiveSection,
+}
+
+/// The `archive:` section: `ingero trace` writes the recording as Parquet
+/// files into `dir` every `interval` (off without a directory).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSection {
+    /// The archive directory (shared storage, typically); none: no archive.
+    pub dir: Option<PathBuf>,
+    /// Time between archive passes (default: 10 minutes).
+    pub interval: Option<HumanDuration>,
 }
 
 /// The `agent:` section: node identity, database, and the agent API.
@@ -381,6 +394,13 @@ mod tests {
         assert_eq!(cfg.agent.node.as_deref(), Some("gpu-node-01"));
         assert_eq!(cfg.trace.ringbuf_size, Some(ByteSize(8 << 20)));
         assert_eq!(cfg.fleet.nodes.len(), 3);
+        // Archiving is off in the example, as by default; the interval
+        // shown is the default.
+        assert!(cfg.archive.dir.is_none());
+        assert_eq!(
+            cfg.archive.interval.map(|d| d.0),
+            Some(defaults::ARCHIVE_INTERVAL)
+        );
     }
 
     #[test]

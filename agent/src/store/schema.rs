@@ -34,6 +34,18 @@ pub const CAUSAL_CHAINS: &str = "CREATE TABLE IF NOT EXISTS causal_chains(
         peak_at INTEGER
 )";
 
+/// `archive_state`: how far `ingero trace --archive` has archived each
+/// table into each archive directory (see `archive::live`). `token` names
+/// this database's files in the archive.
+pub const ARCHIVE_STATE: &str = "CREATE TABLE IF NOT EXISTS archive_state(
+        dir TEXT NOT NULL,
+        tbl TEXT NOT NULL,
+        token TEXT NOT NULL,
+        last_rowid INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY(dir, tbl)
+)";
+
 /// Tables and indexes, in creation order. `IF NOT EXISTS` everywhere:
 /// opening an existing database is the same call as creating one.
 pub const DDL: &[&str] = &[
@@ -194,6 +206,7 @@ pub const DDL: &[&str] = &[
      )",
     "CREATE INDEX IF NOT EXISTS idx_nccl_collectives_comm ON nccl_collectives(comm_id, seq)",
     "CREATE INDEX IF NOT EXISTS idx_nccl_collectives_timestamp ON nccl_collectives(timestamp)",
+    ARCHIVE_STATE,
 ];
 
 /// Columns this tracer adds to tables that older databases may lack.
@@ -322,6 +335,7 @@ pub const TABLES: &[&str] = &[
     "causal_chains",
     "nccl_comms",
     "nccl_collectives",
+    "archive_state",
 ];
 
 /// Whether a table or view named `name` exists (temporary ones included).

@@ -520,3 +520,49 @@ impl SampleFleet {
         ingero(&full)
     }
 }
+
+/// A fresh copy of the merged investigation sample: three nodes
+/// (`gpu-node-01..03`) in one database.
+pub fn sample_cluster(dir: &Path) -> anyhow::Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-cluster.db");
+    let dst = dir.join("cluster.db");
+    std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    Ok(dst)
+}
+
+/// Runs `agent/tests/parquet_check.py MODE DIR` (pyarrow and DuckDB for
+/// `read`, a local Spark session for `spark`) and returns what it printed.
+pub fn parquet_check(mode: &str, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parquet_check.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(mode)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running python3 (cargo xtask setup installs duckdb, pyarrow and pyspark)")?;
+    if !out.status.success() {
+        bail!(
+            "parquet_check.py {mode} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("parquet_check.py {mode} printed: {stdout}"))
+}
+
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -5,6 +5,7 @@
 //! a time ([`common::serial`]).
 
 mod api;
+mod archive;
 mod cli_errors;
 mod cluster;
 mod collectives;
