@@ -56,6 +56,21 @@ pub enum Command {
     Config(ConfigArgs),
 }
 
+impl Command {
+    /// Whether the command only reads and prints (no database it writes,
+    /// no server): it may end at once when its output is closed.
+    #[must_use]
+    pub fn only_prints(&self) -> bool {
+        match self {
+            Self::Query(_) | Self::Check(_) | Self::Config(_) => true,
+            Self::Explain(args) => args.no_save,
+            Self::Trace(_) | Self::Merge(_) | Self::Export(_) | Self::Serve(_) | Self::Certs(_) | Self::Mcp(_) => {
+                false
+            }
+        }
+    }
+}
+
 /// Options of `ingero config`.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {

@@ -56,6 +56,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     tls::install_provider();
     let file = FileConfig::load(cli.config.as_deref())?;
     let config_path = cli.config.clone();
+    if cli.command.only_prints() {
+        end_quietly_on_a_closed_pipe();
+    }
     match cli.command {
         Command::Trace(args) => cmd::trace::run(&args, &file),
         Command::Query(args) => cmd::query::run(&args, &file),
@@ -82,5 +85,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// A command that only prints (`ingero query ... | head`) ends as soon as
+/// its reader goes away, quietly, as other Unix tools do (killed by
+/// `SIGPIPE`; the shell reports 141), instead of failing the next write.
+/// The tracer, the servers and the exports keep Rust's default (the signal
+/// ignored, a failed write seen as an error): they have state to close.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition before any thread
+    // that could write to the pipe is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

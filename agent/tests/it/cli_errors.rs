@@ -134,3 +134,34 @@ fn check_reports_readiness() -> anyhow::Result<()> {
     assert!(text.contains("cuda runtime"), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_query_quietly() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::{io::Read as _, os::unix::process::ExitStatusExt as _, process::Stdio};
+    let dir = tempfile::tempdir()?;
+    let db = crate::common::sample_db(dir.path())?;
+    let db = db.display().to_string();
+    // `ingero query ... | head -c 100`: the reader takes 100 bytes of a
+    // large answer and closes the pipe.
+    let mut child = std::process::Command::new(INGERO)
+        .args(["query", "-d", &db, "SELECT * FROM events"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut first = [0u8; 100];
+    child.stdout.take().context("stdout")?.read_exact(&mut first)?;
+    let mut err = String::new();
+    child.stderr.take().context("stderr")?.read_to_string(&mut err)?;
+    let status = child.wait()?;
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "a closed pipe is not an error to report: {err}"
+    );
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "ended by the closed pipe, as other Unix tools: {status:?}"
+    );
+    Ok(())
+}
