@@ -64,9 +64,12 @@ impl Command {
         match self {
             Self::Query(_) | Self::Check(_) | Self::Config(_) => true,
             Self::Explain(args) => args.no_save,
-            Self::Trace(_) | Self::Merge(_) | Self::Export(_) | Self::Serve(_) | Self::Certs(_) | Self::Mcp(_) => {
-                false
-            }
+            Self::Trace(_)
+            | Self::Merge(_)
+            | Self::Export(_)
+            | Self::Serve(_)
+            | Self::Certs(_)
+            | Self::Mcp(_) => false,
         }
     }
 }
