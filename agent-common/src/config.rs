@@ -10,6 +10,14 @@
 /// Offset of a tracepoint field the running kernel does not provide.
 pub const ABSENT: u32 = u32::MAX;
 
+/// Slots of the eBPF `INTEREST` array (a power of two): an id's slot is
+/// `id & (INTEREST_SLOTS - 1)`. A slot is set to 1 before its id is put in
+/// the `TRACED` map (a process) or the `OFF_CPU` map (a thread off its
+/// CPU), and never cleared, so a 0 slot proves the id is in neither and
+/// the programs skip the hash lookup. User space sets the slot of every
+/// pid it adds to `TRACED`.
+pub const INTEREST_SLOTS: u32 = 1 << 17;
+
 /// `sched/sched_switch` fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

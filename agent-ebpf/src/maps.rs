@@ -4,15 +4,23 @@
 //! are LRU maps: a thread killed in the middle of a call, or a request that
 //! never completes, cannot leak an entry for ever. Sizes are defaults; user
 //! space may resize them before loading.
+//!
+//! Cost: the tracepoints fire for every task on the machine, traced or
+//! not, so the common answer ("not traced") must be cheap. `INTEREST` is a
+//! plain array consulted before any hash lookup: an id whose slot is 0 is
+//! in neither `TRACED` nor `OFF_CPU` (see `agent_common::config::INTEREST_SLOTS`).
+//! Per-call state (`CALLS`, `NCCL_CALLS`, `NCCL_ACTIVE`) is kept per thread
+//! and updated in place: an entry whose start time is 0 has been consumed,
+//! so a call costs two lookups instead of an insert and a delete.
 
 use agent_common::{
-    config::Config,
+    config::{Config, INTEREST_SLOTS},
     drops,
     event::{MemCounters, NcclTail},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Written by user space before loading (`EbpfLoader::override_global`).
@@ -40,6 +48,11 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drops::SLOTS,
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// 1 where an id may be in `TRACED` or `OFF_CPU`; 0 proves it is in
+/// neither (`agent_common::config::INTEREST_SLOTS`).
+#[map]
+pub static INTEREST: Array<u32> = Array::with_max_entries(INTEREST_SLOTS, 0);
+
 /// A call in progress on a thread.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -53,6 +66,7 @@ pub struct CallKey {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CallStart {
+    /// Entry time; 0 once the return probe consumed the entry.
     pub ts_ns: u64,
     pub arg0: u64,
     pub arg1: u64,
@@ -70,6 +84,7 @@ pub static CALLS: LruHashMap<CallKey, CallStart> = LruHashMap::with_max_entries(
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct NcclStart {
+    /// Entry time; 0 once the return probe consumed the entry.
     pub ts_ns: u64,
     pub stream: u64,
     /// Where an init or split call writes the new communicator handle(s).
@@ -104,9 +119,9 @@ pub struct GroupState {
     pub id: u64,
 }
 
-/// The outermost probed NCCL call in progress on each thread (its cookie):
-/// NCCL calls its own entry points (`ncclBcast` calls `ncclBroadcast`),
-/// and a call made inside another is not the application's.
+/// The outermost probed NCCL call in progress on each thread (its cookie,
+/// 0 when none): NCCL calls its own entry points (`ncclBcast` calls
+/// `ncclBroadcast`), and a call made inside another is not the application's.
 #[map]
 pub static NCCL_ACTIVE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
@@ -162,9 +177,36 @@ pub static BLOCK_INFLIGHT: LruHashMap<BlockKey, BlockStart> = LruHashMap::with_m
 #[map]
 pub static MEM_COUNTERS: PerCpuHashMap<u32, MemCounters> = PerCpuHashMap::with_max_entries(16384, 0);
 
+/// Whether `id` may be in `TRACED` or `OFF_CPU` (false is certain).
+#[inline(always)]
+pub fn of_interest(id: u32) -> bool {
+    INTEREST
+        .get(id & (INTEREST_SLOTS - 1))
+        .is_some_and(|v| *v != 0)
+}
+
+/// Records that `id` may now be in `TRACED` or `OFF_CPU`: done before it is
+/// inserted, so no program can find the map entry with its slot still 0.
+#[inline(always)]
+pub fn mark_interest(id: u32) {
+    if let Some(slot) = INTEREST.get_ptr_mut(id & (INTEREST_SLOTS - 1)) {
+        // SAFETY: a live array slot; every writer stores the same value.
+        unsafe { *slot = 1 };
+    }
+}
+
+/// Whether process `tgid` is traced; for most tasks on the machine, which
+/// are not, this costs one array read and no hash lookup.
 pub fn is_traced(tgid: u32) -> bool {
     // SAFETY: the value is only tested for presence.
-    unsafe { TRACED.get(tgid) }.is_some()
+    of_interest(tgid) && unsafe { TRACED.get(tgid) }.is_some()
+}
+
+/// Starts tracing process `tgid` from the kernel (a traced parent's fork,
+/// or a CUDA call in "every CUDA process" mode).
+pub fn enrol(tgid: u32) -> Result<(), u32> {
+    mark_interest(tgid);
+    TRACED.insert(tgid, 1, 0).map_err(|_| 1u32)
 }
 
 /// Counts an event that could not be delivered.

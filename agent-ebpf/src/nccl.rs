@@ -13,6 +13,10 @@
 //! A probed call that NCCL makes from inside another (`ncclBcast` calls
 //! `ncclBroadcast`) is not recorded: only the application's calls count.
 //!
+//! Per-thread state (`NCCL_ACTIVE`, `NCCL_CALLS`) and the sequence counters
+//! are updated in place once they exist, as in `cuda.rs`: a consumed call
+//! entry has start time 0, an idle thread an active cookie of 0.
+//!
 //! Invariant: the sequence number is taken at entry and in the kernel, so a
 //! record lost later (ring full) does not shift the numbering of the calls
 //! after it, and a handle reused after `ncclCommDestroy` starts again at 0.
@@ -35,7 +39,7 @@ use crate::{
     emit::wakeup_flag,
     maps::{
         CallKey, CommKey, EVENTS, GroupState, NCCL_ACTIVE, NCCL_CALLS, NCCL_GROUP, NCCL_SEQ, NcclStart,
-        THREAD_GPU, TRACED, count_drop, is_traced, setting,
+        THREAD_GPU, count_drop, enrol, is_traced, of_interest, setting,
     },
 };
 
@@ -66,16 +70,22 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
         if setting!(auto_enrol) == 0 {
             return Ok(0);
         }
-        TRACED.insert(tgid, 1, 0).map_err(|_| 1u32)?;
+        enrol(tgid)?;
     }
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);
-    // SAFETY: only tested for presence.
-    if unsafe { NCCL_ACTIVE.get(tid) }.is_some() {
-        // Called by NCCL itself from inside the application's call.
-        return Ok(0);
+    match NCCL_ACTIVE.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry.
+        Some(active) if unsafe { *active } != 0 => {
+            // Called by NCCL itself from inside the application's call.
+            return Ok(0);
+        }
+        // SAFETY: as above.
+        Some(active) => unsafe { *active = cookie as u32 },
+        None => {
+            let _ = NCCL_ACTIVE.insert(tid, cookie as u32, 0);
+        }
     }
-    let _ = NCCL_ACTIVE.insert(tid, cookie as u32, 0);
     let mut start = read_args(ctx, op);
     if nccl_op::is_collective(op) {
         let key = CommKey {
@@ -83,14 +93,26 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
             pad: 0,
             comm: start.tail.comm,
         };
-        // SAFETY: the value is copied.
-        let seq = unsafe { NCCL_SEQ.get(key) }.copied().unwrap_or(0);
         // Point-to-point calls involve two ranks, not all: they do not
         // advance the communicator's numbering.
-        if !matches!(op, nccl_op::SEND | nccl_op::RECV) && NCCL_SEQ.insert(key, seq + 1, 0).is_err() {
-            count_drop(REASON_MAP_FULL, src, op);
-        }
-        start.tail.seq = seq;
+        let numbered = !matches!(op, nccl_op::SEND | nccl_op::RECV);
+        start.tail.seq = match NCCL_SEQ.get_ptr_mut(key) {
+            // SAFETY: a live counter; a communicator's calls are issued by
+            // one thread at a time (NCCL requires it).
+            Some(next) => unsafe {
+                let seq = *next;
+                if numbered {
+                    *next = seq + 1;
+                }
+                seq
+            },
+            None => {
+                if numbered && NCCL_SEQ.insert(key, 1u64, 0).is_err() {
+                    count_drop(REASON_MAP_FULL, src, op);
+                }
+                0
+            }
+        };
     }
     // SAFETY: the value is copied.
     let mut group = unsafe { NCCL_GROUP.get(tid) }
@@ -130,7 +152,14 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
         tid,
         cookie: cookie as u32,
     };
-    // Taken last, so the probe's own work is not counted in the call.
+    // The clock is read last, so the probe's own work is not counted in the call.
+    if let Some(slot) = NCCL_CALLS.get_ptr_mut(key) {
+        // SAFETY: helper without side effects.
+        start.ts_ns = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a live entry of this thread's own key.
+        unsafe { *slot = start };
+        return Ok(0);
+    }
     // SAFETY: helper without side effects.
     start.ts_ns = unsafe { bpf_ktime_get_ns() };
     if NCCL_CALLS.insert(key, start, 0).is_err() {
@@ -237,31 +266,38 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_traced(tgid) {
+    if !of_interest(tgid) {
         return Ok(0);
     }
     let tid = pid_tgid as u32;
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);
-    // SAFETY: the value is copied.
-    match unsafe { NCCL_ACTIVE.get(tid) }.copied() {
-        // The return of a call NCCL made inside the application's call.
-        Some(outer) if outer != cookie as u32 => return Ok(0),
-        Some(_) => {
-            let _ = NCCL_ACTIVE.remove(tid);
+    if let Some(active) = NCCL_ACTIVE.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry.
+        match unsafe { *active } {
+            // The return of a call NCCL made inside the application's call.
+            outer if outer != 0 && outer != cookie as u32 => return Ok(0),
+            // SAFETY: as above.
+            _ => unsafe { *active = 0 },
         }
-        None => {}
     }
     let key = CallKey {
         tid,
         cookie: cookie as u32,
     };
-    // SAFETY: the entry is copied out before it is removed.
-    let Some(start) = (unsafe { NCCL_CALLS.get(key) }).copied() else {
-        count_drop(REASON_MAP_FULL, src, op);
+    let slot = NCCL_CALLS.get_ptr_mut(key);
+    // SAFETY: the entry is this thread's own; copied, then marked consumed.
+    let start = slot.map(|p| unsafe {
+        let start = *p;
+        (*p).ts_ns = 0;
+        start
+    });
+    let Some(start) = start.filter(|s| s.ts_ns != 0) else {
+        if is_traced(tgid) {
+            count_drop(REASON_MAP_FULL, src, op);
+        }
         return Err(1);
     };
-    let _ = NCCL_CALLS.remove(key);
     let ret: i64 = ctx.ret();
     let ret = ret as i32;
     let mut tail = start.tail;
@@ -332,9 +368,13 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
                     pad: 0,
                     comm: tail.comm,
                 };
-                // SAFETY: the value is copied.
-                if unsafe { NCCL_SEQ.get(key) }.copied() == Some(tail.seq + 1) {
-                    let _ = NCCL_SEQ.insert(key, tail.seq, 0);
+                if let Some(next) = NCCL_SEQ.get_ptr_mut(key) {
+                    // SAFETY: a live counter (see try_nccl_enter).
+                    unsafe {
+                        if *next == tail.seq + 1 {
+                            *next = tail.seq;
+                        }
+                    }
                 }
             }
             // Sizes are at most 8 bytes: no 128-bit multiply (unsupported in eBPF).

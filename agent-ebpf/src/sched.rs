@@ -19,7 +19,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::emit,
-    maps::{OFF_CPU, OffCpu, is_traced, setting},
+    maps::{OFF_CPU, OffCpu, is_traced, mark_interest, of_interest, setting},
 };
 
 /// Task state bits below `TASK_REPORT_MAX`; all clear means runnable
@@ -33,23 +33,27 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// Runs on every context switch of the machine. The outgoing task is the
+/// current one, so its ids come from a helper; the incoming one can only
+/// be in `OFF_CPU` if its `INTEREST` slot is set. A switch between two
+/// untraced tasks (nearly all of them) costs a helper call, one field
+/// read and two array reads: no hash lookup, no clock read.
 fn try_sched_switch(ctx: &TracePointContext) -> Result<u32, u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, prev) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let fields = setting!(sched_switch);
+    // SAFETY: offset from this kernel's tracepoint format file.
+    let next = unsafe { ctx.read_at::<i32>(fields.next_pid as usize) }.map_err(|_| 1u32)? as u32;
+    // The idle task (0) is never traced.
+    let prev_traced = prev != 0 && is_traced(tgid);
+    let next_may_be_off = of_interest(next);
+    if !prev_traced && !next_may_be_off {
+        return Ok(0);
+    }
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let fields = setting!(sched_switch);
-    // SAFETY: offsets come from this kernel's tracepoint format file.
-    let (prev_pid, next_pid) = unsafe {
-        (
-            ctx.read_at::<i32>(fields.prev_pid as usize),
-            ctx.read_at::<i32>(fields.next_pid as usize),
-        )
-    };
-    let (prev_pid, next_pid) = (prev_pid.map_err(|_| 1u32)?, next_pid.map_err(|_| 1u32)?);
-    // SAFETY: helper without side effects.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
 
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if prev_pid != 0 && is_traced(tgid) {
+    if prev_traced {
         // SAFETY: as above.
         let (state, next_comm) = unsafe {
             (
@@ -61,31 +65,34 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<u32, u32> {
         let out = OffCpu {
             ts_ns: now,
             tgid,
-            preemptor: next_pid as u32,
+            preemptor: next,
             runnable: u32::from(state & TASK_STATE_MASK == 0),
-            cpu,
+            // SAFETY: helper without side effects.
+            cpu: unsafe { bpf_get_smp_processor_id() },
             preemptor_comm: next_comm,
         };
-        let _ = OFF_CPU.insert(prev_pid as u32, out, 0);
+        mark_interest(prev);
+        let _ = OFF_CPU.insert(prev, out, 0);
     }
 
-    let next = next_pid as u32;
-    // SAFETY: the value is copied before removal.
-    if let Some(out) = unsafe { OFF_CPU.get(next) }.copied() {
-        let _ = OFF_CPU.remove(next);
-        emit(&Event {
-            ts_ns: now,
-            duration_ns: now.saturating_sub(out.ts_ns),
-            arg0: u64::from(out.runnable),
-            arg1: u64::from(out.preemptor),
-            pid: out.tgid,
-            tid: next,
-            cpu: out.cpu,
-            source: source::HOST,
-            op: host_op::SCHED_SWITCH,
-            comm: out.preemptor_comm,
-            ..Event::default()
-        });
+    if next_may_be_off {
+        // SAFETY: the value is copied before removal.
+        if let Some(out) = unsafe { OFF_CPU.get(next) }.copied() {
+            let _ = OFF_CPU.remove(next);
+            emit(&Event {
+                ts_ns: now,
+                duration_ns: now.saturating_sub(out.ts_ns),
+                arg0: u64::from(out.runnable),
+                arg1: u64::from(out.preemptor),
+                pid: out.tgid,
+                tid: next,
+                cpu: out.cpu,
+                source: source::HOST,
+                op: host_op::SCHED_SWITCH,
+                comm: out.preemptor_comm,
+                ..Event::default()
+            });
+        }
     }
     Ok(0)
 }

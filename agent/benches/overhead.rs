@@ -17,7 +17,8 @@
 //!
 //! Environment: `INGERO_OVERHEAD_ONLY` (comma-separated sections, default
 //! all), `INGERO_OVERHEAD_ROUNDS` (default 5), `INGERO_OVERHEAD_SECS` (the
-//! footprint run, default 60), `INGERO_OVERHEAD_RANKS` (default 2). The
+//! footprint run, default 60), `INGERO_OVERHEAD_RANKS` (default 2),
+//! `INGERO_BENCH_BIN` (another `ingero` binary to measure). The
 //! load average is printed with each section: on a shared machine a
 //! figure is only as good as the quiet it was measured in. Needs root.
 
@@ -104,10 +105,11 @@ fn main() -> anyhow::Result<()> {
     let rounds = env_num("INGERO_OVERHEAD_ROUNDS", 5).max(1) as usize;
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     println!(
-        "overhead benchmark: {cpus} CPUs, kernel {}, load average {} at the start",
+        "overhead benchmark: {cpus} CPUs, kernel {}, {}, load average {} at the start",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim(),
+        workload::ingero().display(),
         load()
     );
     if wanted("step") {

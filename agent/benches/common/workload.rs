@@ -20,7 +20,12 @@ use agent_common::config::Config;
 use anyhow::{Context, bail};
 use ingero::trace::{libraries::Library, probes::Probes};
 
-pub const INGERO: &str = env!("CARGO_BIN_EXE_ingero");
+/// The `ingero` binary: `$INGERO_BENCH_BIN` if set (to measure another
+/// build, e.g. the one before a change, in the same session), else the one
+/// built with this benchmark.
+pub fn ingero() -> PathBuf {
+    std::env::var_os("INGERO_BENCH_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ingero")), PathBuf::from)
+}
 
 /// A sim program started with `--wait`: it printed its pid and waits for
 /// the go line.
@@ -98,7 +103,7 @@ impl Tracer {
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("bench.db");
-        let mut child = Command::new(INGERO)
+        let mut child = Command::new(ingero())
             .arg("trace")
             .args(args)
             .arg("--db")

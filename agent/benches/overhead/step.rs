@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use ingero_sim::cluster::{ClusterConfig, RunOptions, run_with};
 
-use crate::workload::{INGERO, median};
+use crate::workload::{ingero, median};
 
 /// Training steps per run (the first few, which include warm-up, count).
 const STEPS: u64 = 80;
@@ -43,7 +43,7 @@ const CASES: [Case; 3] = [
 fn one_run(case: &Case, ranks: usize) -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let cfg = ClusterConfig {
-        ingero: INGERO.into(),
+        ingero: ingero(),
         nodes: ranks,
         steps: STEPS,
         faults: Vec::new(),

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 
 use agent_common::{
     catalog::{OPS, cookie},
-    config::Config,
+    config::{Config, INTEREST_SLOTS},
     drops::{REASON_MAP_FULL, REASON_RING_FULL, slot},
     event::MemCounters,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -255,10 +255,19 @@ impl Probes {
     }
 
     /// Starts tracing process `pid` (and, through the kernel, its children).
+    /// Its `INTEREST` slot is set first: the programs look a process up in
+    /// `TRACED` only when its slot is set.
     pub fn trace_pid(&mut self, pid: u32) -> Result<(), TraceError> {
-        self.traced_map()?
-            .insert(pid, 1, 0)
-            .map_err(|e| TraceError::Load(format!("cannot trace pid {pid}: {e}")))
+        let failed = |e: &dyn std::fmt::Display| TraceError::Load(format!("cannot trace pid {pid}: {e}"));
+        let interest = self
+            .ebpf()?
+            .map_mut("INTEREST")
+            .ok_or_else(|| load_err("INTEREST map missing"))?;
+        Array::<_, u32>::try_from(interest)
+            .map_err(|e| failed(&e))?
+            .set(pid & (INTEREST_SLOTS - 1), 1, 0)
+            .map_err(|e| failed(&e))?;
+        self.traced_map()?.insert(pid, 1, 0).map_err(|e| failed(&e))
     }
 
     /// Processes currently traced.
