@@ -33,6 +33,27 @@ pub struct SchedSwitchFields {
     pub next_comm: u32,
 }
 
+/// `struct task_struct` fields, from the kernel's BTF, for the BTF-typed
+/// `sched_switch` program (which receives task pointers). All zero when
+/// the kernel has no BTF or the fields were not found: the classic
+/// tracepoint is used then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskFields {
+    /// Offset of `pid`, the thread id (4 bytes).
+    pub pid: u32,
+    /// Offset of `tgid`, the process id (4 bytes).
+    pub tgid: u32,
+    /// Offset of `comm`, the thread name (16 bytes).
+    pub comm: u32,
+    /// Padding to a multiple of 8 bytes; always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit repr(C) padding, shared with the eBPF programs"
+    )]
+    pub _pad: u32,
+}
+
 /// `block/block_rq_issue` fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,4 +166,6 @@ pub struct Config {
     pub oom: OomFields,
     /// Field offsets of `kmem/mm_page_alloc` (page-allocation counters).
     pub page_alloc: PageAllocFields,
+    /// Field offsets of `struct task_struct` (BTF-typed `sched_switch`).
+    pub task: TaskFields,
 }

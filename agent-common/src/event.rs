@@ -47,7 +47,8 @@ pub struct Event {
     pub tid: u32,
     /// Return code of the call (CUDA error code), or an errno for I/O.
     pub ret: i32,
-    /// GPU the calling thread selected with `cudaSetDevice` (0 by default).
+    /// GPU the calling thread selected with `cudaSetDevice`: always 0 from
+    /// the kernel; user space fills it in from the thread's own calls.
     pub gpu_id: i32,
     /// CPU the event happened on.
     pub cpu: u32,

@@ -30,7 +30,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{emit, emit_with_stack},
-    maps::{CALLS, CallKey, CallStart, THREAD_GPU, count_drop, enrol, is_traced, of_interest, setting},
+    maps::{CALLS, CallKey, CallStart, count_drop, enrol, is_traced, of_interest, setting},
 };
 
 #[uprobe]
@@ -128,11 +128,6 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         // SAFETY: reads user memory through the checked helper.
         arg1 = unsafe { bpf_probe_read_user(start.out_ptr as *const u64) }.unwrap_or(0);
     }
-    if src == source::CUDA && op == cuda_op::SET_DEVICE && ret == 0 {
-        let _ = THREAD_GPU.insert(tid, start.arg0 as i32, 0);
-    }
-    // SAFETY: the value is copied.
-    let gpu_id = unsafe { THREAD_GPU.get(tid) }.copied().unwrap_or(0);
 
     let event = Event {
         ts_ns: now,
@@ -144,7 +139,8 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         pid: tgid,
         tid,
         ret,
-        gpu_id,
+        // User space follows each thread's cudaSetDevice.
+        gpu_id: 0,
         // SAFETY: helper without side effects.
         cpu: unsafe { bpf_get_smp_processor_id() },
         source: src,

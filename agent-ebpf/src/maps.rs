@@ -1,6 +1,6 @@
 //! Maps and the load-time configuration shared by all programs.
 //!
-//! Pair-matching maps (`CALLS`, `OFF_CPU`, `BLOCK_INFLIGHT`, `THREAD_GPU`)
+//! Pair-matching maps (`CALLS`, `OFF_CPU`, `BLOCK_INFLIGHT`)
 //! are LRU maps: a thread killed in the middle of a call, or a request that
 //! never completes, cannot leak an entry for ever. Sizes are defaults; user
 //! space may resize them before loading.
@@ -9,8 +9,8 @@
 //! not, so the common answer ("not traced") must be cheap. `INTEREST` is a
 //! plain array consulted before any hash lookup: an id whose slot is 0 is
 //! in neither `TRACED` nor `OFF_CPU` (see `agent_common::config::INTEREST_SLOTS`).
-//! Per-call state (`CALLS`, `NCCL_CALLS`, `NCCL_ACTIVE`) is kept per thread
-//! and updated in place: an entry whose start time is 0 has been consumed,
+//! Per-call state (`CALLS`, `NCCL_THREAD`) is kept per thread and updated
+//! in place: an entry whose start time is 0 has been consumed,
 //! so a call costs two lookups instead of an insert and a delete.
 
 use agent_common::{
@@ -92,9 +92,6 @@ pub struct NcclStart {
     pub tail: NcclTail,
 }
 
-#[map]
-pub static NCCL_CALLS: LruHashMap<CallKey, NcclStart> = LruHashMap::with_max_entries(16384, 0);
-
 /// A communicator handle in one process.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -119,18 +116,23 @@ pub struct GroupState {
     pub id: u64,
 }
 
-/// The outermost probed NCCL call in progress on each thread (its cookie,
-/// 0 when none): NCCL calls its own entry points (`ncclBcast` calls
-/// `ncclBroadcast`), and a call made inside another is not the application's.
-#[map]
-pub static NCCL_ACTIVE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+/// All the NCCL state of one thread. NCCL calls its own entry points
+/// (`ncclBcast` calls `ncclBroadcast`); a call made inside another is not
+/// the application's, so a thread has one recorded call at a time.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NcclThread {
+    /// Cookie of the outermost probed NCCL call in progress; 0 when none.
+    pub active: u32,
+    pub pad: u32,
+    /// What that call's entry probe saw.
+    pub start: NcclStart,
+    /// The thread's open `ncclGroupStart` nesting (depth 0: none).
+    pub group: GroupState,
+}
 
 #[map]
-pub static NCCL_GROUP: LruHashMap<u32, GroupState> = LruHashMap::with_max_entries(16384, 0);
-
-/// GPU selected by each thread with `cudaSetDevice`.
-#[map]
-pub static THREAD_GPU: LruHashMap<u32, i32> = LruHashMap::with_max_entries(16384, 0);
+pub static NCCL_THREAD: LruHashMap<u32, NcclThread> = LruHashMap::with_max_entries(16384, 0);
 
 /// A traced thread switched off its CPU.
 #[repr(C)]

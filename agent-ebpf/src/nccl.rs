@@ -6,16 +6,18 @@
 //! stack; `ncclUniqueId` is passed by value in memory just above the return
 //! address), gives each collective the next sequence number of its
 //! communicator in this process (`NCCL_SEQ`) and the id of the thread's open
-//! group (`NCCL_GROUP`). The return probe emits one [`NcclEvent`] per call
+//! group. The return probe emits one [`NcclEvent`] per call
 //! (per communicator created for `ncclCommInitAll`), with the handle an init
 //! or split call wrote. User space maps handles to communicator ids.
 //!
 //! A probed call that NCCL makes from inside another (`ncclBcast` calls
 //! `ncclBroadcast`) is not recorded: only the application's calls count.
 //!
-//! Per-thread state (`NCCL_ACTIVE`, `NCCL_CALLS`) and the sequence counters
-//! are updated in place once they exist, as in `cuda.rs`: a consumed call
-//! entry has start time 0, an idle thread an active cookie of 0.
+//! A thread has at most one recorded NCCL call in progress (the outermost),
+//! so all its NCCL state is one `NCCL_THREAD` entry, updated in place: the
+//! active call's cookie (0: none), its entry record (start time 0 once
+//! consumed) and its open group. A call costs one lookup at entry and one
+//! at return, plus the communicator's sequence counter for collectives.
 //!
 //! Invariant: the sequence number is taken at entry and in the kernel, so a
 //! record lost later (ring full) does not shift the numbering of the calls
@@ -38,8 +40,8 @@ use crate::{
     cuda::{arg, cookie_of, stack_pointer, user_u64},
     emit::wakeup_flag,
     maps::{
-        CallKey, CommKey, EVENTS, GroupState, NCCL_ACTIVE, NCCL_CALLS, NCCL_GROUP, NCCL_SEQ, NcclStart,
-        THREAD_GPU, count_drop, enrol, is_traced, of_interest, setting,
+        CommKey, EVENTS, NCCL_SEQ, NCCL_THREAD, NcclStart, NcclThread, count_drop, enrol, is_traced,
+        of_interest, setting,
     },
 };
 
@@ -74,18 +76,17 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
     }
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);
-    match NCCL_ACTIVE.get_ptr_mut(tid) {
-        // SAFETY: this thread's own entry.
-        Some(active) if unsafe { *active } != 0 => {
-            // Called by NCCL itself from inside the application's call.
-            return Ok(0);
-        }
-        // SAFETY: as above.
-        Some(active) => unsafe { *active = cookie as u32 },
-        None => {
-            let _ = NCCL_ACTIVE.insert(tid, cookie as u32, 0);
-        }
+    let Some(thread) = thread_state(tid) else {
+        count_drop(REASON_MAP_FULL, src, op);
+        return Err(1);
+    };
+    // SAFETY: this thread's own entry, written only by this thread's probes.
+    let thread = unsafe { &mut *thread };
+    if thread.active != 0 {
+        // Called by NCCL itself from inside the application's call.
+        return Ok(0);
     }
+    thread.active = cookie as u32;
     let mut start = read_args(ctx, op);
     if nccl_op::is_collective(op) {
         let key = CommKey {
@@ -114,10 +115,7 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
             }
         };
     }
-    // SAFETY: the value is copied.
-    let mut group = unsafe { NCCL_GROUP.get(tid) }
-        .copied()
-        .unwrap_or(GroupState { depth: 0, id: 0 });
+    let group = &mut thread.group;
     match op {
         nccl_op::GROUP_START => {
             if group.depth == 0 {
@@ -127,16 +125,13 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
             group.depth += 1;
             start.tail.group = group.id;
             start.tail.count = group.depth;
-            let _ = NCCL_GROUP.insert(tid, group, 0);
         }
         nccl_op::GROUP_END => {
             start.tail.group = group.id;
             group.depth = group.depth.saturating_sub(1);
             start.tail.count = group.depth;
             if group.depth == 0 {
-                let _ = NCCL_GROUP.remove(tid);
-            } else {
-                let _ = NCCL_GROUP.insert(tid, group, 0);
+                group.id = 0;
             }
         }
         nccl_op::COMM_DESTROY | nccl_op::COMM_ABORT => {
@@ -148,25 +143,23 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
         }
         _ => start.tail.group = if group.depth > 0 { group.id } else { 0 },
     }
-    let key = CallKey {
-        tid,
-        cookie: cookie as u32,
-    };
-    // The clock is read last, so the probe's own work is not counted in the call.
-    if let Some(slot) = NCCL_CALLS.get_ptr_mut(key) {
-        // SAFETY: helper without side effects.
-        start.ts_ns = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: a live entry of this thread's own key.
-        unsafe { *slot = start };
-        return Ok(0);
-    }
+    // Taken last, so the probe's own work is not counted in the call.
     // SAFETY: helper without side effects.
     start.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if NCCL_CALLS.insert(key, start, 0).is_err() {
-        count_drop(REASON_MAP_FULL, src, op);
-        return Err(1);
-    }
+    thread.start = start;
     Ok(0)
+}
+
+/// The NCCL state of thread `tid`, created (idle) on its first call.
+#[inline(always)]
+fn thread_state(tid: u32) -> Option<*mut NcclThread> {
+    if let Some(state) = NCCL_THREAD.get_ptr_mut(tid) {
+        return Some(state);
+    }
+    // SAFETY: plain integers; all zero is the idle state.
+    let idle: NcclThread = unsafe { core::mem::zeroed() };
+    NCCL_THREAD.insert(tid, idle, 0).ok()?;
+    NCCL_THREAD.get_ptr_mut(tid)
 }
 
 /// The arguments of `op`, per the NCCL C signatures.
@@ -272,37 +265,32 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
     let tid = pid_tgid as u32;
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);
-    if let Some(active) = NCCL_ACTIVE.get_ptr_mut(tid) {
-        // SAFETY: this thread's own entry.
-        match unsafe { *active } {
-            // The return of a call NCCL made inside the application's call.
-            outer if outer != 0 && outer != cookie as u32 => return Ok(0),
-            // SAFETY: as above.
-            _ => unsafe { *active = 0 },
-        }
-    }
-    let key = CallKey {
-        tid,
-        cookie: cookie as u32,
-    };
-    let slot = NCCL_CALLS.get_ptr_mut(key);
-    // SAFETY: the entry is this thread's own; copied, then marked consumed.
-    let start = slot.map(|p| unsafe {
-        let start = *p;
-        (*p).ts_ns = 0;
-        start
-    });
-    let Some(start) = start.filter(|s| s.ts_ns != 0) else {
+    let Some(thread) = NCCL_THREAD.get_ptr_mut(tid) else {
+        // Its entry was evicted (or never stored) while the call ran.
         if is_traced(tgid) {
             count_drop(REASON_MAP_FULL, src, op);
         }
         return Err(1);
     };
+    // SAFETY: this thread's own entry.
+    let thread = unsafe { &mut *thread };
+    if thread.active != 0 && thread.active != cookie as u32 {
+        // The return of a call NCCL made inside the application's call.
+        return Ok(0);
+    }
+    let recorded = thread.active == cookie as u32 && thread.start.ts_ns != 0;
+    let start = thread.start;
+    thread.active = 0;
+    thread.start.ts_ns = 0;
+    if !recorded {
+        if is_traced(tgid) {
+            count_drop(REASON_MAP_FULL, src, op);
+        }
+        return Err(1);
+    }
     let ret: i64 = ctx.ret();
     let ret = ret as i32;
     let mut tail = start.tail;
-    // SAFETY: the value is copied.
-    let gpu_id = unsafe { THREAD_GPU.get(tid) }.copied().unwrap_or(0);
     let mut event = Event {
         ts_ns: now,
         duration_ns: now.saturating_sub(start.ts_ns),
@@ -313,7 +301,8 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         pid: tgid,
         tid,
         ret,
-        gpu_id,
+        // User space follows each thread's cudaSetDevice.
+        gpu_id: 0,
         // SAFETY: helper without side effects.
         cpu: unsafe { bpf_get_smp_processor_id() },
         source: src,

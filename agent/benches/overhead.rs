@@ -18,7 +18,9 @@
 //! Environment: `INGERO_OVERHEAD_ONLY` (comma-separated sections, default
 //! all), `INGERO_OVERHEAD_ROUNDS` (default 5), `INGERO_OVERHEAD_SECS` (the
 //! footprint run, default 60), `INGERO_OVERHEAD_RANKS` (default 2),
-//! `INGERO_BENCH_BIN` (another `ingero` binary to measure). The
+//! `INGERO_BENCH_BIN` (another `ingero` binary to measure),
+//! `INGERO_BENCH_BASELINE` (a second binary the `switch`/`io` rounds
+//! measure too, for before/after figures in the same conditions). The
 //! load average is printed with each section: on a shared machine a
 //! figure is only as good as the quiet it was measured in. Needs root.
 
@@ -117,7 +119,8 @@ fn main() -> anyhow::Result<()> {
         step::run(rounds, ranks)?;
     }
     if wanted("switch") || wanted("io") {
-        machine::run(rounds, wanted("switch"), wanted("io"))?;
+        // Short samples: twice the rounds, so a busy spell is outvoted.
+        machine::run(2 * rounds, wanted("switch"), wanted("io"))?;
     }
     if wanted("call") {
         per_call_section(rounds)?;

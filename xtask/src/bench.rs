@@ -40,6 +40,9 @@ pub struct Options {
     /// overhead: ranks of the simulated job
     #[arg(long)]
     ranks: Option<u32>,
+    /// overhead: another `ingero` binary the switch/io rounds measure too (before/after a change)
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -57,6 +60,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ("INGERO_OVERHEAD_ROUNDS", opts.rounds.map(|n| n.to_string())),
         ("INGERO_OVERHEAD_SECS", opts.footprint_secs.map(|n| n.to_string())),
         ("INGERO_OVERHEAD_RANKS", opts.ranks.map(|n| n.to_string())),
+        (
+            "INGERO_BENCH_BASELINE",
+            opts.baseline.as_ref().map(|p| p.display().to_string()),
+        ),
     ];
     for (name, value) in settings {
         if let Some(value) = value {

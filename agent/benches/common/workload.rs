@@ -101,9 +101,14 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `ingero trace ARGS --db DB` and waits until it traces.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(&ingero(), args)
+    }
+
+    /// As [`Self::start`], with the `ingero` binary at `bin`.
+    pub fn start_with(bin: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("bench.db");
-        let mut child = Command::new(ingero())
+        let mut child = Command::new(bin)
             .arg("trace")
             .args(args)
             .arg("--db")

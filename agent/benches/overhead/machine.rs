@@ -10,8 +10,12 @@
 //!
 //! Each round measures both with no tracer, then with `ingero trace
 //! --pid` of a sleeping process running (default probes: every host
-//! family), the order swapped every other round. Neither benchmark
-//! process is ever traced. The forked children call only
+//! family), then with no tracer again; a round's figure is the traced
+//! sample over the mean of the untraced ones on either side, so the
+//! machine's slow drifts (other builds on its two cores) cancel out. With
+//! `$INGERO_BENCH_BASELINE` naming another `ingero` binary, each round
+//! measures it too, in alternating order (before/after a change, in the
+//! same conditions). Neither benchmark process is ever traced. The forked children call only
 //! async-signal-safe functions (read, write, affinity, clock, `_exit`),
 //! as a fork of a threaded process must.
 
@@ -184,18 +188,52 @@ fn sample(switch: bool, io: Option<&Path>, cpu: usize) -> anyhow::Result<(f64, f
     Ok((s, w))
 }
 
-fn ratio_line(what: &str, unit: &str, base: &[f64], traced: &[f64]) {
-    let (b, t) = (median(base.to_vec()), median(traced.to_vec()));
-    println!(
-        "    {what:<22} no tracer {b:>8.2} {unit}   tracer running {t:>8.2} {unit}   {:>6.3}x ({:+.1}%)",
-        t / b,
-        (t / b - 1.0) * 100.0
-    );
+/// The median of `v` and its interquartile range.
+fn quartiles(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: usize| v[(v.len() - 1) * q / 4];
+    (at(1), at(2), at(3))
+}
+
+/// What one tracer build did to the samples next to it.
+#[derive(Default)]
+struct Figures {
+    /// Samples with the tracer running: (ping-pong ns, write us).
+    traced: Vec<(f64, f64)>,
+    /// Per round: traced sample / mean of the untraced samples just
+    /// before and after it (slow drifts of the machine cancel out).
+    ratios: Vec<(f64, f64)>,
+}
+
+fn report(what: &str, unit: &str, k: usize, none: &[(f64, f64)], tracers: &[(String, Figures)]) {
+    let pick = |s: &(f64, f64)| if k == 0 { s.0 } else { s.1 };
+    let base = median(none.iter().map(pick).collect());
+    println!("    {what}: no tracer {base:.2} {unit} (median of {} samples)", none.len());
+    for (name, f) in tracers {
+        let traced = median(f.traced.iter().map(pick).collect());
+        let (q1, med, q3) = quartiles(&f.ratios.iter().map(pick).collect::<Vec<_>>());
+        println!(
+            "      {name:<16} {traced:>8.2} {unit}   {med:>6.3}x ({:+.1}%; rounds' quartiles {q1:.3}..{q3:.3})",
+            (med - 1.0) * 100.0
+        );
+        if k == 0 {
+            println!(
+                "      {:<16} => about {:.0} ns added per context switch",
+                "",
+                (med - 1.0) * base / 2.0
+            );
+        }
+    }
 }
 
 pub fn run(rounds: usize, switch: bool, io: bool) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let cpu = cpus - 1;
+    let mut binaries = vec![("this build".to_owned(), crate::workload::ingero())];
+    if let Some(other) = std::env::var_os("INGERO_BENCH_BASELINE") {
+        binaries.push(("baseline build".to_owned(), other.into()));
+    }
     crate::section(&format!(
         "machine-wide cost for untraced processes, no tracer / `ingero trace --pid <sleeping process>`, {rounds} rounds, medians"
     ));
@@ -212,21 +250,26 @@ pub fn run(rounds: usize, switch: bool, io: bool) -> anyhow::Result<()> {
         .spawn()
         .context("sleep")?;
     let sleeper_pid = sleeper.id().to_string();
-    let (mut base, mut traced) = (Vec::new(), Vec::new());
+    let mut none = Vec::new();
+    let mut figures: Vec<Figures> = binaries.iter().map(|_| Figures::default()).collect();
     let result = (|| {
         for round in 0..rounds {
-            let measure_traced = || -> anyhow::Result<(f64, f64)> {
-                let tracer = Tracer::start(&["--pid", &sleeper_pid])?;
-                let s = sample(switch, io_file, cpu)?;
+            let mut before = sample(switch, io_file, cpu)?;
+            none.push(before);
+            for k in 0..binaries.len() {
+                let i = (k + round) % binaries.len();
+                let tracer = Tracer::start_with(&binaries[i].1, &["--pid", &sleeper_pid])?;
+                let traced = sample(switch, io_file, cpu)?;
                 tracer.stop()?;
-                Ok(s)
-            };
-            if round % 2 == 0 {
-                base.push(sample(switch, io_file, cpu)?);
-                traced.push(measure_traced()?);
-            } else {
-                traced.push(measure_traced()?);
-                base.push(sample(switch, io_file, cpu)?);
+                let after = sample(switch, io_file, cpu)?;
+                none.push(after);
+                let ratio = |t: f64, a: f64, b: f64| if a + b > 0.0 { t / ((a + b) / 2.0) } else { 1.0 };
+                figures[i].traced.push(traced);
+                figures[i].ratios.push((
+                    ratio(traced.0, before.0, after.0),
+                    ratio(traced.1, before.1, after.1),
+                ));
+                before = after;
             }
             eprintln!("    round {}/{rounds} done (load {})", round + 1, crate::load());
         }
@@ -235,21 +278,19 @@ pub fn run(rounds: usize, switch: bool, io: bool) -> anyhow::Result<()> {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     result?;
-    let col = |v: &[(f64, f64)], k: usize| v.iter().map(|s| if k == 0 { s.0 } else { s.1 }).collect::<Vec<_>>();
+    let tracers: Vec<(String, Figures)> = binaries.into_iter().map(|b| b.0).zip(figures).collect();
     if switch {
         println!(
             "  context switches: {ROUND_TRIPS} pipe round trips between two untraced processes on CPU {cpu} (2 switches each)"
         );
-        ratio_line("ns per round trip", "ns", &col(&base, 0), &col(&traced, 0));
-        let per_switch = (median(col(&traced, 0)) - median(col(&base, 0))) / 2.0;
-        println!("    => about {per_switch:.0} ns added per context switch");
+        report("ns per round trip", "ns", 0, &none, &tracers);
     }
     if io {
         println!(
             "  block I/O: {WRITES} x 4 KiB O_DIRECT overwrites in {} by an untraced process",
             dir.path().display()
         );
-        ratio_line("us per write", "us", &col(&base, 1), &col(&traced, 1));
+        report("us per write", "us", 1, &none, &tracers);
     }
     Ok(())
 }

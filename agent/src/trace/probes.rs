@@ -19,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        TracePoint, UProbe,
+        BtfTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
@@ -80,6 +80,11 @@ pub struct Probes {
     attached: HashMap<FileId, AttachedLibrary>,
     /// Uprobe links attached.
     uprobe_links: usize,
+    /// The config has `task_struct` offsets (the BTF-typed `sched_switch`
+    /// program can be tried).
+    task_fields: bool,
+    /// Which `sched_switch` program is attached, once one is.
+    sched_switch: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -117,6 +122,8 @@ impl Probes {
             drops: PerCpuArray::try_from(drops).map_err(load_err)?,
             attached: HashMap::new(),
             uprobe_links: 0,
+            task_fields: config.task.comm != 0,
+            sched_switch: None,
         })
     }
 
@@ -153,7 +160,14 @@ impl Probes {
             ("oom_mark_victim", "oom", "mark_victim"),
         ];
         if families.sched {
-            points.push(("sched_switch", "sched", "sched_switch"));
+            match self.attach_btf_switch() {
+                Ok(()) => self.sched_switch = Some("tp_btf/sched_switch"),
+                Err(why) => {
+                    log::debug!("BTF-typed sched_switch not used ({why}); classic tracepoint instead");
+                    points.push(("sched_switch", "sched", "sched_switch"));
+                    self.sched_switch = Some("sched/sched_switch");
+                }
+            }
         }
         if families.io {
             points.push(("block_rq_issue", "block", "block_rq_issue"));
@@ -176,6 +190,32 @@ impl Probes {
             })?;
         }
         Ok(())
+    }
+
+    /// The BTF-typed `sched_switch` program: no trace record is built for
+    /// it, so every context switch of the machine costs less.
+    fn attach_btf_switch(&mut self) -> Result<(), String> {
+        if !self.task_fields {
+            return Err("no task_struct offsets from the kernel's BTF".into());
+        }
+        let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+        let program: &mut BtfTracePoint = self
+            .ebpf()
+            .map_err(|e| e.to_string())?
+            .program_mut("sched_switch_btf")
+            .ok_or("program sched_switch_btf missing from the object")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        program.load("sched_switch", &btf).map_err(|e| e.to_string())?;
+        program.attach().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The `sched_switch` program attached (`tp_btf/sched_switch` or
+    /// `sched/sched_switch`), if the family is on.
+    #[must_use]
+    pub fn sched_switch_program(&self) -> Option<&'static str> {
+        self.sched_switch
     }
 
     /// Whether the CUDA programs are attached to this file already.
