@@ -11,12 +11,28 @@
 pub const ABSENT: u32 = u32::MAX;
 
 /// Slots of the eBPF `INTEREST` array (a power of two): an id's slot is
-/// `id & (INTEREST_SLOTS - 1)`. A slot is set to 1 before its id is put in
-/// the `TRACED` map (a process) or the `OFF_CPU` map (a thread off its
-/// CPU), and never cleared, so a 0 slot proves the id is in neither and
-/// the programs skip the hash lookup. User space sets the slot of every
-/// pid it adds to `TRACED`.
+/// `id & (INTEREST_SLOTS - 1)`. A slot holds 0 (no id of that slot is in
+/// the `TRACED` or `OFF_CPU` maps: certain), a process id `P` (`P` is
+/// traced), or [`INTEREST_MANY`] (look in the maps). Writers put an id in
+/// its map before they claim its slot, never write 0, and turn a slot that
+/// names a process they untrace into [`INTEREST_MANY`], so both answers
+/// the programs take without a hash lookup are exact.
 pub const INTEREST_SLOTS: u32 = 1 << 17;
+
+/// An `INTEREST` slot whose ids must be looked up in the maps.
+pub const INTEREST_MANY: u32 = u32::MAX;
+
+/// The value a slot holding `current` takes when process `tgid` becomes
+/// traced (its `TRACED` entry already written): `tgid` if the slot was
+/// free, else [`INTEREST_MANY`] unless it already names `tgid`.
+#[must_use]
+pub const fn interest_claim(current: u32, tgid: u32) -> u32 {
+    if current == 0 || current == tgid {
+        tgid
+    } else {
+        INTEREST_MANY
+    }
+}
 
 /// `sched/sched_switch` fields.
 #[repr(C)]
@@ -168,4 +184,17 @@ pub struct Config {
     pub page_alloc: PageAllocFields,
     /// Field offsets of `struct task_struct` (BTF-typed `sched_switch`).
     pub task: TaskFields,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_names_one_traced_process_or_says_many() {
+        assert_eq!(interest_claim(0, 42), 42, "a free slot names the process");
+        assert_eq!(interest_claim(42, 42), 42, "enrolling twice changes nothing");
+        assert_eq!(interest_claim(7, 42), INTEREST_MANY, "a shared slot says look it up");
+        assert_eq!(interest_claim(INTEREST_MANY, 42), INTEREST_MANY);
+    }
 }

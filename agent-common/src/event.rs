@@ -8,6 +8,11 @@
 
 /// Length of a kernel task name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
+/// A CUDA or NCCL record carries its thread's name on the thread's first
+/// call of each operation and on every `COMM_EVERY`-th call after (reading
+/// it costs the probe a helper call); the others carry an empty name, which
+/// user space fills with the thread's last known one.
+pub const COMM_EVERY: u64 = 256;
 /// User stack frames captured per call with `--stack`.
 pub const MAX_STACK_DEPTH: usize = 32;
 

@@ -11,12 +11,14 @@
 //! rewritten in place (start time 0 = consumed), so a call costs two
 //! lookups rather than an insert and a delete, each of which takes a lock
 //! in the kernel. The return probe fires for untraced callers too: their
-//! process's `INTEREST` slot is 0, which it checks before any lookup.
+//! process's `INTEREST` slot is 0, which it checks before any lookup. The
+//! thread's name is read on its first call of an operation and every
+//! `COMM_EVERY` calls after, not on every call.
 
 use agent_common::{
     catalog::{cuda_op, driver_op, memcpy_kind, source, split_cookie},
     drops::REASON_MAP_FULL,
-    event::{Event, FLAG_HAS_STREAM},
+    event::{COMM_EVERY, Event, FLAG_HAS_STREAM},
 };
 use aya_ebpf::{
     EbpfContext,
@@ -71,9 +73,11 @@ fn try_cuda_enter(ctx: &ProbeContext) -> Result<u32, u32> {
     };
     // The clock is read last, so the probe's own work is not counted in the call.
     if let Some(slot) = CALLS.get_ptr_mut(key) {
+        // SAFETY: a live entry of this thread's own key; no other thread writes it.
+        start.calls = unsafe { (*slot).calls }.wrapping_add(1);
         // SAFETY: helper without side effects.
         start.ts_ns = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: a live entry of this thread's own key; no other thread writes it.
+        // SAFETY: as above.
         unsafe { *slot = start };
         return Ok(0);
     }
@@ -147,7 +151,11 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         op,
         kind: 0,
         flags: start.flags as u8,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: if start.calls % COMM_EVERY == 0 {
+            bpf_get_current_comm().unwrap_or_default()
+        } else {
+            [0; 16]
+        },
     };
     if setting!(capture_stack) != 0 {
         emit_with_stack(ctx, &event);
@@ -227,6 +235,7 @@ fn read_args(ctx: &ProbeContext, src: u8, op: u8) -> CallStart {
         stream: 0,
         out_ptr: 0,
         flags: 0,
+        calls: 0,
     };
     let with_stream = |s: &mut CallStart, stream: u64| {
         s.stream = stream;

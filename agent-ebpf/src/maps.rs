@@ -14,7 +14,7 @@
 //! so a call costs two lookups instead of an insert and a delete.
 
 use agent_common::{
-    config::{Config, INTEREST_SLOTS},
+    config::{Config, INTEREST_MANY, INTEREST_SLOTS, interest_claim},
     drops,
     event::{MemCounters, NcclTail},
 };
@@ -48,8 +48,8 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drops::SLOTS,
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
-/// 1 where an id may be in `TRACED` or `OFF_CPU`; 0 proves it is in
-/// neither (`agent_common::config::INTEREST_SLOTS`).
+/// Per slot of ids: 0 (none in `TRACED` or `OFF_CPU`), the one traced
+/// process it names, or `INTEREST_MANY` (`agent_common::config::INTEREST_SLOTS`).
 #[map]
 pub static INTEREST: Array<u32> = Array::with_max_entries(INTEREST_SLOTS, 0);
 
@@ -75,6 +75,9 @@ pub struct CallStart {
     /// pointer), read back on return; 0 if none.
     pub out_ptr: u64,
     pub flags: u64,
+    /// Calls of this operation by this thread before this one (the
+    /// thread's name is sent every `COMM_EVERY` calls).
+    pub calls: u64,
 }
 
 #[map]
@@ -124,7 +127,8 @@ pub struct GroupState {
 pub struct NcclThread {
     /// Cookie of the outermost probed NCCL call in progress; 0 when none.
     pub active: u32,
-    pub pad: u32,
+    /// Calls recorded for this thread (its name is sent every `COMM_EVERY`).
+    pub calls: u32,
     /// What that call's entry probe saw.
     pub start: NcclStart,
     /// The thread's open `ncclGroupStart` nesting (depth 0: none).
@@ -179,36 +183,69 @@ pub static BLOCK_INFLIGHT: LruHashMap<BlockKey, BlockStart> = LruHashMap::with_m
 #[map]
 pub static MEM_COUNTERS: PerCpuHashMap<u32, MemCounters> = PerCpuHashMap::with_max_entries(16384, 0);
 
+fn interest_slot(id: u32) -> Option<*mut u32> {
+    INTEREST.get_ptr_mut(id & (INTEREST_SLOTS - 1))
+}
+
 /// Whether `id` may be in `TRACED` or `OFF_CPU` (false is certain).
 #[inline(always)]
 pub fn of_interest(id: u32) -> bool {
-    INTEREST
-        .get(id & (INTEREST_SLOTS - 1))
-        .is_some_and(|v| *v != 0)
+    // SAFETY: a live array slot, read once.
+    interest_slot(id).is_some_and(|slot| unsafe { *slot } != 0)
 }
 
-/// Records that `id` may now be in `TRACED` or `OFF_CPU`: done before it is
-/// inserted, so no program can find the map entry with its slot still 0.
+/// Records that thread `tid` may now be in `OFF_CPU`: done before it is
+/// inserted, so no program finds the entry with its slot still 0. A slot
+/// naming a traced process keeps its name (it is not 0 either).
 #[inline(always)]
-pub fn mark_interest(id: u32) {
-    if let Some(slot) = INTEREST.get_ptr_mut(id & (INTEREST_SLOTS - 1)) {
-        // SAFETY: a live array slot; every writer stores the same value.
-        unsafe { *slot = 1 };
+pub fn mark_interest(tid: u32) {
+    if let Some(slot) = interest_slot(tid) {
+        // SAFETY: a live array slot; racing writers only store non-zero values.
+        unsafe {
+            if *slot == 0 {
+                *slot = INTEREST_MANY;
+            }
+        }
     }
 }
 
-/// Whether process `tgid` is traced; for most tasks on the machine, which
-/// are not, this costs one array read and no hash lookup.
+/// Whether process `tgid` is traced. For most tasks on the machine (slot
+/// 0) and for a traced process that has its slot to itself, one array
+/// read; a hash lookup otherwise.
 pub fn is_traced(tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence.
-    of_interest(tgid) && unsafe { TRACED.get(tgid) }.is_some()
+    // SAFETY: a live array slot, read once.
+    match interest_slot(tgid).map(|slot| unsafe { *slot }) {
+        None | Some(0) => false,
+        Some(named) if named == tgid => true,
+        // SAFETY: the value is only tested for presence.
+        Some(_) => unsafe { TRACED.get(tgid) }.is_some(),
+    }
 }
 
 /// Starts tracing process `tgid` from the kernel (a traced parent's fork,
-/// or a CUDA call in "every CUDA process" mode).
+/// or a CUDA call in "every CUDA process" mode): the map first, then the
+/// slot.
 pub fn enrol(tgid: u32) -> Result<(), u32> {
-    mark_interest(tgid);
-    TRACED.insert(tgid, 1, 0).map_err(|_| 1u32)
+    TRACED.insert(tgid, 1, 0).map_err(|_| 1u32)?;
+    if let Some(slot) = interest_slot(tgid) {
+        // SAFETY: a live array slot; see `INTEREST_SLOTS` for the races.
+        unsafe { *slot = interest_claim(*slot, tgid) };
+    }
+    Ok(())
+}
+
+/// Stops tracing process `tgid` (it exited): the map first, then a slot
+/// naming it becomes `INTEREST_MANY`.
+pub fn untrace(tgid: u32) {
+    let _ = TRACED.remove(tgid);
+    if let Some(slot) = interest_slot(tgid) {
+        // SAFETY: as above.
+        unsafe {
+            if *slot == tgid {
+                *slot = INTEREST_MANY;
+            }
+        }
+    }
 }
 
 /// Counts an event that could not be delivered.

@@ -26,7 +26,7 @@
 use agent_common::{
     catalog::{comm_id, nccl_op, split_cookie},
     drops::{REASON_MAP_FULL, REASON_RING_FULL},
-    event::{Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM, KIND_NCCL, NcclEvent, NcclTail},
+    event::{COMM_EVERY, Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM, KIND_NCCL, NcclEvent, NcclTail},
 };
 use aya_ebpf::{
     helpers::{
@@ -280,8 +280,10 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
     }
     let recorded = thread.active == cookie as u32 && thread.start.ts_ns != 0;
     let start = thread.start;
+    let calls = u64::from(thread.calls);
     thread.active = 0;
     thread.start.ts_ns = 0;
+    thread.calls = thread.calls.wrapping_add(1);
     if !recorded {
         if is_traced(tgid) {
             count_drop(REASON_MAP_FULL, src, op);
@@ -309,7 +311,11 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         op,
         kind: KIND_NCCL,
         flags: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: if calls % COMM_EVERY == 0 {
+            bpf_get_current_comm().unwrap_or_default()
+        } else {
+            [0; 16]
+        },
     };
     match op {
         nccl_op::GROUP_START | nccl_op::GROUP_END => {

@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::emit,
-    maps::{TRACED, enrol, is_traced, setting},
+    maps::{enrol, is_traced, setting, untrace},
 };
 
 /// `CLONE_THREAD` from `<linux/sched.h>`.
@@ -125,7 +125,7 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     // Page-allocation counters stay: user space reads the last interval and
     // then deletes them.
-    let _ = TRACED.remove(event.pid);
+    untrace(event.pid);
     emit(&event);
     Ok(0)
 }

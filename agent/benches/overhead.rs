@@ -59,10 +59,30 @@ fn section(title: &str) {
     println!("{title} (load average {})", load());
 }
 
+/// The three per-call figures, with the agent free to run on the traced
+/// program's CPU and with the two kept apart.
 fn per_call_section(rounds: usize) -> anyhow::Result<()> {
     section(&format!(
         "per call: traced against an empty probe on the same function, {rounds} rounds, medians"
     ));
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    for pinned in [false, true] {
+        workload::set_pinned(pinned);
+        if pinned {
+            println!(
+                "  program pinned to CPU {}, tracer to the other CPU(s): the probes alone",
+                cpus - 1
+            );
+        } else {
+            println!("  program and tracer on any CPU: the tracer's own work may share the program's CPU");
+        }
+        per_call_figures(rounds)?;
+    }
+    workload::set_pinned(false);
+    Ok(())
+}
+
+fn per_call_figures(rounds: usize) -> anyhow::Result<()> {
     match ingero_sim::libcudart() {
         Some(path) => {
             let mut lib = inspect(LibKind::Runtime, &path, &path)?;

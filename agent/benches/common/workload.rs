@@ -72,6 +72,9 @@ impl Run {
     }
 
     fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        if pinned() {
+            pin_to(&mut cmd, |cpus| vec![cpus - 1]);
+        }
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let ready: serde_json::Value = serde_json::from_str(&lines.next().context("no ready line")??)?;
@@ -108,7 +111,11 @@ impl Tracer {
     pub fn start_with(bin: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("bench.db");
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if pinned() {
+            pin_to(&mut cmd, |cpus| (0..cpus.saturating_sub(1).max(1)).collect());
+        }
+        let mut child = cmd
             .arg("trace")
             .args(args)
             .arg("--db")
@@ -188,6 +195,38 @@ impl Drop for Tracer {
     }
 }
 
+static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, programs started by [`Run`] run on the last CPU and
+/// tracers on the others (`true`), or both anywhere (`false`, the default).
+/// Pinned, the agent's own work (reading and storing a million events a
+/// second) does not share the program's CPU, and a per-call figure
+/// measures the probes.
+pub fn set_pinned(on: bool) {
+    PINNED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn pinned() -> bool {
+    PINNED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Restricts the child to the CPUs `which` picks out of the machine's.
+fn pin_to(cmd: &mut Command, which: impl Fn(usize) -> Vec<usize>) {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let set = which(cpus);
+    // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs in pre_exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            let mut mask: libc::cpu_set_t = std::mem::zeroed();
+            for &cpu in &set {
+                libc::CPU_SET(cpu, &mut mask);
+            }
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const mask);
+            Ok(())
+        });
+    }
+}
+
 /// The "N stored" figure of a summary line.
 pub fn stored_in(line: &str) -> Option<u64> {
     let before = line.split(" stored").next()?;
@@ -208,6 +247,9 @@ pub struct PerCall {
     /// Events the tracer counted as dropped, over all rounds (the calls
     /// come faster than any writer stores them).
     pub drops: i64,
+    /// Traced / empty per round (same round, so the machine's state at
+    /// the time cancels out): their smallest and largest.
+    pub ratio_range: (f64, f64),
 }
 
 impl PerCall {
@@ -218,11 +260,12 @@ impl PerCall {
             empty: e,
             traced: f,
             drops,
+            ratio_range: (lo, hi),
         } = *self;
         println!("    no probe      {:>7.3} us/call", n * 1e6);
         println!("    empty probe   {:>7.3} us/call   {:>5.2}x no probe", e * 1e6, e / n);
         println!(
-            "    ingero trace  {:>7.3} us/call   {:>5.2}x no probe   {:>5.2}x empty probe  (drops during bursts: {drops})",
+            "    ingero trace  {:>7.3} us/call   {:>5.2}x no probe   {:>5.2}x empty probe  (rounds {lo:.2}x..{hi:.2}x; drops during bursts: {drops})",
             f * 1e6,
             f / n,
             f / e
@@ -254,10 +297,16 @@ pub fn per_call(
         drops += tracer.stop()?.dropped()?;
         eprintln!("    round {}/{rounds} done", round + 1);
     }
+    let ratios: Vec<f64> = full.iter().zip(&empty).map(|(f, e)| f / e).collect();
+    let ratio_range = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
     Ok(PerCall {
         none: median(none),
         empty: median(empty),
         traced: median(full),
         drops,
+        ratio_range,
     })
 }

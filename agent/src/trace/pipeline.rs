@@ -12,7 +12,9 @@
 //! The GPU of a CUDA or NCCL call (`gpu_id`) is the device the calling
 //! thread last selected with a successful `cudaSetDevice`, followed here
 //! rather than in the kernel (a map lookup less per traced call): a
-//! thread's records arrive in the order its calls returned.
+//! thread's records arrive in the order its calls returned. Likewise most
+//! CUDA and NCCL records come without the thread's name
+//! (`agent_common::event::COMM_EVERY`): it is the last one seen.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,7 +24,7 @@ use std::{
 
 use agent_common::{
     catalog::{cuda_op, host_op, op_info, source},
-    event::{Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM},
+    event::{COMM_LEN, Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM},
 };
 
 use crate::{
@@ -200,11 +202,18 @@ impl Pipeline {
     /// Adds one record. Returns `false` if `--json` output failed (closed
     /// pipe): the caller should stop tracing.
     pub fn push(&mut self, record: Record) -> bool {
-        let (event, stack, nccl) = match record {
+        let (mut event, stack, nccl) = match record {
             Record::Event(e) => (e, None, None),
             Record::WithStack(e, ips) => (e, Some(ips), None),
             Record::Nccl(e, tail) => (e, None, Some(tail)),
         };
+        if event.comm[0] == 0
+            && matches!(event.source, source::CUDA | source::DRIVER | source::NCCL)
+            && let Some(name) = self.names.get(&event.tid)
+        {
+            let n = name.len().min(COMM_LEN - 1);
+            event.comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        }
         let timestamp = self.clock.to_unix(event.ts_ns);
         if event.source == source::CUDA && event.op == cuda_op::SET_DEVICE && event.ret == 0 {
             self.thread_gpu

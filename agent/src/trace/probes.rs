@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use agent_common::{
     catalog::{OPS, cookie},
-    config::{Config, INTEREST_SLOTS},
+    config::{Config, INTEREST_MANY, INTEREST_SLOTS, interest_claim},
     drops::{REASON_MAP_FULL, REASON_RING_FULL, slot},
     event::MemCounters,
 };
@@ -294,20 +294,32 @@ impl Probes {
         BpfHashMap::try_from(map).map_err(load_err)
     }
 
-    /// Starts tracing process `pid` (and, through the kernel, its children).
-    /// Its `INTEREST` slot is set first: the programs look a process up in
-    /// `TRACED` only when its slot is set.
+    /// Starts tracing process `pid` (and, through the kernel, its children):
+    /// its `TRACED` entry, then its `INTEREST` slot (see
+    /// `agent_common::config::INTEREST_SLOTS`).
     pub fn trace_pid(&mut self, pid: u32) -> Result<(), TraceError> {
-        let failed = |e: &dyn std::fmt::Display| TraceError::Load(format!("cannot trace pid {pid}: {e}"));
-        let interest = self
-            .ebpf()?
+        self.traced_map()?
+            .insert(pid, 1, 0)
+            .map_err(|e| TraceError::Load(format!("cannot trace pid {pid}: {e}")))?;
+        self.update_interest(pid, |current| interest_claim(current, pid))
+            .map_err(|e| TraceError::Load(format!("cannot trace pid {pid}: {e}")))
+    }
+
+    /// Rewrites `pid`'s `INTEREST` slot as `change` says.
+    fn update_interest(&mut self, pid: u32, change: impl FnOnce(u32) -> u32) -> Result<(), String> {
+        let map = self
+            .ebpf()
+            .map_err(|e| e.to_string())?
             .map_mut("INTEREST")
-            .ok_or_else(|| load_err("INTEREST map missing"))?;
-        Array::<_, u32>::try_from(interest)
-            .map_err(|e| failed(&e))?
-            .set(pid & (INTEREST_SLOTS - 1), 1, 0)
-            .map_err(|e| failed(&e))?;
-        self.traced_map()?.insert(pid, 1, 0).map_err(|e| failed(&e))
+            .ok_or("INTEREST map missing")?;
+        let mut slots = Array::<_, u32>::try_from(map).map_err(|e| e.to_string())?;
+        let index = pid & (INTEREST_SLOTS - 1);
+        let current = slots.get(&index, 0).map_err(|e| e.to_string())?;
+        let new = change(current);
+        if new != current {
+            slots.set(index, new, 0).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Processes currently traced.
@@ -317,11 +329,13 @@ impl Probes {
             .unwrap_or_default()
     }
 
-    /// Forgets a process that no longer exists.
+    /// Forgets a process that no longer exists: its `TRACED` entry, then
+    /// its `INTEREST` slot if it names it.
     pub fn untrace_pid(&mut self, pid: u32) {
         if let Ok(mut m) = self.traced_map() {
             let _ = m.remove(&pid);
         }
+        let _ = self.update_interest(pid, |current| if current == pid { INTEREST_MANY } else { current });
     }
 
     /// The ring buffer, for the reader.

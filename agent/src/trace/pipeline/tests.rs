@@ -251,3 +251,30 @@ fn calls_carry_the_gpu_their_thread_selected_until_its_process_exits() {
         "before the selection: 0; the selecting call and later ones: its device; another thread: 0; a failed selection changes nothing; after the exit: 0"
     );
 }
+
+#[test]
+fn a_call_without_its_thread_name_gets_the_last_one_seen() {
+    let sink = Sink::default();
+    let mut p = Pipeline::with_rank_source(
+        "n1".into(),
+        false,
+        Some(JsonOut(Box::new(sink.clone()))),
+        fake_rank,
+    );
+    let nameless = Event {
+        comm: [0; 16],
+        ..launch(5, 6)
+    };
+    p.push(Record::Event(nameless));
+    p.push(Record::Event(launch(5, 6)));
+    p.push(Record::Event(nameless));
+    let text = String::from_utf8(sink.0.lock().map(|v| v.clone()).unwrap_or_default()).unwrap_or_default();
+    let comms: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["comm"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(comms, ["", "trainer", "trainer"], "unknown until first seen, then kept");
+    let (batch, _) = p.take_batch();
+    assert_eq!(batch.names.len(), 1, "the name is stored once");
+}
