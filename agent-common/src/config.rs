@@ -10,6 +10,30 @@
 /// Offset of a tracepoint field the running kernel does not provide.
 pub const ABSENT: u32 = u32::MAX;
 
+/// Slots of the eBPF `INTEREST` array (a power of two): an id's slot is
+/// `id & (INTEREST_SLOTS - 1)`. A slot holds 0 (no id of that slot is in
+/// the `TRACED` or `OFF_CPU` maps: certain), a process id `P` (`P` is
+/// traced), or [`INTEREST_MANY`] (look in the maps). Writers put an id in
+/// its map before they claim its slot, never write 0, and turn a slot that
+/// names a process they untrace into [`INTEREST_MANY`], so both answers
+/// the programs take without a hash lookup are exact.
+pub const INTEREST_SLOTS: u32 = 1 << 17;
+
+/// An `INTEREST` slot whose ids must be looked up in the maps.
+pub const INTEREST_MANY: u32 = u32::MAX;
+
+/// The value a slot holding `current` takes when process `tgid` becomes
+/// traced (its `TRACED` entry already written): `tgid` if the slot was
+/// free, else [`INTEREST_MANY`] unless it already names `tgid`.
+#[must_use]
+pub const fn interest_claim(current: u32, tgid: u32) -> u32 {
+    if current == 0 || current == tgid {
+        tgid
+    } else {
+        INTEREST_MANY
+    }
+}
+
 /// `sched/sched_switch` fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,6 +47,27 @@ pub struct SchedSwitchFields {
     pub next_pid: u32,
     /// Offset of `next_comm`, the name of the thread taking the CPU (16 bytes).
     pub next_comm: u32,
+}
+
+/// `struct task_struct` fields, from the kernel's BTF, for the BTF-typed
+/// `sched_switch` program (which receives task pointers). All zero when
+/// the kernel has no BTF or the fields were not found: the classic
+/// tracepoint is used then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskFields {
+    /// Offset of `pid`, the thread id (4 bytes).
+    pub pid: u32,
+    /// Offset of `tgid`, the process id (4 bytes).
+    pub tgid: u32,
+    /// Offset of `comm`, the thread name (16 bytes).
+    pub comm: u32,
+    /// Padding to a multiple of 8 bytes; always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit repr(C) padding, shared with the eBPF programs"
+    )]
+    pub _pad: u32,
 }
 
 /// `block/block_rq_issue` fields.
@@ -137,4 +182,19 @@ pub struct Config {
     pub oom: OomFields,
     /// Field offsets of `kmem/mm_page_alloc` (page-allocation counters).
     pub page_alloc: PageAllocFields,
+    /// Field offsets of `struct task_struct` (BTF-typed `sched_switch`).
+    pub task: TaskFields,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_names_one_traced_process_or_says_many() {
+        assert_eq!(interest_claim(0, 42), 42, "a free slot names the process");
+        assert_eq!(interest_claim(42, 42), 42, "enrolling twice changes nothing");
+        assert_eq!(interest_claim(7, 42), INTEREST_MANY, "a shared slot says look it up");
+        assert_eq!(interest_claim(INTEREST_MANY, 42), INTEREST_MANY);
+    }
 }

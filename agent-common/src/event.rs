@@ -8,6 +8,11 @@
 
 /// Length of a kernel task name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
+/// A CUDA or NCCL record carries its thread's name on the thread's first
+/// call of each operation and on every `COMM_EVERY`-th call after (reading
+/// it costs the probe a helper call); the others carry an empty name, which
+/// user space fills with the thread's last known one.
+pub const COMM_EVERY: u64 = 256;
 /// User stack frames captured per call with `--stack`.
 pub const MAX_STACK_DEPTH: usize = 32;
 
@@ -47,7 +52,8 @@ pub struct Event {
     pub tid: u32,
     /// Return code of the call (CUDA error code), or an errno for I/O.
     pub ret: i32,
-    /// GPU the calling thread selected with `cudaSetDevice` (0 by default).
+    /// GPU the calling thread selected with `cudaSetDevice`: always 0 from
+    /// the kernel; user space fills it in from the thread's own calls.
     pub gpu_id: i32,
     /// CPU the event happened on.
     pub cpu: u32,

@@ -6,11 +6,19 @@
 //! the duration, reads results written through out-pointers, and emits one
 //! event. Keying by (thread, operation) keeps nested calls apart, e.g. a
 //! runtime call that enters the driver on the same thread.
+//!
+//! A thread's entry for an operation stays in `CALLS` between calls and is
+//! rewritten in place (start time 0 = consumed), so a call costs two
+//! lookups rather than an insert and a delete, each of which takes a lock
+//! in the kernel. The return probe fires for untraced callers too: their
+//! process's `INTEREST` slot is 0, which it checks before any lookup. The
+//! thread's name is read on its first call of an operation and every
+//! `COMM_EVERY` calls after, not on every call.
 
 use agent_common::{
     catalog::{cuda_op, driver_op, memcpy_kind, source, split_cookie},
     drops::REASON_MAP_FULL,
-    event::{Event, FLAG_HAS_STREAM},
+    event::{COMM_EVERY, Event, FLAG_HAS_STREAM},
 };
 use aya_ebpf::{
     EbpfContext,
@@ -24,7 +32,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{emit, emit_with_stack},
-    maps::{CALLS, CallKey, CallStart, THREAD_GPU, TRACED, count_drop, is_traced, setting},
+    maps::{CALLS, CallKey, CallStart, count_drop, enrol, is_traced, of_interest, setting},
 };
 
 #[uprobe]
@@ -54,7 +62,7 @@ fn try_cuda_enter(ctx: &ProbeContext) -> Result<u32, u32> {
             return Ok(0);
         }
         // Tracing every CUDA process: a call into CUDA enrols the caller.
-        TRACED.insert(tgid, 1, 0).map_err(|_| 1u32)?;
+        enrol(tgid)?;
     }
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);
@@ -63,8 +71,17 @@ fn try_cuda_enter(ctx: &ProbeContext) -> Result<u32, u32> {
         tid: pid_tgid as u32,
         cookie: cookie as u32,
     };
-    // Taken last, so the probe's own work is not counted in the call.
-    // SAFETY: helper without side effects.
+    // The clock is read last, so the probe's own work is not counted in the call.
+    if let Some(slot) = CALLS.get_ptr_mut(key) {
+        // SAFETY: a live entry of this thread's own key; no other thread writes it.
+        start.calls = unsafe { (*slot).calls }.wrapping_add(1);
+        // SAFETY: helper without side effects.
+        start.ts_ns = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: as above.
+        unsafe { *slot = start };
+        return Ok(0);
+    }
+    // SAFETY: as above.
     start.ts_ns = unsafe { bpf_ktime_get_ns() };
     if CALLS.insert(key, start, 0).is_err() {
         count_drop(REASON_MAP_FULL, src, op);
@@ -77,9 +94,10 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
     // SAFETY: helper without side effects. Taken first (see try_cuda_enter).
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     // The return probe fires for every caller of the function; the entry
     // probe ignored untraced ones, so they have nothing to match.
-    if !is_traced((pid_tgid >> 32) as u32) {
+    if !of_interest(tgid) {
         return Ok(0);
     }
     let tid = pid_tgid as u32;
@@ -89,14 +107,22 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         tid,
         cookie: cookie as u32,
     };
-    // SAFETY: the entry is copied out before it is removed.
-    let Some(start) = (unsafe { CALLS.get(key) }).copied() else {
-        // The entry probe fired (that is what armed this return probe), so
-        // a missing entry means it was evicted or could not be stored.
-        count_drop(REASON_MAP_FULL, src, op);
+    let slot = CALLS.get_ptr_mut(key);
+    // SAFETY: the entry is this thread's own; it is copied, then marked consumed.
+    let start = slot.map(|p| unsafe {
+        let start = *p;
+        (*p).ts_ns = 0;
+        start
+    });
+    let Some(start) = start.filter(|s| s.ts_ns != 0) else {
+        // For a traced caller the entry probe fired (that is what armed
+        // this return probe), so a missing entry means it was evicted or
+        // could not be stored.
+        if is_traced(tgid) {
+            count_drop(REASON_MAP_FULL, src, op);
+        }
         return Err(1);
     };
-    let _ = CALLS.remove(key);
     let ret: i64 = ctx.ret();
     let ret = ret as i32;
 
@@ -106,11 +132,6 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         // SAFETY: reads user memory through the checked helper.
         arg1 = unsafe { bpf_probe_read_user(start.out_ptr as *const u64) }.unwrap_or(0);
     }
-    if src == source::CUDA && op == cuda_op::SET_DEVICE && ret == 0 {
-        let _ = THREAD_GPU.insert(tid, start.arg0 as i32, 0);
-    }
-    // SAFETY: the value is copied.
-    let gpu_id = unsafe { THREAD_GPU.get(tid) }.copied().unwrap_or(0);
 
     let event = Event {
         ts_ns: now,
@@ -119,17 +140,22 @@ fn try_cuda_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         arg1,
         arg2: 0,
         stream: start.stream,
-        pid: (pid_tgid >> 32) as u32,
+        pid: tgid,
         tid,
         ret,
-        gpu_id,
+        // User space follows each thread's cudaSetDevice.
+        gpu_id: 0,
         // SAFETY: helper without side effects.
         cpu: unsafe { bpf_get_smp_processor_id() },
         source: src,
         op,
         kind: 0,
         flags: start.flags as u8,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: if start.calls % COMM_EVERY == 0 {
+            bpf_get_current_comm().unwrap_or_default()
+        } else {
+            [0; 16]
+        },
     };
     if setting!(capture_stack) != 0 {
         emit_with_stack(ctx, &event);
@@ -209,6 +235,7 @@ fn read_args(ctx: &ProbeContext, src: u8, op: u8) -> CallStart {
         stream: 0,
         out_ptr: 0,
         flags: 0,
+        calls: 0,
     };
     let with_stream = |s: &mut CallStart, stream: u64| {
         s.stream = stream;

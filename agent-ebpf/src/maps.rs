@@ -1,18 +1,26 @@
 //! Maps and the load-time configuration shared by all programs.
 //!
-//! Pair-matching maps (`CALLS`, `OFF_CPU`, `BLOCK_INFLIGHT`, `THREAD_GPU`)
+//! Pair-matching maps (`CALLS`, `OFF_CPU`, `BLOCK_INFLIGHT`)
 //! are LRU maps: a thread killed in the middle of a call, or a request that
 //! never completes, cannot leak an entry for ever. Sizes are defaults; user
 //! space may resize them before loading.
+//!
+//! Cost: the tracepoints fire for every task on the machine, traced or
+//! not, so the common answer ("not traced") must be cheap. `INTEREST` is a
+//! plain array consulted before any hash lookup: an id whose slot is 0 is
+//! in neither `TRACED` nor `OFF_CPU` (see `agent_common::config::INTEREST_SLOTS`).
+//! Per-call state (`CALLS`, `NCCL_THREAD`) is kept per thread and updated
+//! in place: an entry whose start time is 0 has been consumed,
+//! so a call costs two lookups instead of an insert and a delete.
 
 use agent_common::{
-    config::Config,
+    config::{Config, INTEREST_MANY, INTEREST_SLOTS, interest_claim},
     drops,
     event::{MemCounters, NcclTail},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Written by user space before loading (`EbpfLoader::override_global`).
@@ -40,6 +48,11 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drops::SLOTS,
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// Per slot of ids: 0 (none in `TRACED` or `OFF_CPU`), the one traced
+/// process it names, or `INTEREST_MANY` (`agent_common::config::INTEREST_SLOTS`).
+#[map]
+pub static INTEREST: Array<u32> = Array::with_max_entries(INTEREST_SLOTS, 0);
+
 /// A call in progress on a thread.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -53,6 +66,7 @@ pub struct CallKey {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CallStart {
+    /// Entry time; 0 once the return probe consumed the entry.
     pub ts_ns: u64,
     pub arg0: u64,
     pub arg1: u64,
@@ -61,6 +75,9 @@ pub struct CallStart {
     /// pointer), read back on return; 0 if none.
     pub out_ptr: u64,
     pub flags: u64,
+    /// Calls of this operation by this thread before this one (the
+    /// thread's name is sent every `COMM_EVERY` calls).
+    pub calls: u64,
 }
 
 #[map]
@@ -70,15 +87,13 @@ pub static CALLS: LruHashMap<CallKey, CallStart> = LruHashMap::with_max_entries(
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct NcclStart {
+    /// Entry time; 0 once the return probe consumed the entry.
     pub ts_ns: u64,
     pub stream: u64,
     /// Where an init or split call writes the new communicator handle(s).
     pub out_ptr: u64,
     pub tail: NcclTail,
 }
-
-#[map]
-pub static NCCL_CALLS: LruHashMap<CallKey, NcclStart> = LruHashMap::with_max_entries(16384, 0);
 
 /// A communicator handle in one process.
 #[repr(C)]
@@ -104,18 +119,24 @@ pub struct GroupState {
     pub id: u64,
 }
 
-/// The outermost probed NCCL call in progress on each thread (its cookie):
-/// NCCL calls its own entry points (`ncclBcast` calls `ncclBroadcast`),
-/// and a call made inside another is not the application's.
-#[map]
-pub static NCCL_ACTIVE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+/// All the NCCL state of one thread. NCCL calls its own entry points
+/// (`ncclBcast` calls `ncclBroadcast`); a call made inside another is not
+/// the application's, so a thread has one recorded call at a time.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NcclThread {
+    /// Cookie of the outermost probed NCCL call in progress; 0 when none.
+    pub active: u32,
+    /// Calls recorded for this thread (its name is sent every `COMM_EVERY`).
+    pub calls: u32,
+    /// What that call's entry probe saw.
+    pub start: NcclStart,
+    /// The thread's open `ncclGroupStart` nesting (depth 0: none).
+    pub group: GroupState,
+}
 
 #[map]
-pub static NCCL_GROUP: LruHashMap<u32, GroupState> = LruHashMap::with_max_entries(16384, 0);
-
-/// GPU selected by each thread with `cudaSetDevice`.
-#[map]
-pub static THREAD_GPU: LruHashMap<u32, i32> = LruHashMap::with_max_entries(16384, 0);
+pub static NCCL_THREAD: LruHashMap<u32, NcclThread> = LruHashMap::with_max_entries(16384, 0);
 
 /// A traced thread switched off its CPU.
 #[repr(C)]
@@ -162,9 +183,69 @@ pub static BLOCK_INFLIGHT: LruHashMap<BlockKey, BlockStart> = LruHashMap::with_m
 #[map]
 pub static MEM_COUNTERS: PerCpuHashMap<u32, MemCounters> = PerCpuHashMap::with_max_entries(16384, 0);
 
+fn interest_slot(id: u32) -> Option<*mut u32> {
+    INTEREST.get_ptr_mut(id & (INTEREST_SLOTS - 1))
+}
+
+/// Whether `id` may be in `TRACED` or `OFF_CPU` (false is certain).
+#[inline(always)]
+pub fn of_interest(id: u32) -> bool {
+    // SAFETY: a live array slot, read once.
+    interest_slot(id).is_some_and(|slot| unsafe { *slot } != 0)
+}
+
+/// Records that thread `tid` may now be in `OFF_CPU`: done before it is
+/// inserted, so no program finds the entry with its slot still 0. A slot
+/// naming a traced process keeps its name (it is not 0 either).
+#[inline(always)]
+pub fn mark_interest(tid: u32) {
+    if let Some(slot) = interest_slot(tid) {
+        // SAFETY: a live array slot; racing writers only store non-zero values.
+        unsafe {
+            if *slot == 0 {
+                *slot = INTEREST_MANY;
+            }
+        }
+    }
+}
+
+/// Whether process `tgid` is traced. For most tasks on the machine (slot
+/// 0) and for a traced process that has its slot to itself, one array
+/// read; a hash lookup otherwise.
 pub fn is_traced(tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence.
-    unsafe { TRACED.get(tgid) }.is_some()
+    // SAFETY: a live array slot, read once.
+    match interest_slot(tgid).map(|slot| unsafe { *slot }) {
+        None | Some(0) => false,
+        Some(named) if named == tgid => true,
+        // SAFETY: the value is only tested for presence.
+        Some(_) => unsafe { TRACED.get(tgid) }.is_some(),
+    }
+}
+
+/// Starts tracing process `tgid` from the kernel (a traced parent's fork,
+/// or a CUDA call in "every CUDA process" mode): the map first, then the
+/// slot.
+pub fn enrol(tgid: u32) -> Result<(), u32> {
+    TRACED.insert(tgid, 1, 0).map_err(|_| 1u32)?;
+    if let Some(slot) = interest_slot(tgid) {
+        // SAFETY: a live array slot; see `INTEREST_SLOTS` for the races.
+        unsafe { *slot = interest_claim(*slot, tgid) };
+    }
+    Ok(())
+}
+
+/// Stops tracing process `tgid` (it exited): the map first, then a slot
+/// naming it becomes `INTEREST_MANY`.
+pub fn untrace(tgid: u32) {
+    let _ = TRACED.remove(tgid);
+    if let Some(slot) = interest_slot(tgid) {
+        // SAFETY: as above.
+        unsafe {
+            if *slot == tgid {
+                *slot = INTEREST_MANY;
+            }
+        }
+    }
 }
 
 /// Counts an event that could not be delivered.

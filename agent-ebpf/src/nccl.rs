@@ -6,12 +6,18 @@
 //! stack; `ncclUniqueId` is passed by value in memory just above the return
 //! address), gives each collective the next sequence number of its
 //! communicator in this process (`NCCL_SEQ`) and the id of the thread's open
-//! group (`NCCL_GROUP`). The return probe emits one [`NcclEvent`] per call
+//! group. The return probe emits one [`NcclEvent`] per call
 //! (per communicator created for `ncclCommInitAll`), with the handle an init
 //! or split call wrote. User space maps handles to communicator ids.
 //!
 //! A probed call that NCCL makes from inside another (`ncclBcast` calls
 //! `ncclBroadcast`) is not recorded: only the application's calls count.
+//!
+//! A thread has at most one recorded NCCL call in progress (the outermost),
+//! so all its NCCL state is one `NCCL_THREAD` entry, updated in place: the
+//! active call's cookie (0: none), its entry record (start time 0 once
+//! consumed) and its open group. A call costs one lookup at entry and one
+//! at return, plus the communicator's sequence counter for collectives.
 //!
 //! Invariant: the sequence number is taken at entry and in the kernel, so a
 //! record lost later (ring full) does not shift the numbering of the calls
@@ -20,7 +26,7 @@
 use agent_common::{
     catalog::{comm_id, nccl_op, split_cookie},
     drops::{REASON_MAP_FULL, REASON_RING_FULL},
-    event::{Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM, KIND_NCCL, NcclEvent, NcclTail},
+    event::{COMM_EVERY, Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM, KIND_NCCL, NcclEvent, NcclTail},
 };
 use aya_ebpf::{
     helpers::{
@@ -34,8 +40,8 @@ use crate::{
     cuda::{arg, cookie_of, stack_pointer, user_u64},
     emit::wakeup_flag,
     maps::{
-        CallKey, CommKey, EVENTS, GroupState, NCCL_ACTIVE, NCCL_CALLS, NCCL_GROUP, NCCL_SEQ, NcclStart,
-        THREAD_GPU, TRACED, count_drop, is_traced, setting,
+        CommKey, EVENTS, NCCL_SEQ, NCCL_THREAD, NcclStart, NcclThread, count_drop, enrol, is_traced,
+        of_interest, setting,
     },
 };
 
@@ -66,16 +72,21 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
         if setting!(auto_enrol) == 0 {
             return Ok(0);
         }
-        TRACED.insert(tgid, 1, 0).map_err(|_| 1u32)?;
+        enrol(tgid)?;
     }
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);
-    // SAFETY: only tested for presence.
-    if unsafe { NCCL_ACTIVE.get(tid) }.is_some() {
+    let Some(thread) = thread_state(tid) else {
+        count_drop(REASON_MAP_FULL, src, op);
+        return Err(1);
+    };
+    // SAFETY: this thread's own entry, written only by this thread's probes.
+    let thread = unsafe { &mut *thread };
+    if thread.active != 0 {
         // Called by NCCL itself from inside the application's call.
         return Ok(0);
     }
-    let _ = NCCL_ACTIVE.insert(tid, cookie as u32, 0);
+    thread.active = cookie as u32;
     let mut start = read_args(ctx, op);
     if nccl_op::is_collective(op) {
         let key = CommKey {
@@ -83,19 +94,28 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
             pad: 0,
             comm: start.tail.comm,
         };
-        // SAFETY: the value is copied.
-        let seq = unsafe { NCCL_SEQ.get(key) }.copied().unwrap_or(0);
         // Point-to-point calls involve two ranks, not all: they do not
         // advance the communicator's numbering.
-        if !matches!(op, nccl_op::SEND | nccl_op::RECV) && NCCL_SEQ.insert(key, seq + 1, 0).is_err() {
-            count_drop(REASON_MAP_FULL, src, op);
-        }
-        start.tail.seq = seq;
+        let numbered = !matches!(op, nccl_op::SEND | nccl_op::RECV);
+        start.tail.seq = match NCCL_SEQ.get_ptr_mut(key) {
+            // SAFETY: a live counter; a communicator's calls are issued by
+            // one thread at a time (NCCL requires it).
+            Some(next) => unsafe {
+                let seq = *next;
+                if numbered {
+                    *next = seq + 1;
+                }
+                seq
+            },
+            None => {
+                if numbered && NCCL_SEQ.insert(key, 1u64, 0).is_err() {
+                    count_drop(REASON_MAP_FULL, src, op);
+                }
+                0
+            }
+        };
     }
-    // SAFETY: the value is copied.
-    let mut group = unsafe { NCCL_GROUP.get(tid) }
-        .copied()
-        .unwrap_or(GroupState { depth: 0, id: 0 });
+    let group = &mut thread.group;
     match op {
         nccl_op::GROUP_START => {
             if group.depth == 0 {
@@ -105,16 +125,13 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
             group.depth += 1;
             start.tail.group = group.id;
             start.tail.count = group.depth;
-            let _ = NCCL_GROUP.insert(tid, group, 0);
         }
         nccl_op::GROUP_END => {
             start.tail.group = group.id;
             group.depth = group.depth.saturating_sub(1);
             start.tail.count = group.depth;
             if group.depth == 0 {
-                let _ = NCCL_GROUP.remove(tid);
-            } else {
-                let _ = NCCL_GROUP.insert(tid, group, 0);
+                group.id = 0;
             }
         }
         nccl_op::COMM_DESTROY | nccl_op::COMM_ABORT => {
@@ -126,18 +143,23 @@ fn try_nccl_enter(ctx: &ProbeContext) -> Result<u32, u32> {
         }
         _ => start.tail.group = if group.depth > 0 { group.id } else { 0 },
     }
-    let key = CallKey {
-        tid,
-        cookie: cookie as u32,
-    };
     // Taken last, so the probe's own work is not counted in the call.
     // SAFETY: helper without side effects.
     start.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if NCCL_CALLS.insert(key, start, 0).is_err() {
-        count_drop(REASON_MAP_FULL, src, op);
-        return Err(1);
-    }
+    thread.start = start;
     Ok(0)
+}
+
+/// The NCCL state of thread `tid`, created (idle) on its first call.
+#[inline(always)]
+fn thread_state(tid: u32) -> Option<*mut NcclThread> {
+    if let Some(state) = NCCL_THREAD.get_ptr_mut(tid) {
+        return Some(state);
+    }
+    // SAFETY: plain integers; all zero is the idle state.
+    let idle: NcclThread = unsafe { core::mem::zeroed() };
+    NCCL_THREAD.insert(tid, idle, 0).ok()?;
+    NCCL_THREAD.get_ptr_mut(tid)
 }
 
 /// The arguments of `op`, per the NCCL C signatures.
@@ -237,36 +259,40 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_traced(tgid) {
+    if !of_interest(tgid) {
         return Ok(0);
     }
     let tid = pid_tgid as u32;
     let cookie = cookie_of(ctx);
     let (src, op) = split_cookie(cookie);
-    // SAFETY: the value is copied.
-    match unsafe { NCCL_ACTIVE.get(tid) }.copied() {
-        // The return of a call NCCL made inside the application's call.
-        Some(outer) if outer != cookie as u32 => return Ok(0),
-        Some(_) => {
-            let _ = NCCL_ACTIVE.remove(tid);
+    let Some(thread) = NCCL_THREAD.get_ptr_mut(tid) else {
+        // Its entry was evicted (or never stored) while the call ran.
+        if is_traced(tgid) {
+            count_drop(REASON_MAP_FULL, src, op);
         }
-        None => {}
-    }
-    let key = CallKey {
-        tid,
-        cookie: cookie as u32,
-    };
-    // SAFETY: the entry is copied out before it is removed.
-    let Some(start) = (unsafe { NCCL_CALLS.get(key) }).copied() else {
-        count_drop(REASON_MAP_FULL, src, op);
         return Err(1);
     };
-    let _ = NCCL_CALLS.remove(key);
+    // SAFETY: this thread's own entry.
+    let thread = unsafe { &mut *thread };
+    if thread.active != 0 && thread.active != cookie as u32 {
+        // The return of a call NCCL made inside the application's call.
+        return Ok(0);
+    }
+    let recorded = thread.active == cookie as u32 && thread.start.ts_ns != 0;
+    let start = thread.start;
+    let calls = u64::from(thread.calls);
+    thread.active = 0;
+    thread.start.ts_ns = 0;
+    thread.calls = thread.calls.wrapping_add(1);
+    if !recorded {
+        if is_traced(tgid) {
+            count_drop(REASON_MAP_FULL, src, op);
+        }
+        return Err(1);
+    }
     let ret: i64 = ctx.ret();
     let ret = ret as i32;
     let mut tail = start.tail;
-    // SAFETY: the value is copied.
-    let gpu_id = unsafe { THREAD_GPU.get(tid) }.copied().unwrap_or(0);
     let mut event = Event {
         ts_ns: now,
         duration_ns: now.saturating_sub(start.ts_ns),
@@ -277,14 +303,19 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
         pid: tgid,
         tid,
         ret,
-        gpu_id,
+        // User space follows each thread's cudaSetDevice.
+        gpu_id: 0,
         // SAFETY: helper without side effects.
         cpu: unsafe { bpf_get_smp_processor_id() },
         source: src,
         op,
         kind: KIND_NCCL,
         flags: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: if calls % COMM_EVERY == 0 {
+            bpf_get_current_comm().unwrap_or_default()
+        } else {
+            [0; 16]
+        },
     };
     match op {
         nccl_op::GROUP_START | nccl_op::GROUP_END => {
@@ -332,9 +363,13 @@ fn try_nccl_exit(ctx: &RetProbeContext) -> Result<u32, u32> {
                     pad: 0,
                     comm: tail.comm,
                 };
-                // SAFETY: the value is copied.
-                if unsafe { NCCL_SEQ.get(key) }.copied() == Some(tail.seq + 1) {
-                    let _ = NCCL_SEQ.insert(key, tail.seq, 0);
+                if let Some(next) = NCCL_SEQ.get_ptr_mut(key) {
+                    // SAFETY: a live counter (see try_nccl_enter).
+                    unsafe {
+                        if *next == tail.seq + 1 {
+                            *next = tail.seq;
+                        }
+                    }
                 }
             }
             // Sizes are at most 8 bytes: no 128-bit multiply (unsupported in eBPF).

@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::emit,
-    maps::{TRACED, is_traced, setting},
+    maps::{enrol, is_traced, setting, untrace},
 };
 
 /// `CLONE_THREAD` from `<linux/sched.h>`.
@@ -88,27 +88,32 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let child = child.map_err(|_| 1u32)? as u32;
-    TRACED.insert(child, 1, 0).map_err(|_| 1u32)?;
+    enrol(child)?;
     let mut event = current_event(host_op::PROCESS_FORK);
     event.arg1 = u64::from(child);
     emit(&event);
     Ok(0)
 }
 
+/// Whether the current task belongs to a traced process (checked before
+/// any event is built: these tracepoints fire for every task).
+fn current_traced() -> bool {
+    is_traced((bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
 fn try_process_exec() -> Result<u32, u32> {
-    let event = current_event(host_op::PROCESS_EXEC);
-    if !is_traced(event.pid) {
+    if !current_traced() {
         return Ok(0);
     }
-    emit(&event);
+    emit(&current_event(host_op::PROCESS_EXEC));
     Ok(0)
 }
 
 fn try_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    let event = current_event(host_op::PROCESS_EXIT);
-    if !is_traced(event.pid) {
+    if !current_traced() {
         return Ok(0);
     }
+    let event = current_event(host_op::PROCESS_EXIT);
     let group_dead = match setting!(exit.group_dead) {
         // Older kernels: the main thread's exit stands for the process.
         ABSENT => event.pid == event.tid,
@@ -120,7 +125,7 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     // Page-allocation counters stay: user space reads the last interval and
     // then deletes them.
-    let _ = TRACED.remove(event.pid);
+    untrace(event.pid);
     emit(&event);
     Ok(0)
 }

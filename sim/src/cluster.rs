@@ -103,6 +103,10 @@ pub struct RunOptions<'a> {
     /// A run in which no rank completes a step for this long fails (a
     /// `hang` run is declared hung well before).
     pub stall_timeout: Duration,
+    /// Trace every rank with its own agent (the default). Without, the job
+    /// runs untraced, as the baseline of the overhead benchmark: no agent
+    /// starts and [`ClusterReport::databases`] is empty.
+    pub trace: bool,
 }
 
 impl Default for RunOptions<'_> {
@@ -112,6 +116,7 @@ impl Default for RunOptions<'_> {
             hold: Duration::from_secs(2),
             on_hang: None,
             stall_timeout: Duration::from_secs(60),
+            trace: true,
         }
     }
 }
@@ -123,6 +128,7 @@ impl std::fmt::Debug for RunOptions<'_> {
             .field("hold", &self.hold)
             .field("on_hang", &self.on_hang.as_ref().map(|_| "FnMut"))
             .field("stall_timeout", &self.stall_timeout)
+            .field("trace", &self.trace)
             .finish()
     }
 }
@@ -366,11 +372,15 @@ pub fn run_with(
                 .ok_or_else(|| SimError::Failed(format!("bad ready line: {l}")))
         })
         .collect::<Result<_, _>>()?;
-    let databases = start_agents(cfg, &pids, &mut procs, stop)?;
+    let databases = if opts.trace {
+        start_agents(cfg, &pids, &mut procs, stop)?
+    } else {
+        Vec::new()
+    };
     progress(&format!(
         "{} ranks traced by {} agents; faults: {} on {}",
         cfg.nodes,
-        cfg.nodes,
+        databases.len(),
         if cfg.faults.is_empty() {
             "none".to_owned()
         } else {

@@ -21,6 +21,7 @@
 //! (`drops.reason` "stopping"), not as drops while tracing, and are no
 //! reason for a larger ring buffer.
 
+pub mod btf;
 mod comms;
 pub mod decode;
 pub mod discovery;

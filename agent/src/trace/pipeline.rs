@@ -8,6 +8,13 @@
 //! per event, and counts every event into the traced-work metrics
 //! ([`crate::metrics`]), publishing a copy with each batch for `/metrics`.
 //! It knows nothing of eBPF, so it is tested on hand-made records.
+//!
+//! The GPU of a CUDA or NCCL call (`gpu_id`) is the device the calling
+//! thread last selected with a successful `cudaSetDevice`, followed here
+//! rather than in the kernel (a map lookup less per traced call): a
+//! thread's records arrive in the order its calls returned. Likewise most
+//! CUDA and NCCL records come without the thread's name
+//! (`agent_common::event::COMM_EVERY`): it is the last one seen.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,8 +23,8 @@ use std::{
 };
 
 use agent_common::{
-    catalog::{host_op, op_info, source},
-    event::{Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM},
+    catalog::{cuda_op, host_op, op_info, source},
+    event::{COMM_LEN, Event, FLAG_HAS_ARG2, FLAG_HAS_STREAM},
 };
 
 use crate::{
@@ -69,6 +76,8 @@ pub struct Pipeline {
     rank_of: RankSource,
     ranks: HashMap<u32, RankInfo>,
     names: HashMap<u32, String>,
+    /// Per thread id: (its process, the device it selected).
+    thread_gpu: HashMap<u32, (u32, i32)>,
     stacks_seen: HashSet<u64>,
     symbolizer: Option<Symbolizer>,
     comms: Comms,
@@ -122,6 +131,7 @@ impl Pipeline {
             rank_of,
             ranks: HashMap::new(),
             names: HashMap::new(),
+            thread_gpu: HashMap::new(),
             stacks_seen: HashSet::new(),
             symbolizer: stacks.then(Symbolizer::default),
             comms: Comms::default(),
@@ -192,12 +202,23 @@ impl Pipeline {
     /// Adds one record. Returns `false` if `--json` output failed (closed
     /// pipe): the caller should stop tracing.
     pub fn push(&mut self, record: Record) -> bool {
-        let (event, stack, nccl) = match record {
+        let (mut event, stack, nccl) = match record {
             Record::Event(e) => (e, None, None),
             Record::WithStack(e, ips) => (e, Some(ips), None),
             Record::Nccl(e, tail) => (e, None, Some(tail)),
         };
+        if event.comm[0] == 0
+            && matches!(event.source, source::CUDA | source::DRIVER | source::NCCL)
+            && let Some(name) = self.names.get(&event.tid)
+        {
+            let n = name.len().min(COMM_LEN - 1);
+            event.comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        }
         let timestamp = self.clock.to_unix(event.ts_ns);
+        if event.source == source::CUDA && event.op == cuda_op::SET_DEVICE && event.ret == 0 {
+            self.thread_gpu
+                .insert(event.tid, (event.pid, event.arg0 as i32));
+        }
         let mut row = self.row(&event, timestamp);
         if let Some(tail) = nccl.filter(|_| event.source == source::NCCL) {
             let world_rank = row.rank;
@@ -246,7 +267,10 @@ impl Pipeline {
             source: e.source,
             op: e.op,
             duration: e.duration_ns,
-            gpu_id: e.gpu_id,
+            gpu_id: match e.source {
+                source::CUDA | source::DRIVER | source::NCCL => self.thread_gpu.get(&e.tid).map_or(0, |g| g.1),
+                _ => e.gpu_id,
+            },
             arg0: e.arg0,
             arg1: e.arg1,
             ret_code: e.ret,
@@ -304,6 +328,7 @@ impl Pipeline {
                 if let Some(s) = self.symbolizer.as_mut() {
                     s.forget(e.pid);
                 }
+                self.thread_gpu.retain(|_, (pid, _)| *pid != e.pid);
                 self.comms.forget(e.pid);
             }
             host_op::OOM_KILL => self.remember_name(e.pid, comm, timestamp),

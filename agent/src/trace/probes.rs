@@ -11,15 +11,15 @@ use std::collections::HashMap;
 
 use agent_common::{
     catalog::{OPS, cookie},
-    config::Config,
+    config::{Config, INTEREST_MANY, INTEREST_SLOTS, interest_claim},
     drops::{REASON_MAP_FULL, REASON_RING_FULL, slot},
     event::MemCounters,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        TracePoint, UProbe,
+        BtfTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
@@ -80,6 +80,11 @@ pub struct Probes {
     attached: HashMap<FileId, AttachedLibrary>,
     /// Uprobe links attached.
     uprobe_links: usize,
+    /// The config has `task_struct` offsets (the BTF-typed `sched_switch`
+    /// program can be tried).
+    task_fields: bool,
+    /// Which `sched_switch` program is attached, once one is.
+    sched_switch: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -117,6 +122,8 @@ impl Probes {
             drops: PerCpuArray::try_from(drops).map_err(load_err)?,
             attached: HashMap::new(),
             uprobe_links: 0,
+            task_fields: config.task.comm != 0,
+            sched_switch: None,
         })
     }
 
@@ -153,7 +160,14 @@ impl Probes {
             ("oom_mark_victim", "oom", "mark_victim"),
         ];
         if families.sched {
-            points.push(("sched_switch", "sched", "sched_switch"));
+            match self.attach_btf_switch() {
+                Ok(()) => self.sched_switch = Some("tp_btf/sched_switch"),
+                Err(why) => {
+                    log::debug!("BTF-typed sched_switch not used ({why}); classic tracepoint instead");
+                    points.push(("sched_switch", "sched", "sched_switch"));
+                    self.sched_switch = Some("sched/sched_switch");
+                }
+            }
         }
         if families.io {
             points.push(("block_rq_issue", "block", "block_rq_issue"));
@@ -176,6 +190,32 @@ impl Probes {
             })?;
         }
         Ok(())
+    }
+
+    /// The BTF-typed `sched_switch` program: no trace record is built for
+    /// it, so every context switch of the machine costs less.
+    fn attach_btf_switch(&mut self) -> Result<(), String> {
+        if !self.task_fields {
+            return Err("no task_struct offsets from the kernel's BTF".into());
+        }
+        let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+        let program: &mut BtfTracePoint = self
+            .ebpf()
+            .map_err(|e| e.to_string())?
+            .program_mut("sched_switch_btf")
+            .ok_or("program sched_switch_btf missing from the object")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        program.load("sched_switch", &btf).map_err(|e| e.to_string())?;
+        program.attach().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The `sched_switch` program attached (`tp_btf/sched_switch` or
+    /// `sched/sched_switch`), if the family is on.
+    #[must_use]
+    pub fn sched_switch_program(&self) -> Option<&'static str> {
+        self.sched_switch
     }
 
     /// Whether the CUDA programs are attached to this file already.
@@ -254,11 +294,32 @@ impl Probes {
         BpfHashMap::try_from(map).map_err(load_err)
     }
 
-    /// Starts tracing process `pid` (and, through the kernel, its children).
+    /// Starts tracing process `pid` (and, through the kernel, its children):
+    /// its `TRACED` entry, then its `INTEREST` slot (see
+    /// `agent_common::config::INTEREST_SLOTS`).
     pub fn trace_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         self.traced_map()?
             .insert(pid, 1, 0)
+            .map_err(|e| TraceError::Load(format!("cannot trace pid {pid}: {e}")))?;
+        self.update_interest(pid, |current| interest_claim(current, pid))
             .map_err(|e| TraceError::Load(format!("cannot trace pid {pid}: {e}")))
+    }
+
+    /// Rewrites `pid`'s `INTEREST` slot as `change` says.
+    fn update_interest(&mut self, pid: u32, change: impl FnOnce(u32) -> u32) -> Result<(), String> {
+        let map = self
+            .ebpf()
+            .map_err(|e| e.to_string())?
+            .map_mut("INTEREST")
+            .ok_or("INTEREST map missing")?;
+        let mut slots = Array::<_, u32>::try_from(map).map_err(|e| e.to_string())?;
+        let index = pid & (INTEREST_SLOTS - 1);
+        let current = slots.get(&index, 0).map_err(|e| e.to_string())?;
+        let new = change(current);
+        if new != current {
+            slots.set(index, new, 0).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Processes currently traced.
@@ -268,11 +329,13 @@ impl Probes {
             .unwrap_or_default()
     }
 
-    /// Forgets a process that no longer exists.
+    /// Forgets a process that no longer exists: its `TRACED` entry, then
+    /// its `INTEREST` slot if it names it.
     pub fn untrace_pid(&mut self, pid: u32) {
         if let Ok(mut m) = self.traced_map() {
             let _ = m.remove(&pid);
         }
+        let _ = self.update_interest(pid, |current| if current == pid { INTEREST_MANY } else { current });
     }
 
     /// The ring buffer, for the reader.

@@ -111,6 +111,14 @@ impl Tracer {
         let tracefs_root = tracefs::ensure_mounted()?;
         let mut config = Config::default();
         tracefs::read_offsets(&tracefs_root, &mut config)?;
+        // Offsets for the BTF-typed sched_switch program; zero (the
+        // classic tracepoint) without BTF.
+        if opts.families.sched {
+            config.task = super::btf::KernelBtf::load(std::path::Path::new(super::btf::VMLINUX))
+                .as_ref()
+                .and_then(super::btf::task_fields)
+                .unwrap_or_default();
+        }
         let every_cuda_process = opts.pids.is_empty();
         config.auto_enrol = u8::from(every_cuda_process);
         config.capture_stack = u8::from(opts.stack);

@@ -2,7 +2,7 @@
 //! lines and the published metrics.
 
 use super::*;
-use agent_common::catalog::driver_op;
+use agent_common::catalog::{cuda_op, driver_op, nccl_op};
 use std::sync::Mutex;
 
 #[expect(
@@ -215,4 +215,66 @@ fn a_closed_json_pipe_is_reported_and_rows_still_kept() {
     assert!(!p.push(Record::Event(launch(5, 6))));
     let (batch, _) = p.take_batch();
     assert_eq!(batch.events.len(), 1, "the event is still stored");
+}
+
+#[test]
+fn calls_carry_the_gpu_their_thread_selected_until_its_process_exits() {
+    let mut p = Pipeline::with_rank_source("n1".into(), false, None, fake_rank);
+    let set_device = |tid: u32, device: u64, ret: i32| Event {
+        source: source::CUDA,
+        op: cuda_op::SET_DEVICE,
+        arg0: device,
+        ret,
+        ..launch(13, tid)
+    };
+    p.push(Record::Event(launch(13, 14)));
+    p.push(Record::Event(set_device(14, 3, 0)));
+    p.push(Record::Event(launch(13, 14)));
+    p.push(Record::Event(launch(13, 15)));
+    p.push(Record::Event(set_device(14, 5, 101)));
+    p.push(Record::Event(Event {
+        source: source::NCCL,
+        op: nccl_op::ALL_REDUCE,
+        ..launch(13, 14)
+    }));
+    p.push(Record::Event(Event {
+        source: source::HOST,
+        op: host_op::PROCESS_EXIT,
+        ..launch(13, 13)
+    }));
+    p.push(Record::Event(launch(13, 14)));
+    let (batch, _) = p.take_batch();
+    let gpus: Vec<i32> = batch.events.iter().map(|r| r.gpu_id).collect();
+    assert_eq!(
+        gpus,
+        vec![0, 3, 3, 0, 3, 3, 0, 0],
+        "before the selection: 0; the selecting call and later ones: its device; another thread: 0; a failed selection changes nothing; after the exit: 0"
+    );
+}
+
+#[test]
+fn a_call_without_its_thread_name_gets_the_last_one_seen() {
+    let sink = Sink::default();
+    let mut p = Pipeline::with_rank_source(
+        "n1".into(),
+        false,
+        Some(JsonOut(Box::new(sink.clone()))),
+        fake_rank,
+    );
+    let nameless = Event {
+        comm: [0; 16],
+        ..launch(5, 6)
+    };
+    p.push(Record::Event(nameless));
+    p.push(Record::Event(launch(5, 6)));
+    p.push(Record::Event(nameless));
+    let text = String::from_utf8(sink.0.lock().map(|v| v.clone()).unwrap_or_default()).unwrap_or_default();
+    let comms: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["comm"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(comms, ["", "trainer", "trainer"], "unknown until first seen, then kept");
+    let (batch, _) = p.take_batch();
+    assert_eq!(batch.names.len(), 1, "the name is stored once");
 }
