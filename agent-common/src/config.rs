@@ -194,7 +194,11 @@ mod tests {
     fn a_slot_names_one_traced_process_or_says_many() {
         assert_eq!(interest_claim(0, 42), 42, "a free slot names the process");
         assert_eq!(interest_claim(42, 42), 42, "enrolling twice changes nothing");
-        assert_eq!(interest_claim(7, 42), INTEREST_MANY, "a shared slot says look it up");
+        assert_eq!(
+            interest_claim(7, 42),
+            INTEREST_MANY,
+            "a shared slot says look it up"
+        );
         assert_eq!(interest_claim(INTEREST_MANY, 42), INTEREST_MANY);
     }
 }

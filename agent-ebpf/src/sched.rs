@@ -26,7 +26,8 @@ use agent_common::{
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_get_smp_processor_id,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_get_smp_processor_id,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -76,7 +77,10 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         let state: u64 = ctx.arg(3);
         // SAFETY: reads 16 bytes of the task's name through the checked helper.
         let name = unsafe { bpf_probe_read_kernel(next.add(comm as usize).cast::<[u8; 16]>()) };
-        (preempt & 1 != 0 || state & TASK_STATE_MASK == 0, name.unwrap_or_default())
+        (
+            preempt & 1 != 0 || state & TASK_STATE_MASK == 0,
+            name.unwrap_or_default(),
+        )
     });
     0
 }

@@ -86,7 +86,12 @@ fn per_call_figures(rounds: usize) -> anyhow::Result<()> {
     match ingero_sim::libcudart() {
         Some(path) => {
             let mut lib = inspect(LibKind::Runtime, &path, &path)?;
-            let wanted = ["cudaMalloc", "cudaLaunchKernel", "cudaMemcpy", "cudaStreamSynchronize"];
+            let wanted = [
+                "cudaMalloc",
+                "cudaLaunchKernel",
+                "cudaMemcpy",
+                "cudaStreamSynchronize",
+            ];
             lib.symbols.retain(|(s, _)| wanted.contains(&s.symbol));
             let loops = CALLS / 4;
             let figure = per_call(&lib, rounds, CALLS, &|| Run::runtime(&path, loops))?;

@@ -15,7 +15,10 @@
 //! Needs root; prints why it skips otherwise.
 
 #[path = "common/workload.rs"]
-#[expect(dead_code, reason = "the real-runtime program and pinning are the overhead benchmark's")]
+#[expect(
+    dead_code,
+    reason = "the real-runtime program and pinning are the overhead benchmark's"
+)]
 mod workload;
 
 use std::time::{Duration, Instant};

@@ -24,7 +24,8 @@ use ingero::trace::{libraries::Library, probes::Probes};
 /// build, e.g. the one before a change, in the same session), else the one
 /// built with this benchmark.
 pub fn ingero() -> PathBuf {
-    std::env::var_os("INGERO_BENCH_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ingero")), PathBuf::from)
+    std::env::var_os("INGERO_BENCH_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ingero")), PathBuf::from)
 }
 
 /// A sim program started with `--wait`: it printed its pid and waits for
@@ -158,7 +159,10 @@ impl Tracer {
     /// when that line arrived.
     pub fn wait_stored(&self, events: u64, timeout: Duration) -> anyhow::Result<Instant> {
         loop {
-            let (at, line) = self.lines.recv_timeout(timeout).context("the tracer went quiet")?;
+            let (at, line) = self
+                .lines
+                .recv_timeout(timeout)
+                .context("the tracer went quiet")?;
             if stored_in(&line).is_some_and(|n| n >= events) {
                 return Ok(at);
             }
@@ -263,7 +267,11 @@ impl PerCall {
             ratio_range: (lo, hi),
         } = *self;
         println!("    no probe      {:>7.3} us/call", n * 1e6);
-        println!("    empty probe   {:>7.3} us/call   {:>5.2}x no probe", e * 1e6, e / n);
+        println!(
+            "    empty probe   {:>7.3} us/call   {:>5.2}x no probe",
+            e * 1e6,
+            e / n
+        );
         println!(
             "    ingero trace  {:>7.3} us/call   {:>5.2}x no probe   {:>5.2}x empty probe  (rounds {lo:.2}x..{hi:.2}x; drops during bursts: {drops})",
             f * 1e6,

@@ -19,7 +19,8 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let rest = stat.rsplit_once(") ").context("stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
+    let ticks: u64 =
+        fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok(ticks as f64 / hz)
@@ -30,12 +31,7 @@ fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |key: &str| -> anyhow::Result<f64> {
         let line = status.lines().find(|l| l.starts_with(key)).context("status")?;
-        Ok(line
-            .split_whitespace()
-            .nth(1)
-            .context("value")?
-            .parse::<f64>()?
-            / 1024.0)
+        Ok(line.split_whitespace().nth(1).context("value")?.parse::<f64>()? / 1024.0)
     };
     Ok((kib("VmRSS:")?, kib("VmHWM:")?))
 }
@@ -54,7 +50,10 @@ pub fn run(seconds: u64, rate: u64) -> anyhow::Result<()> {
     let mut stored = 0u64;
     let mut samples: Vec<(f64, f64)> = Vec::new();
     let mut next_print = 10;
-    println!("    {:>5}  {:>12}  {:>9}  {:>9}  {:>8}", "s", "stored", "RSS MiB", "peak MiB", "CPU s");
+    println!(
+        "    {:>5}  {:>12}  {:>9}  {:>9}  {:>8}",
+        "s", "stored", "RSS MiB", "peak MiB", "CPU s"
+    );
     while !worker.is_finished() {
         std::thread::sleep(Duration::from_millis(200));
         while let Ok((_, line)) = tracer.lines.try_recv() {
@@ -73,7 +72,9 @@ pub fn run(seconds: u64, rate: u64) -> anyhow::Result<()> {
             }
         }
     }
-    let program_seconds = worker.join().map_err(|_| anyhow::anyhow!("the program thread panicked"))??;
+    let program_seconds = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the program thread panicked"))??;
     // Every call is an event; wait until they are all committed.
     let _ = tracer.wait_stored(calls, Duration::from_secs(30));
     let cpu = cpu_seconds(pid)? - cpu_start;

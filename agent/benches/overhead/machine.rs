@@ -39,7 +39,10 @@ const BLOCK: usize = 4096;
 const FILE_BYTES: usize = 16 << 20;
 
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -209,7 +212,10 @@ struct Figures {
 fn report(what: &str, unit: &str, k: usize, none: &[(f64, f64)], tracers: &[(String, Figures)]) {
     let pick = |s: &(f64, f64)| if k == 0 { s.0 } else { s.1 };
     let base = median(none.iter().map(pick).collect());
-    println!("    {what}: no tracer {base:.2} {unit} (median of {} samples)", none.len());
+    println!(
+        "    {what}: no tracer {base:.2} {unit} (median of {} samples)",
+        none.len()
+    );
     for (name, f) in tracers {
         let traced = median(f.traced.iter().map(pick).collect());
         let (q1, med, q3) = quartiles(&f.ratios.iter().map(pick).collect::<Vec<_>>());
@@ -263,7 +269,7 @@ pub fn run(rounds: usize, switch: bool, io: bool) -> anyhow::Result<()> {
                 tracer.stop()?;
                 let after = sample(switch, io_file, cpu)?;
                 none.push(after);
-                let ratio = |t: f64, a: f64, b: f64| if a + b > 0.0 { t / ((a + b) / 2.0) } else { 1.0 };
+                let ratio = |t: f64, a: f64, b: f64| if a + b > 0.0 { t / f64::midpoint(a, b) } else { 1.0 };
                 figures[i].traced.push(traced);
                 figures[i].ratios.push((
                     ratio(traced.0, before.0, after.0),

@@ -44,7 +44,7 @@ struct Type {
     kind_flag: bool,
     vlen: u32,
     /// Size (int, struct, union, enum, float) or referenced type id.
-    size_or_type: u32,
+    size_or_ref: u32,
     /// Members of a struct or union: (name offset, type id, bit offset
     /// field as stored).
     members: Vec<(u32, u32, u32)>,
@@ -98,7 +98,7 @@ impl KernelBtf {
                 kind: (info >> 24) & 0x1f,
                 kind_flag: info >> 31 == 1,
                 vlen: info & 0xffff,
-                size_or_type: u32_at(section, at + 8)?,
+                size_or_ref: u32_at(section, at + 8)?,
                 ..Type::default()
             };
             at += 12;
@@ -112,8 +112,11 @@ impl KernelBtf {
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = at + 12 * i;
-                        ty.members
-                            .push((u32_at(section, m)?, u32_at(section, m + 4)?, u32_at(section, m + 8)?));
+                        ty.members.push((
+                            u32_at(section, m)?,
+                            u32_at(section, m + 4)?,
+                            u32_at(section, m + 8)?,
+                        ));
                     }
                     12 * vlen
                 }
@@ -143,7 +146,7 @@ impl KernelBtf {
             let ty = self.types.get(id as usize)?;
             match ty.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = ty.size_or_type;
+                    id = ty.size_or_ref;
                 }
                 _ => return Some(ty),
             }
@@ -154,7 +157,9 @@ impl KernelBtf {
     fn size_of(&self, id: u32) -> Option<u32> {
         let ty = self.resolve(id)?;
         match ty.kind {
-            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => Some(ty.size_or_type),
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
+                Some(ty.size_or_ref)
+            }
             KIND_PTR => Some(8),
             KIND_ARRAY => {
                 let (elem, count) = ty.array?;
@@ -211,11 +216,11 @@ impl KernelBtf {
     /// to (the kernel's `btf_trace_<tracepoint>` typedefs: the hidden
     /// context argument first, then the tracepoint's own).
     pub fn prototype_params(&self, typedef: &str) -> Option<u32> {
-        let ptr = self.resolve(self.find(KIND_TYPEDEF, typedef)?.size_or_type)?;
+        let ptr = self.resolve(self.find(KIND_TYPEDEF, typedef)?.size_or_ref)?;
         if ptr.kind != KIND_PTR {
             return None;
         }
-        let proto = self.resolve(ptr.size_or_type)?;
+        let proto = self.resolve(ptr.size_or_ref)?;
         (proto.kind == KIND_FUNC_PROTO).then_some(proto.vlen)
     }
 }
@@ -290,7 +295,13 @@ mod tests {
         let mut blob = Vec::new();
         blob.extend(MAGIC.to_le_bytes());
         blob.extend([1u8, 0]);
-        for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             blob.extend(v.to_le_bytes());
         }
         blob.extend(types);
@@ -302,10 +313,23 @@ mod tests {
     fn members_are_found_through_anonymous_unions_and_structs() {
         let btf = KernelBtf::parse(&sample()).expect("parses");
         assert_eq!(btf.member("task_struct", "x"), Some(Field { offset: 0, size: 4 }));
-        assert_eq!(btf.member("task_struct", "pid"), Some(Field { offset: 8, size: 4 }));
-        assert_eq!(btf.member("task_struct", "tgid"), Some(Field { offset: 12, size: 4 }));
-        assert_eq!(btf.member("task_struct", "comm"), Some(Field { offset: 16, size: 16 }));
-        assert_eq!(btf.member("task_struct", "flags"), None, "a bit-field has no byte offset");
+        assert_eq!(
+            btf.member("task_struct", "pid"),
+            Some(Field { offset: 8, size: 4 })
+        );
+        assert_eq!(
+            btf.member("task_struct", "tgid"),
+            Some(Field { offset: 12, size: 4 })
+        );
+        assert_eq!(
+            btf.member("task_struct", "comm"),
+            Some(Field { offset: 16, size: 16 })
+        );
+        assert_eq!(
+            btf.member("task_struct", "flags"),
+            None,
+            "a bit-field has no byte offset"
+        );
         assert_eq!(btf.member("task_struct", "nope"), None);
         assert_eq!(btf.member("mm_struct", "pid"), None);
         assert_eq!(btf.prototype_params("btf_trace_x"), Some(3));
@@ -315,7 +339,10 @@ mod tests {
     #[test]
     fn anything_but_btf_is_refused() {
         assert!(KernelBtf::parse(b"").is_none());
-        assert!(KernelBtf::parse(&[0x9f, 0xeb, 1, 0]).is_none(), "truncated header");
+        assert!(
+            KernelBtf::parse(&[0x9f, 0xeb, 1, 0]).is_none(),
+            "truncated header"
+        );
         let mut swapped = sample();
         swapped.swap(0, 1);
         assert!(KernelBtf::parse(&swapped).is_none(), "big-endian blob");

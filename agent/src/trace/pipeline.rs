@@ -216,8 +216,7 @@ impl Pipeline {
         }
         let timestamp = self.clock.to_unix(event.ts_ns);
         if event.source == source::CUDA && event.op == cuda_op::SET_DEVICE && event.ret == 0 {
-            self.thread_gpu
-                .insert(event.tid, (event.pid, event.arg0 as i32));
+            self.thread_gpu.insert(event.tid, (event.pid, event.arg0 as i32));
         }
         let mut row = self.row(&event, timestamp);
         if let Some(tail) = nccl.filter(|_| event.source == source::NCCL) {
@@ -268,7 +267,9 @@ impl Pipeline {
             op: e.op,
             duration: e.duration_ns,
             gpu_id: match e.source {
-                source::CUDA | source::DRIVER | source::NCCL => self.thread_gpu.get(&e.tid).map_or(0, |g| g.1),
+                source::CUDA | source::DRIVER | source::NCCL => {
+                    self.thread_gpu.get(&e.tid).map_or(0, |g| g.1)
+                }
                 _ => e.gpu_id,
             },
             arg0: e.arg0,

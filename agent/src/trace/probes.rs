@@ -335,7 +335,10 @@ impl Probes {
         if let Ok(mut m) = self.traced_map() {
             let _ = m.remove(&pid);
         }
-        let _ = self.update_interest(pid, |current| if current == pid { INTEREST_MANY } else { current });
+        let _ = self.update_interest(
+            pid,
+            |current| if current == pid { INTEREST_MANY } else { current },
+        );
     }
 
     /// The ring buffer, for the reader.

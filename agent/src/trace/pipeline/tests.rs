@@ -274,7 +274,11 @@ fn a_call_without_its_thread_name_gets_the_last_one_seen() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .map(|v| v["comm"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(comms, ["", "trainer", "trainer"], "unknown until first seen, then kept");
+    assert_eq!(
+        comms,
+        ["", "trainer", "trainer"],
+        "unknown until first seen, then kept"
+    );
     let (batch, _) = p.take_batch();
     assert_eq!(batch.names.len(), 1, "the name is stored once");
 }
