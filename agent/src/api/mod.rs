@@ -198,7 +198,8 @@ pub struct ConnLimits {
     pub max_answer_bytes: usize,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
-    /// Longest a client may take to send a request's headers (HTTP/1).
+    /// Longest a connection handling no request may take to complete a
+    /// request's headers (HTTP/1 and HTTP/2, after the TLS handshake).
     pub header_timeout: Duration,
     /// Most connections open at once from one IP address; more are closed
     /// at once, before TLS and authentication.

@@ -572,6 +572,83 @@ fn an_answer_cut_after_its_first_rows_says_why_and_the_fleet_reports_it() -> any
     Ok(())
 }
 
+/// Item 5: HTTP/2 requests have a header time too. A client that trickles
+/// a HEADERS frame (fast enough for the idle limit) is cut at the header
+/// limit; a normal HTTP/2 client is served, also when its request is
+/// handled, or its answer read, for longer than the header limit.
+#[test]
+fn http2_headers_are_timed_like_http1() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_daemon, addr) = serve(dir.path(), &["--header-timeout", "2s", "--idle-timeout", "20s"])?;
+    let mut s = connect_from([127, 0, 0, 8], addr)?;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")?;
+    // SETTINGS (empty), then the head of a 64-byte HEADERS frame on
+    // stream 1 whose block comes a byte at a time.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])?;
+    s.write_all(&[0, 0, 64, 1, 4, 0, 0, 0, 1])?;
+    let started = Instant::now();
+    let mut cut = None;
+    for _ in 0..64 {
+        if s.write_all(&[0x82]).is_err() || closed(&mut s) {
+            cut = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let cut = cut.context("a trickled HTTP/2 HEADERS frame was never cut")?;
+    eprintln!("HTTP/2 headers cut after {cut:?} (header limit 2 s)");
+    ensure!(
+        cut > Duration::from_millis(1500) && cut < Duration::from_millis(3500),
+        "cut after {cut:?}"
+    );
+    healthy(addr)?;
+
+    let rt = crate::common::runtime()?;
+    // reqwest wants a process-wide provider even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let base = format!("http://{addr}");
+    rt.block_on(async {
+        let r = http.get(format!("{base}/healthz")).send().await?;
+        ensure!(r.version() == reqwest::Version::HTTP_2, "{:?}", r.version());
+        ensure!(r.status().as_u16() == 200, "{}", r.status());
+        // Handled for longer than the header limit: its own 408.
+        let r = http
+            .post(format!("{base}/api/v1/query"))
+            .body(serde_json::json!({ "sql": ENDLESS_SQL, "timeout_ms": 3000 }).to_string())
+            .send()
+            .await?;
+        ensure!(r.status().as_u16() == 408, "{}", r.status());
+        // An answer read over more than the header limit.
+        let mut r = http
+            .post(format!("{base}/api/v1/query"))
+            .body(
+                serde_json::json!({ "sql": "select hex(zeroblob(2000)) from events", "limit": 2000 })
+                    .to_string(),
+            )
+            .send()
+            .await?;
+        ensure!(r.status().as_u16() == 200, "{}", r.status());
+        let mut body = r.chunk().await?.map(|c| c.to_vec()).unwrap_or_default();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        while let Some(chunk) = r.chunk().await? {
+            body.extend_from_slice(&chunk);
+        }
+        let answer: ingero_api::QueryAnswer = serde_json::from_slice(&body)?;
+        ensure!(
+            answer.rows.len() == 2000 && answer.error.is_none(),
+            "{} rows",
+            answer.rows.len()
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
 /// Item 5: request headers sent a byte at a time are cut at the header
 /// limit, idle connections at the idle limit, and connections past the
 /// per-address limit are closed at once; other clients are served
