@@ -191,7 +191,7 @@ pub struct ApiArgs {
     /// Close an API connection with no traffic for this long [default: agent.idle_timeout, else 60s]
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<HumanDuration>,
-    /// Longest a client may take to send a request's headers [default: agent.header_timeout, else 10s]
+    /// Longest a client may take to send a request's headers, HTTP/1 and HTTP/2 [default: agent.header_timeout, else 10s]
     #[arg(long, value_name = "DURATION")]
     pub header_timeout: Option<HumanDuration>,
     /// Most API connections open at once from one IP address [default: agent.max_connections_per_address, else 64]

@@ -385,6 +385,18 @@ impl ReadOnlyDb {
         self
     }
 
+    /// Moves the running statement's deadline `by` later: time its caller
+    /// spent waiting (for a slow reader of the answer, with the statement
+    /// paused) is not time the statement ran. Callable from a
+    /// [`ReadOnlyDb::query_each`] callback; nothing when no statement runs.
+    pub fn postpone_deadline(&self, by: Duration) {
+        if let Ok(mut d) = self.deadline.lock()
+            && let Some(d) = d.as_mut()
+        {
+            *d += by;
+        }
+    }
+
     /// Runs one statement within `limits`.
     pub fn query(&self, sql: &str, limits: Limits) -> Result<QueryResult, QueryError> {
         let mut columns = Vec::new();

@@ -1,6 +1,8 @@
 //! SQL over the agent's database (`POST /api/v1/query`): the request and
 //! its answer. The agent runs the statement read-only, under a deadline
-//! and a row cap; a client pages past the cap with `LIMIT/OFFSET`.
+//! and a row cap; a client pages past the cap with `LIMIT/OFFSET`. The
+//! answer is streamed as its rows are read, so a failure after the first
+//! rows ends it with an `error` field instead of an error status.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,4 +43,10 @@ pub struct QueryAnswer {
     /// Time the statement took on the agent.
     #[serde(default)]
     pub elapsed_ms: f64,
+    /// Why the answer ends early although rows were already sent (its
+    /// deadline passed, the agent is stopping, a later row failed): the
+    /// status was 200 by then, so the reason ends the answer, with
+    /// `truncated` true. A client must not take such rows for the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

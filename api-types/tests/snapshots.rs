@@ -99,6 +99,23 @@ fn query_request_and_answer() {
             ],
             truncated: false,
             elapsed_ms: 1.5,
+            error: None,
+        },
+    );
+    // Streamed: a statement that fails after rows were sent ends its
+    // answer with the reason.
+    check(
+        "query_answer_cut",
+        &QueryAnswer {
+            node: "gpu-node-01".into(),
+            columns: vec!["n".into()],
+            rows: vec![vec![1.into()], vec![2.into()]],
+            truncated: true,
+            elapsed_ms: 10_000.5,
+            error: Some(
+                "the query ran past its 10s deadline and was interrupted; narrow it (WHERE, LIMIT) or raise --timeout"
+                    .into(),
+            ),
         },
     );
 }

@@ -45,6 +45,13 @@ pub enum FleetError {
     /// columns that differ from the other nodes'.
     #[error("unreadable answer: {0}")]
     Decode(String),
+    /// The agent began its answer and did not finish it: it ended the
+    /// answer with an error after sending rows (its deadline passed, it is
+    /// stopping; the agent's sentence says), or the answer broke off
+    /// before its end (the agent's 30 s send limit passed, or the
+    /// connection was lost). The partial rows are left out.
+    #[error("its answer was cut off: {0}")]
+    Incomplete(String),
     /// An answer longer than the client reads (bytes); the rest was not read.
     #[error("its answer exceeded {} MiB; stopped reading it (raise --max-answer or fleet.max_answer_size if the agent is trusted)", .0 >> 20)]
     TooLarge(u64),
@@ -77,6 +84,7 @@ impl FleetError {
             Self::Tls(_) => "tls",
             Self::Http { .. } => "http",
             Self::Decode(_) => "decode",
+            Self::Incomplete(_) => "incomplete",
             Self::TooLarge(_) => "too_large",
             Self::DuplicateNode { .. } => "duplicate_node",
             Self::Other(_) => "error",
@@ -278,11 +286,19 @@ impl AgentClient {
             return Err(FleetError::TooLarge(self.max_answer_bytes));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| classify(&e, self.timeout, self.anonymous_tls))?
-        {
+        // Past the status, a failure is the answer breaking off (agents
+        // stream their answers), not a connection or TLS problem.
+        let broken = |e: &reqwest::Error, got: usize| {
+            if e.is_timeout() {
+                FleetError::Timeout(self.timeout)
+            } else {
+                FleetError::Incomplete(format!(
+                    "it broke off after {got} bytes, before its end; the agent took longer than its send limit or stopped ({})",
+                    root_cause(e)
+                ))
+            }
+        };
+        while let Some(chunk) = response.chunk().await.map_err(|e| broken(&e, body.len()))? {
             if body.len() as u64 + chunk.len() as u64 > self.max_answer_bytes {
                 return Err(FleetError::TooLarge(self.max_answer_bytes));
             }
@@ -325,6 +341,12 @@ impl AgentClient {
                     .json(request),
             )
             .await?;
+        if let Some(error) = answer.error {
+            return Err(FleetError::Incomplete(format!(
+                "the agent stopped it after {} rows: {error}",
+                answer.rows.len()
+            )));
+        }
         let asked = request.limit.unwrap_or(MAX_ROWS).min(MAX_ROWS);
         if answer.rows.len() > asked {
             return Err(FleetError::Decode(format!(

@@ -146,6 +146,7 @@ mod tests {
                 rows: (0..rows).map(|i| vec![Value::from(i)]).collect(),
                 truncated,
                 elapsed_ms: 0.0,
+                error: None,
             }),
             clock: None,
             elapsed_ms: 1.0,

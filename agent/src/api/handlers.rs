@@ -2,12 +2,14 @@
 //! failure is an [`ApiError`].
 
 use std::{
+    cell::RefCell,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
 use axum::{
     Extension, Json,
+    body::Body,
     extract::{
         Query, State,
         rejection::{BytesRejection, QueryRejection},
@@ -20,7 +22,7 @@ use ingero_api::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, Arrival, CancelOnDrop, REQUEST_TIMEOUT, db_error};
+use super::{ApiError, ApiState, Arrival, CancelOnDrop, REQUEST_TIMEOUT, db_error, stream};
 use crate::{
     analysis::{self, NodeReport},
     clock::unix_ns,
@@ -49,6 +51,8 @@ pub async fn time(
 /// capped by the agent's and its answer by `max_answer_bytes`; 403 if
 /// refused, 400 if invalid, 408 past its deadline, 429 when all query slots
 /// are busy, 503 when the database is locked, 413 for an oversized body.
+/// The answer is streamed as its rows are read ([`stream`]): an error after
+/// the first rows ends it with an `error` field instead of a status.
 pub async fn query(
     State(state): State<Arc<ApiState>>,
     body: Result<axum::body::Bytes, BytesRejection>,
@@ -78,91 +82,88 @@ pub async fn query(
         max_rows: request.limit.unwrap_or(state.max_rows).min(state.max_rows),
     };
     let since = request.since.and_then(Since::duration);
-    let db = state.db.clone();
-    let started = std::time::Instant::now();
-    let node = state.node.clone();
-    // Run and serialize on a blocking thread: a large answer must not hold
-    // up the async workers (and `/healthz`).
-    let result = tokio::task::spawn_blocking(move || {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(stream::QUEUED);
+    let writer = stream::Writer::new(tx, tokio::runtime::Handle::current());
+    let thread_state = Arc::clone(&state);
+    // Run and encode on a blocking thread (a large answer must not hold up
+    // the async workers and `/healthz`); the pieces go out as they are
+    // written ([`stream`]).
+    tokio::task::spawn_blocking(move || {
         let _permit = permit;
         super::reader_thread();
-        let window = match since {
-            None => None,
-            Some(since) => {
-                let probe = ReadOnlyDb::open_cancellable(&db, None, flags.clone())?;
-                let range = crate::timewin::event_range(probe.connection())
-                    .map_err(|e| QueryError::Sql(e.to_string()))?;
-                crate::timewin::resolve(range, Some(since), None, None)
-                    .map_err(QueryError::Sql)?
-                    .map(|w| (w.from, w.to))
-            }
-        };
-        // Rows are written as JSON as they are read: the answer's memory is
-        // its bytes (capped), not a tree of values.
-        let out = std::cell::RefCell::new(Vec::with_capacity(4096));
-        let encode = |v: &dyn erased::Json| {
-            let mut out = out.borrow_mut();
-            v.write(&mut out)
-                .map_err(|e| QueryError::Sql(format!("cannot encode the answer: {e}")))
-        };
-        encode(&"{\"node\":")?;
-        encode(&serde_json::Value::from(node))?;
-        let mut first = true;
-        let (truncated, elapsed_ms) = ReadOnlyDb::open_cancellable(&db, window, flags)?
-            .with_max_bytes(max_bytes)
-            .query_each(
-                &request.sql,
-                limits,
-                |columns| {
-                    encode(&",\"columns\":")?;
-                    encode(&serde_json::Value::from(columns.to_vec()))?;
-                    encode(&",\"rows\":[")
-                },
-                |row| {
-                    if !std::mem::take(&mut first) {
-                        encode(&",")?;
-                    }
-                    encode(&serde_json::Value::from(row))
-                },
-            )?;
-        encode(&"],\"truncated\":")?;
-        encode(&serde_json::Value::from(truncated))?;
-        encode(&",\"elapsed_ms\":")?;
-        encode(&serde_json::json!(elapsed_ms))?;
-        encode(&"}")?;
-        let body = out.into_inner();
-        Ok::<_, QueryError>((elapsed_ms, body))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    drop(cancel);
-    state
-        .metrics
-        .record_query(&result.as_ref().map(|(ms, _)| *ms), started.elapsed());
-    let (_, body) = result?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        let started = std::time::Instant::now();
+        let writer = RefCell::new(writer);
+        let result = run_query(
+            &thread_state,
+            &request.sql,
+            since,
+            limits,
+            max_bytes,
+            flags,
+            &writer,
+        );
+        thread_state
+            .metrics
+            .record_query(&result.as_ref().map(|(_, ms)| *ms), started.elapsed());
+        writer.into_inner().finish(&result);
+    });
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    match rx.recv().await {
+        Some(stream::Piece::Failed(e)) => Err(e.into()),
+        Some(stream::Piece::Last(whole)) => Ok((json, whole).into_response()),
+        Some(stream::Piece::More(first)) => {
+            Ok((json, Body::new(stream::Streamed::new(first, rx, cancel))).into_response())
+        }
+        None => Err(ApiError::Internal("the query stopped without an answer".into())),
+    }
 }
 
-/// Pieces of an answer written as they come: raw JSON text, or a value.
-mod erased {
-    /// Something that writes itself as JSON text into a buffer.
-    pub trait Json {
-        /// Appends the JSON text.
-        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
-    }
-
-    impl Json for &str {
-        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-            out.extend_from_slice(self.as_bytes());
+/// Runs one statement of `/api/v1/query`, writing its answer's JSON (all
+/// but the closing fields) into `writer` row by row.
+fn run_query(
+    state: &ApiState,
+    sql: &str,
+    since: Option<Duration>,
+    limits: Limits,
+    max_bytes: usize,
+    flags: Vec<Arc<AtomicBool>>,
+    writer: &RefCell<stream::Writer>,
+) -> Result<(bool, f64), QueryError> {
+    let window = match since {
+        None => None,
+        Some(since) => {
+            let probe = ReadOnlyDb::open_cancellable(&state.db, None, flags.clone())?;
+            let range = crate::timewin::event_range(probe.connection())
+                .map_err(|e| QueryError::Sql(e.to_string()))?;
+            crate::timewin::resolve(range, Some(since), None, None)
+                .map_err(QueryError::Sql)?
+                .map(|w| (w.from, w.to))
+        }
+    };
+    let write = |v: &dyn stream::erased::Json| writer.borrow_mut().write(v);
+    write(&"{\"node\":")?;
+    write(&serde_json::Value::from(state.node.as_str()))?;
+    let db = ReadOnlyDb::open_cancellable(&state.db, window, flags)?.with_max_bytes(max_bytes);
+    let mut first = true;
+    db.query_each(
+        sql,
+        limits,
+        |columns| {
+            write(&",\"columns\":")?;
+            write(&serde_json::Value::from(columns.to_vec()))?;
+            write(&",\"rows\":[")
+        },
+        |row| {
+            if !std::mem::take(&mut first) {
+                write(&",")?;
+            }
+            write(&serde_json::Value::from(row))?;
+            // Time spent waiting for the reader is not the statement's.
+            let waited = writer.borrow_mut().row_done()?;
+            db.postpone_deadline(waited);
             Ok(())
-        }
-    }
-
-    impl Json for serde_json::Value {
-        fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-            serde_json::to_writer(out, self)
-        }
-    }
+        },
+    )
 }
 
 /// `?since=5m` (or `all`); without it, the agent's default window.

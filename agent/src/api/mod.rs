@@ -14,7 +14,8 @@
 //! Limits: a 64 KiB request body (a larger one is read and discarded up to
 //! [`DRAIN_LIMIT`] so the 413 reaches the client), a 30 s deadline per
 //! request and [`SEND_TIMEOUT`] to send its answer, a cap on the bytes of a
-//! query answer (`truncated` says so), one shared budget of database-reading
+//! query answer (`truncated` says so; the answer is streamed as its rows
+//! are read, [`stream`]), one shared budget of database-reading
 //! requests (`/query`, `/chains`, `/ops`, `/overview`, and `/metrics` under
 //! `ingero serve`; 429 with `retry-after` past it, except for a `/metrics`
 //! that can be answered from its last reading). Database work stops when
@@ -30,6 +31,7 @@ pub mod handlers;
 pub mod listen;
 pub mod metrics;
 pub mod server;
+pub mod stream;
 
 use std::{
     path::PathBuf,
@@ -62,8 +64,8 @@ pub use ingero_api::MAX_ROWS;
 pub const MAX_BODY: usize = 64 * 1024;
 /// Deadline of any request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest an answer may take to send once it is ready; a slower reader's
-/// connection is closed.
+/// Longest an answer may take to send once it is ready (a streamed query
+/// answer: from its first piece); a slower reader's connection is closed.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of an oversized request body read (and discarded) so the 413
 /// reaches the client; past it the connection is closed.
@@ -196,7 +198,8 @@ pub struct ConnLimits {
     pub max_answer_bytes: usize,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
-    /// Longest a client may take to send a request's headers (HTTP/1).
+    /// Longest a connection handling no request may take to complete a
+    /// request's headers (HTTP/1 and HTTP/2, after the TLS handshake).
     pub header_timeout: Duration,
     /// Most connections open at once from one IP address; more are closed
     /// at once, before TLS and authentication.

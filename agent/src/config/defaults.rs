@@ -27,8 +27,9 @@ pub const MAX_ANSWER_BYTES: ByteSize = ByteSize(16 << 20);
 /// API: a connection with no byte either way for this long is closed
 /// (`agent.idle_timeout`, `--idle-timeout`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// API: longest a client may take to send a request's headers
-/// (`agent.header_timeout`, `--header-timeout`).
+/// API: longest a client may take to send a request's headers, HTTP/1
+/// and HTTP/2; a kept-alive connection with no request in flight is closed
+/// after it (`agent.header_timeout`, `--header-timeout`).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// API: connections open at once from one IP address; more are closed
 /// before TLS (`agent.max_connections_per_address`, `--max-connections-per-address`).

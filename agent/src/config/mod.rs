@@ -125,7 +125,8 @@ pub struct AgentSection {
     pub max_answer_size: Option<ByteSize>,
     /// API: close a connection with no traffic for this long.
     pub idle_timeout: Option<HumanDuration>,
-    /// API: longest a client may take to send a request's headers.
+    /// API: longest a client may take to send a request's headers (HTTP/1
+    /// and HTTP/2).
     pub header_timeout: Option<HumanDuration>,
     /// API: connections open at once from one IP address.
     pub max_connections_per_address: Option<usize>,

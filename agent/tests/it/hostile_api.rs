@@ -35,13 +35,37 @@ fn serve(dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<(Daemon, Socke
 
 /// The agent's peak resident set, in KiB.
 fn peak_rss_kb(daemon: &Daemon) -> anyhow::Result<u64> {
+    status_kb(daemon, "VmHWM:")
+}
+
+/// A memory figure of the agent's `/proc/PID/status` (`VmHWM:`, `VmRSS:`), in KiB.
+fn status_kb(daemon: &Daemon, field: &str) -> anyhow::Result<u64> {
     let pid = daemon.ready["pid"].as_u64().context("no pid in the ready file")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")
+        .with_context(|| format!("no {field}"))
+}
+
+/// The body of a chunked HTTP/1.1 answer, or `None` when it stops before
+/// its last chunk.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line = body.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..line]).ok()?.trim(), 16).ok()?;
+        body = &body[line + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if body.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
 }
 
 /// A TCP connection to `to` from the loopback address `from` (so the
@@ -335,20 +359,18 @@ fn answers_are_capped_in_bytes_and_slow_readers_are_cut_off() -> anyhow::Result<
         let mut got = first;
         let _ = s.read_to_end(&mut got);
         let text = String::from_utf8_lossy(&got);
-        let declared: usize = text
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(str::to_owned)
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .context("no content-length")?;
         let head = text.find("\r\n\r\n").context("no header end")? + 4;
         if text.starts_with("HTTP/1.1 200") {
             ensure!(
-                got.len() - head < declared,
-                "a stalled reader got its whole answer: {} of {declared}",
+                text[..head]
+                    .to_ascii_lowercase()
+                    .contains("transfer-encoding: chunked"),
+                "a large answer is streamed: {:.300}",
+                &text[..head]
+            );
+            ensure!(
+                dechunk(&got[head..]).is_none(),
+                "a stalled reader got its whole answer ({} bytes)",
                 got.len() - head
             );
             cut += 1;
@@ -366,6 +388,264 @@ fn answers_are_capped_in_bytes_and_slow_readers_are_cut_off() -> anyhow::Result<
     let rss = peak_rss_kb(&daemon)?;
     eprintln!("peak RSS {rss} KiB");
     ensure!(rss < RSS_BOUND_KB, "peak RSS {rss} KiB");
+    Ok(())
+}
+
+/// Sends one POST of `sql` to `/api/v1/query` on `s`, closing after it.
+fn post_query(s: &mut TcpStream, sql: &str, limit: usize) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "sql": sql, "limit": limit }).to_string();
+    s.write_all(
+        format!(
+            "POST /api/v1/query HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// A whole HTTP/1.1 answer: its status, its head (lowercase) and its
+/// body, de-chunked; an error when a chunked body stops before its end.
+fn parse_answer(got: &[u8]) -> anyhow::Result<(u16, String, Vec<u8>)> {
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no header end")?
+        + 4;
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(&got[end..]).context("the answer stops before its last chunk")?
+    } else {
+        got[end..].to_vec()
+    };
+    Ok((status, head, body))
+}
+
+/// Item 3 (streamed answers): four clients (the whole `--max-queries`
+/// budget) each read a 16 MiB answer slowly. The answers go out as their
+/// rows are read, so the agent's peak RSS grows by far less than the
+/// 64 MiB the four would take buffered; each reader gets its whole answer
+/// (`truncated` by the byte cap, no error) and `/healthz` answers within a
+/// second throughout.
+#[test]
+fn large_answers_stream_to_slow_readers_in_little_memory() -> anyhow::Result<()> {
+    // Heavy load: not alongside the timing-sensitive tracer tests.
+    let _guard = crate::common::serial();
+    let dir = tempfile::tempdir()?;
+    let (daemon, addr) = serve(dir.path(), &[])?;
+    healthy(addr)?;
+    let before = peak_rss_kb(&daemon)?;
+    let readers: Vec<_> = (0..4u8)
+        .map(|i| {
+            std::thread::spawn(move || -> anyhow::Result<(usize, Duration)> {
+                let mut s = connect_with([127, 0, 3, i], addr, Some(64 * 1024))?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                post_query(&mut s, "select hex(zeroblob(5000)) from events", 50_000)?;
+                let started = Instant::now();
+                let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
+                loop {
+                    let n = s.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    // About 4 MiB/s at most: several seconds per answer.
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+                let (status, head, body) = parse_answer(&got)?;
+                ensure!(status == 200, "{head}");
+                ensure!(
+                    head.contains("transfer-encoding: chunked"),
+                    "not streamed: {head}"
+                );
+                let answer: ingero_api::QueryAnswer = serde_json::from_slice(&body)?;
+                ensure!(
+                    answer.truncated && answer.error.is_none() && !answer.rows.is_empty(),
+                    "truncated {} error {:?}",
+                    answer.truncated,
+                    answer.error
+                );
+                Ok((body.len(), started.elapsed()))
+            })
+        })
+        .collect();
+    let mut checks = 0;
+    while !readers.iter().all(std::thread::JoinHandle::is_finished) {
+        healthy(addr)?;
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for h in readers {
+        let (bytes, took) = h.join().map_err(|_| anyhow::anyhow!("thread"))??;
+        eprintln!("an answer of {bytes} bytes read in {took:?}");
+        ensure!(bytes > 15 << 20, "{bytes} bytes");
+    }
+    let peak = peak_rss_kb(&daemon)?;
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "peak RSS {peak} KiB ({before} KiB before): +{grew} KiB for 4 answers of 16 MiB read slowly; {checks} health checks"
+    );
+    ensure!(
+        grew < 24 * 1024,
+        "peak RSS grew by {grew} KiB: the answers were buffered"
+    );
+    Ok(())
+}
+
+/// Item 3: the first rows of a long query reach its client while the
+/// statement still runs (time to first byte well before the whole answer).
+#[test]
+fn the_first_rows_arrive_before_the_query_ends() -> anyhow::Result<()> {
+    // Timing: not alongside heavy tests.
+    let _guard = crate::common::serial();
+    let dir = tempfile::tempdir()?;
+    let (_daemon, addr) = serve(dir.path(), &["--query-timeout", "60s"])?;
+    // 40,000 rows spread over the whole run of the statement.
+    let sql = "WITH RECURSIVE x(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM x WHERE n < 8000000) SELECT n FROM x WHERE n % 200 = 0";
+    let mut s = connect_from([127, 0, 0, 7], addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    post_query(&mut s, sql, 50_000)?;
+    let started = Instant::now();
+    let mut got = vec![0u8; 4096];
+    let n = s.read(&mut got)?;
+    let first = started.elapsed();
+    got.truncate(n);
+    s.read_to_end(&mut got)?;
+    let whole = started.elapsed();
+    let (status, head, body) = parse_answer(&got)?;
+    ensure!(status == 200, "{head}");
+    let answer: ingero_api::QueryAnswer = serde_json::from_slice(&body)?;
+    ensure!(
+        answer.rows.len() == 40_000 && !answer.truncated,
+        "{} rows",
+        answer.rows.len()
+    );
+    eprintln!("first byte after {first:?}, the whole answer after {whole:?}");
+    ensure!(
+        whole > Duration::from_millis(500),
+        "the statement ran {whole:?}: too fast to tell"
+    );
+    ensure!(
+        first * 4 < whole,
+        "first byte after {first:?}, the whole answer after {whole:?}"
+    );
+    Ok(())
+}
+
+/// Item 3: a statement that fails after its first rows were sent (status
+/// 200 by then) ends its answer with `truncated` and the reason, and the
+/// fleet client reports that node as failed with the agent's sentence.
+#[test]
+fn an_answer_cut_after_its_first_rows_says_why_and_the_fleet_reports_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_daemon, addr) = serve(dir.path(), &["--query-timeout", "2s"])?;
+    // A row every 200,000 steps, until the deadline.
+    let sql = "WITH RECURSIVE x(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM x) SELECT n FROM x WHERE n % 200000 = 0";
+    let mut s = connect_from([127, 0, 0, 7], addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    post_query(&mut s, sql, 50_000)?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    let (status, head, body) = parse_answer(&got)?;
+    ensure!(status == 200, "{head}");
+    let answer: ingero_api::QueryAnswer = serde_json::from_slice(&body)?;
+    ensure!(
+        !answer.rows.is_empty()
+            && answer.truncated
+            && answer.error.as_deref().is_some_and(|e| e.contains("deadline")),
+        "{} rows, truncated {}, error {:?}",
+        answer.rows.len(),
+        answer.truncated,
+        answer.error
+    );
+    let (code, out, err) = crate::common::ingero(&["query", "--nodes", &addr.to_string(), "--no-tls", sql])?;
+    ensure!(code == 4, "exit {code}: {out}{err}");
+    ensure!(
+        err.contains("its answer was cut off: the agent stopped it after") && err.contains("deadline"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// Item 5: HTTP/2 requests have a header time too. A client that trickles
+/// a HEADERS frame (fast enough for the idle limit) is cut at the header
+/// limit; a normal HTTP/2 client is served, also when its request is
+/// handled, or its answer read, for longer than the header limit.
+#[test]
+fn http2_headers_are_timed_like_http1() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_daemon, addr) = serve(dir.path(), &["--header-timeout", "2s", "--idle-timeout", "20s"])?;
+    let mut s = connect_from([127, 0, 0, 8], addr)?;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")?;
+    // SETTINGS (empty), then the head of a 64-byte HEADERS frame on
+    // stream 1 whose block comes a byte at a time.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])?;
+    s.write_all(&[0, 0, 64, 1, 4, 0, 0, 0, 1])?;
+    let started = Instant::now();
+    let mut cut = None;
+    for _ in 0..64 {
+        if s.write_all(&[0x82]).is_err() || closed(&mut s) {
+            cut = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let cut = cut.context("a trickled HTTP/2 HEADERS frame was never cut")?;
+    eprintln!("HTTP/2 headers cut after {cut:?} (header limit 2 s)");
+    ensure!(
+        cut > Duration::from_millis(1500) && cut < Duration::from_millis(3500),
+        "cut after {cut:?}"
+    );
+    healthy(addr)?;
+
+    let rt = crate::common::runtime()?;
+    // reqwest wants a process-wide provider even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let base = format!("http://{addr}");
+    rt.block_on(async {
+        let r = http.get(format!("{base}/healthz")).send().await?;
+        ensure!(r.version() == reqwest::Version::HTTP_2, "{:?}", r.version());
+        ensure!(r.status().as_u16() == 200, "{}", r.status());
+        // Handled for longer than the header limit: its own 408.
+        let r = http
+            .post(format!("{base}/api/v1/query"))
+            .body(serde_json::json!({ "sql": ENDLESS_SQL, "timeout_ms": 3000 }).to_string())
+            .send()
+            .await?;
+        ensure!(r.status().as_u16() == 408, "{}", r.status());
+        // An answer read over more than the header limit.
+        let mut r = http
+            .post(format!("{base}/api/v1/query"))
+            .body(
+                serde_json::json!({ "sql": "select hex(zeroblob(2000)) from events", "limit": 2000 })
+                    .to_string(),
+            )
+            .send()
+            .await?;
+        ensure!(r.status().as_u16() == 200, "{}", r.status());
+        let mut body = r.chunk().await?.map(|c| c.to_vec()).unwrap_or_default();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        while let Some(chunk) = r.chunk().await? {
+            body.extend_from_slice(&chunk);
+        }
+        let answer: ingero_api::QueryAnswer = serde_json::from_slice(&body)?;
+        ensure!(
+            answer.rows.len() == 2000 && answer.error.is_none(),
+            "{} rows",
+            answer.rows.len()
+        );
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
 
