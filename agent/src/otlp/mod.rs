@@ -145,7 +145,9 @@ fn check_endpoint(raw: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(raw)
         .map_err(|e| format!("'{raw}' is not a URL ({e}); give one like http://127.0.0.1:4318"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("'{raw}' is not an http:// or https:// URL (OTLP/HTTP)"));
+        return Err(format!(
+            "'{raw}' is not an http:// or https:// URL (OTLP/HTTP); give one like http://127.0.0.1:4318"
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("'{raw}' names no host"));

@@ -93,12 +93,16 @@ impl Report {
         )];
         if self.dropped > 0 {
             out.push(format!(
-                "ingero: warning: {} OTLP item(s) (metric data points, log records) could not be delivered{}; \
-                 the events themselves are all in the database",
+                "ingero: warning: {} OTLP item(s) (metric data points, log records) could not be delivered{}{}",
                 self.dropped,
                 self.last_error
                     .as_ref()
-                    .map_or(String::new(), |e| format!(" (last error: {e})"))
+                    .map_or(String::new(), |e| format!(" (last error: {e})")),
+                if self.with_metrics {
+                    "; the events themselves are all in the database"
+                } else {
+                    ""
+                }
             ));
         }
         out

@@ -19,6 +19,7 @@ mod hostile_misc;
 mod hostile_store;
 mod mcp;
 mod nccl;
+mod otlp;
 mod other_tracers;
 mod perfetto;
 mod prometheus;
