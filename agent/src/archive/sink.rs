@@ -4,7 +4,7 @@
 //! Rows (as SQLite gives them: node, rowid, then the table's columns) are
 //! routed to one open file per partition (node, and UTC hour for hourly
 //! tables), each with its own Arrow builders. Nothing becomes visible until
-//! [`Sink::commit`]: files are written under hidden temporary names,
+//! the [`Pending`] of [`Sink::finish`] is committed: files are written under hidden temporary names,
 //! closed, synced, and only then renamed, all together; dropping a sink
 //! without committing removes its temporary files.
 //!

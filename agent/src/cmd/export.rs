@@ -1,5 +1,5 @@
 //! `ingero export`: see [`crate::export`] (Perfetto) and
-//! [`crate::archive::export`] (Parquet); with `--nodes`, see
+//! [`crate::archive::export()`] (Parquet); with `--nodes`, see
 //! [`super::fleet_export`].
 
 use std::process::ExitCode;
@@ -101,7 +101,7 @@ pub(super) fn counts(r: &ExportReport) -> String {
 }
 
 /// `--format parquet`: the database as an archive directory (see
-/// [`crate::archive::export`]), with progress on stderr.
+/// [`crate::archive::export()`]), with progress on stderr.
 fn parquet(
     conn: &rusqlite::Connection,
     args: &ExportArgs,
