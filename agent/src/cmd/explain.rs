@@ -155,12 +155,7 @@ fn render(
 /// `--otlp-endpoint` the verdict and the chains also go to that collector
 /// as log records (after the output, within the export deadline).
 pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
-    let otlp = crate::otlp::options(
-        &args.otlp,
-        None,
-        file,
-        &crate::config::resolve_node(None, file)?,
-    )?;
+    let otlp = crate::otlp::options(&args.otlp, None, file, &crate::config::resolve_node(None, file)?)?;
     if let Some(fleet) = super::fleet::connect(&args.fleet, file, args.db.as_deref())? {
         return super::fleet_explain::run(args, &fleet, otlp.as_ref());
     }
@@ -248,7 +243,10 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
         );
     }
     if let Some(o) = &otlp {
-        crate::otlp::send_records(o, crate::otlp::logs::from_comparison(&comparison, clock::unix_ns()));
+        crate::otlp::send_records(
+            o,
+            crate::otlp::logs::from_comparison(&comparison, clock::unix_ns()),
+        );
     }
     Ok(if verdict.hung {
         ExitCode::from(super::verdict::EXIT_HANG)

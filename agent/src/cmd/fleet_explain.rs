@@ -32,7 +32,11 @@ use crate::{
 /// Exit 0 all nodes answered, 3 some, 4 none (2 when the nodes refused the
 /// request, or `--from`/`--to` was given).
 /// With `otlp`, the verdict and the chains are also sent as log records.
-pub fn run(args: &ExplainArgs, fleet: &FleetRun, otlp: Option<&crate::otlp::OtlpOptions>) -> Result<ExitCode, CliError> {
+pub fn run(
+    args: &ExplainArgs,
+    fleet: &FleetRun,
+    otlp: Option<&crate::otlp::OtlpOptions>,
+) -> Result<ExitCode, CliError> {
     let since = check_window(&args.window)?;
     let answers = fleet.block_on(fleet.setup.fleet.explain(since));
     let nccl =

@@ -199,12 +199,7 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     }
     let api: Option<(ListenOptions, ApiSettings)> =
         super::api_options(&args.api, file, &opts.node, &opts.db, Some(defaults::LIVE_WINDOW))?;
-    let otlp = crate::otlp::options(
-        &args.otlp,
-        args.otlp_interval.map(|d| d.0),
-        file,
-        &opts.node,
-    )?;
+    let otlp = crate::otlp::options(&args.otlp, args.otlp_interval.map(|d| d.0), file, &opts.node)?;
     let runtime = crate::runtime()?;
     let outcome = runtime.block_on(async {
         let mut tracer = Tracer::start(opts.clone())?;

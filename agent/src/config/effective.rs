@@ -207,7 +207,11 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
             fmt_duration(defaults::ARCHIVE_INTERVAL),
         ),
         ("otlp.endpoint", otlp.endpoint.clone(), "- (no OTLP push)".into()),
-        ("otlp.interval", show(otlp.interval), fmt_duration(defaults::OTLP_INTERVAL)),
+        (
+            "otlp.interval",
+            show(otlp.interval),
+            fmt_duration(defaults::OTLP_INTERVAL),
+        ),
         ("otlp.headers", headers, "- (none)".into()),
         (
             "otlp.ca_cert",
@@ -308,7 +312,8 @@ mod tests {
             "configs/ingero.yaml shows the default interval"
         );
         assert!(example.otlp.endpoint.is_none(), "the example leaves OTLP off");
-        let file = FileConfig::parse("otlp:\n  headers:\n    authorization: Bearer secret\n").expect("parses");
+        let file =
+            FileConfig::parse("otlp:\n  headers:\n    authorization: Bearer secret\n").expect("parses");
         let headers = entries(&file, None)
             .into_iter()
             .find(|e| e.key == "otlp.headers")

@@ -86,7 +86,8 @@ fn pass(db: &std::path::Path, queue: &LogQueue, seen: &mut HashSet<String>) -> R
         return Ok(());
     }
     let window = crate::timewin::resolve(range, Some(defaults::OTLP_CHAIN_WINDOW), None, None)?;
-    let reports = crate::analysis::explain(&conn, window, crate::clock::unix_ns()).map_err(|e| e.to_string())?;
+    let reports =
+        crate::analysis::explain(&conn, window, crate::clock::unix_ns()).map_err(|e| e.to_string())?;
     let chains = crate::analysis::compare_reports(&reports, None).chains;
     let mut now = HashSet::new();
     for c in &chains {

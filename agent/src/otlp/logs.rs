@@ -110,7 +110,11 @@ pub fn from_comparison(comparison: &Comparison, now_ns: i64) -> Vec<Record> {
             out.push(Record {
                 event: "ingero.hung_collective",
                 time_ns: now_ns,
-                severity: if hang.confirmed { Severity::Error } else { Severity::Warn },
+                severity: if hang.confirmed {
+                    Severity::Error
+                } else {
+                    Severity::Warn
+                },
                 severity_text: if hang.confirmed { "HUNG" } else { "POSSIBLY HUNG" },
                 body: crate::text::sanitize(&body, 8000),
                 attributes: vec![
@@ -161,7 +165,8 @@ mod tests {
         assert!(
             r.attributes
                 .iter()
-                .any(|(k, v)| *k == "ingero.chain.root_cause" && *v == AnyValue::String("CPU contention".into()))
+                .any(|(k, v)| *k == "ingero.chain.root_cause"
+                    && *v == AnyValue::String("CPU contention".into()))
         );
     }
 }

@@ -145,7 +145,12 @@ fn histogram_metric(name: &str, description: &str, points: Vec<HistogramDataPoin
 /// events and drops, on `node`'s resource. Families without a series are
 /// left out (OTLP has no empty metric).
 #[must_use]
-pub fn request(node: &str, registry: &Registry, counts: &EventCounts, t: Times) -> ExportMetricsServiceRequest {
+pub fn request(
+    node: &str,
+    registry: &Registry,
+    counts: &EventCounts,
+    t: Times,
+) -> ExportMetricsServiceRequest {
     let series = registry.sorted_series();
     let target = |k: &SeriesKey| {
         let tg = &registry.targets()[usize::from(k.target)];
@@ -199,7 +204,13 @@ pub fn request(node: &str, registry: &Registry, counts: &EventCounts, t: Times) 
             "s",
             off_cpu
                 .iter()
-                .map(|(k, st, s)| point(t, with(k, &[("state", st.label())]), double(seconds(s.latency.sum_ns))))
+                .map(|(k, st, s)| {
+                    point(
+                        t,
+                        with(k, &[("state", st.label())]),
+                        double(seconds(s.latency.sum_ns)),
+                    )
+                })
                 .collect(),
         ),
         sum(
@@ -330,7 +341,15 @@ mod tests {
             by_source: [0, 5, 1, 0],
             drops: vec![(source::DRIVER, driver_op::LAUNCH_KERNEL, "ringbuf".into(), 2)],
         };
-        let req = request("n1", &r, &counts, Times { start_ns: 1, now_ns: 2 });
+        let req = request(
+            "n1",
+            &r,
+            &counts,
+            Times {
+                start_ns: 1,
+                now_ns: 2,
+            },
+        );
         let bytes = req.encode_to_vec();
         let back = ExportMetricsServiceRequest::decode(bytes.as_slice()).expect("decodes");
         let metrics = &back.resource_metrics[0].scope_metrics[0].metrics;
@@ -352,8 +371,16 @@ mod tests {
         assert_eq!(p.count, 5);
         assert_eq!(p.bucket_counts.len(), BUCKETS + 1);
         assert_eq!(p.explicit_bounds.len(), BUCKETS);
-        assert_eq!(p.explicit_bounds[0], 1e-6);
-        assert_eq!(&p.bucket_counts[..2], &[2, 1], "500 ns and 1 µs in the first, 1.001 µs in the second");
+        assert_eq!(
+            p.explicit_bounds[0].to_bits(),
+            1e-6_f64.to_bits(),
+            "1 µs, exactly"
+        );
+        assert_eq!(
+            &p.bucket_counts[..2],
+            &[2, 1],
+            "500 ns and 1 µs in the first, 1.001 µs in the second"
+        );
         assert_eq!(p.bucket_counts[BUCKETS], 1, "20 s above every bound");
         let attrs: Vec<(&str, String)> = p
             .attributes

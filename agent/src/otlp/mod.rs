@@ -277,6 +277,10 @@ mod tests {
         assert_eq!(e.exit_code(), 78, "{e}");
         let e = options(&args("https://x:4318"), None, &FileConfig::default(), "n").expect_err("no CA");
         assert!(e.to_string().contains("ca_cert"), "{e}");
-        assert!(options(&none, None, &FileConfig::default(), "n").expect("off").is_none());
+        assert!(
+            options(&none, None, &FileConfig::default(), "n")
+                .expect("off")
+                .is_none()
+        );
     }
 }

@@ -351,7 +351,10 @@ impl Worker {
         } else {
             self.rt.block_on(async {
                 match tokio::time::timeout(budget, http.send()).await {
-                    Err(_) => Err(format!("no answer within {}", crate::units::HumanDuration(budget))),
+                    Err(_) => Err(format!(
+                        "no answer within {}",
+                        crate::units::HumanDuration(budget)
+                    )),
                     Ok(Err(e)) => Err(root_cause(&e)),
                     Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
                     Ok(Ok(resp)) => Err(format!("the collector answered HTTP {}", resp.status())),
@@ -397,7 +400,10 @@ impl Worker {
             let exporter = &self.exporter;
             self.rt.block_on(async {
                 match tokio::time::timeout(budget, exporter.export(LogBatch::new(&pairs))).await {
-                    Err(_) => Err(format!("no answer within {}", crate::units::HumanDuration(budget))),
+                    Err(_) => Err(format!(
+                        "no answer within {}",
+                        crate::units::HumanDuration(budget)
+                    )),
                     Ok(Err(e)) => Err(e.to_string()),
                     Ok(Ok(())) => Ok(()),
                 }

@@ -70,7 +70,11 @@ impl Rotel {
             .stderr(out)
             .spawn()
             .context("starting rotel-agent")?;
-        let mut rotel = Self { child, http_port, log };
+        let mut rotel = Self {
+            child,
+            http_port,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
             if let Some(status) = rotel.child.try_wait()? {
@@ -147,7 +151,7 @@ fn histogram_points(out: &str) -> Vec<Point> {
     let mut current: Option<Point> = None;
     for line in out.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix("-> Name: ") {
-            metric = name.to_owned();
+            name.clone_into(&mut metric);
         } else if line.starts_with("HistogramDataPoints #") {
             points.extend(current.take());
             current = Some(Point {
@@ -157,7 +161,8 @@ fn histogram_points(out: &str) -> Vec<Point> {
         } else if let Some(p) = current.as_mut() {
             if let Some(kv) = line.strip_prefix("-> ") {
                 if let Some((k, v)) = kv.split_once(": Str(") {
-                    p.attributes.insert(k.to_owned(), v.trim_end_matches(')').to_owned());
+                    p.attributes
+                        .insert(k.to_owned(), v.trim_end_matches(')').to_owned());
                 }
             } else if let Some(n) = line.strip_prefix("Count: ") {
                 p.count = n.parse().ok();
@@ -247,7 +252,9 @@ fn a_live_tracer_pushes_histograms_whose_counts_match_sqlite() -> anyhow::Result
                 && p.attributes.get("op").map(String::as_str) == Some("cuLaunchKernel")
         })
         .collect();
-    let last = launches.last().with_context(|| format!("no cuLaunchKernel histogram:\n{out}"))?;
+    let last = launches
+        .last()
+        .with_context(|| format!("no cuLaunchKernel histogram:\n{out}"))?;
     assert_eq!(
         last.attributes,
         BTreeMap::from([
@@ -298,7 +305,10 @@ fn explain_sends_the_verdict_and_every_chain_as_log_records() -> anyhow::Result<
     assert!(out.contains("SeverityText: STRAGGLER"), "{out}");
     assert!(out.contains(&format!("Body: Str(STRAGGLER {straggler}")), "{out}");
     for id in &ids {
-        assert!(out.contains(&format!("ingero.chain.id: Str({id})")), "chain {id} missing:\n{out}");
+        assert!(
+            out.contains(&format!("ingero.chain.id: Str({id})")),
+            "chain {id} missing:\n{out}"
+        );
     }
     assert_eq!(out.matches("EventName: ingero.causal_chain").count(), ids.len());
     assert!(out.contains("ingero.chain.recommendations: Slice(Str("), "{out}");
@@ -383,13 +393,22 @@ fn a_collector_that_is_down_costs_no_event_and_the_drops_are_counted() -> anyhow
             driver_op::LAUNCH_KERNEL
         ),
     )?;
-    assert_eq!(launches, i64::from(threads * calls), "every call is stored:\n{log}");
+    assert_eq!(
+        launches,
+        i64::from(threads * calls),
+        "every call is stored:\n{log}"
+    );
     assert!(log.contains("events stored"), "{log}");
     assert!(
-        log.contains(&format!("0 metric push(es) (0 data points) and 0 log record(s) delivered to {endpoint}")),
+        log.contains(&format!(
+            "0 metric push(es) (0 data points) and 0 log record(s) delivered to {endpoint}"
+        )),
         "{log}"
     );
-    assert!(log.contains("OTLP item(s)") && log.contains("could not be delivered"), "{log}");
+    assert!(
+        log.contains("OTLP item(s)") && log.contains("could not be delivered"),
+        "{log}"
+    );
     assert_eq!(
         log.matches("warning: OTLP").count(),
         1,
