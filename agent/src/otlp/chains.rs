@@ -102,3 +102,36 @@ fn pass(db: &std::path::Path, queue: &LogQueue, seen: &mut HashSet<String>) -> R
     *seen = now;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_is_sent_once_while_it_lasts_and_a_full_queue_drops_and_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("node.db");
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-gpu-node-03.db"),
+            &db,
+        )
+        .expect("sample database");
+        let (queue, rx) = LogQueue::bounded(64);
+        let mut seen = HashSet::new();
+        pass(&db, &queue, &mut seen).expect("first pass");
+        let first: Vec<_> = rx.try_iter().collect();
+        assert!(!first.is_empty(), "the sample node has chains");
+        assert!(first.iter().all(|r| r.event == "ingero.causal_chain"));
+        pass(&db, &queue, &mut seen).expect("second pass");
+        assert_eq!(rx.try_iter().count(), 0, "the same chains are not sent again");
+        // Forgotten (as after a pass without them): sent again.
+        seen.clear();
+        pass(&db, &queue, &mut seen).expect("third pass");
+        assert_eq!(rx.try_iter().count(), first.len());
+        // A queue with room for one: the rest are counted, not waited for.
+        let (small, small_rx) = LogQueue::bounded(1);
+        pass(&db, &small, &mut HashSet::new()).expect("pass");
+        assert_eq!(small_rx.try_iter().count(), 1);
+        assert_eq!(small.dropped(), first.len() as u64 - 1);
+    }
+}

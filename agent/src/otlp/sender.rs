@@ -56,6 +56,28 @@ impl LogQueue {
     }
 }
 
+impl LogQueue {
+    /// A queue of `capacity` records and its receiving end, for tests of
+    /// producers.
+    #[cfg(test)]
+    pub(crate) fn bounded(capacity: usize) -> (Self, Receiver<Record>) {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        (
+            Self {
+                tx,
+                stats: Arc::new(Stats::default()),
+            },
+            rx,
+        )
+    }
+
+    /// Records dropped because the queue was full.
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
+        self.stats.logs_dropped.load(Relaxed)
+    }
+}
+
 /// What the push did, for the closing summary.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
