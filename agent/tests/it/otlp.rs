@@ -8,7 +8,8 @@
 //! `ingero explain --otlp-endpoint` delivers the straggler verdict and
 //! every chain as log records; and that with a collector that is not
 //! there, tracing stores every event, counts what it could not push, and
-//! says so once.
+//! says so once. rotel's receiver has no TLS, so for an https endpoint
+//! Python's `ssl` module (OpenSSL) terminates mutual TLS in front of it.
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +21,7 @@ use std::{
 use agent_common::catalog::{driver_op, source};
 use anyhow::{Context, bail};
 
-use crate::common::{Daemon, Pki, Workload, ingero, open, root_or_skip, scalar, serial};
+use crate::common::{Daemon, Pki, Workload, ingero, ingero_env, open, root_or_skip, scalar, serial};
 
 /// A rotel collector on loopback that prints every metric and log record
 /// it receives and forwards nothing; killed on drop.
@@ -414,5 +415,144 @@ fn a_collector_that_is_down_costs_no_event_and_the_drops_are_counted() -> anyhow
         1,
         "warned once, not per interval:\n{log}"
     );
+    Ok(())
+}
+
+/// A mutual-TLS terminator (Python's `ssl`, OpenSSL) on loopback that
+/// forwards each connection to `upstream`; killed on drop.
+struct TlsFront {
+    child: Child,
+    port: u16,
+}
+
+const TLS_FRONT: &str = r#"
+import asyncio, ssl, sys
+cert, key, ca, upstream = sys.argv[1:5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ctx.load_verify_locations(ca)
+ctx.verify_mode = ssl.CERT_REQUIRED
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    finally:
+        w.close()
+async def handle(r, w):
+    ur, uw = await asyncio.open_connection('127.0.0.1', int(upstream))
+    await asyncio.gather(pipe(r, uw), pipe(ur, w), return_exceptions=True)
+async def main():
+    srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=ctx)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await srv.serve_forever()
+asyncio.run(main())
+"#;
+
+impl TlsFront {
+    fn start(pki: &Pki, upstream: u16) -> anyhow::Result<Self> {
+        let mut child = Command::new("python3")
+            .args(["-c", TLS_FRONT])
+            .args([
+                pki.s("gpu-node-03.pem"),
+                pki.s("gpu-node-03-key.pem"),
+                pki.s("ca.pem"),
+            ])
+            .arg(upstream.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running python3")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
+            &mut line,
+        )?;
+        let port = line
+            .trim()
+            .parse()
+            .with_context(|| format!("the TLS front's port: '{line}'"))?;
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_https_endpoint_gets_the_records_over_mutual_tls_and_refuses_us_without_our_certificate()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rotel = Rotel::start(dir.path())?;
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let front = TlsFront::start(&pki, rotel.http_port)?;
+    let db = dir.path().join("node.db");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-gpu-node-03.db"),
+        &db,
+    )?;
+    let db = db.to_string_lossy().into_owned();
+    let endpoint = format!("https://127.0.0.1:{}", front.port);
+    let config = |with_client: bool| -> anyhow::Result<String> {
+        let path = dir.path().join(format!("ingero-{with_client}.yaml"));
+        let mut yaml = format!("otlp:\n  endpoint: {endpoint}\n  ca_cert: {}\n", pki.s("ca.pem"));
+        if with_client {
+            yaml.push_str(&format!(
+                "  client_cert: {}\n  client_key: {}\n  headers:\n    x-tenant: gpu-team\n",
+                pki.s("oncall.pem"),
+                pki.s("oncall-key.pem")
+            ));
+        }
+        std::fs::write(&path, yaml)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+
+    let with = config(true)?;
+    let (code, _, err) = ingero_env(&["--config", &with, "explain", "-d", &db, "--no-save"], &[])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("0 dropped") && !err.contains(" 0 log record(s) delivered"),
+        "{err}"
+    );
+    rotel.wait_for("EventName: ingero.causal_chain", Duration::from_secs(10))?;
+
+    // Without our certificate the collector's side refuses the handshake:
+    // explain still prints its chains and exits 0, and says what was lost.
+    let without = config(false)?;
+    let (code, out, err) = ingero_env(&["--config", &without, "explain", "-d", &db, "--no-save"], &[])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("CAUSAL CHAINS"), "{out}");
+    assert!(
+        err.contains("warning: OTLP log export") && err.contains(" 0 log record(s) delivered"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_endpoint_that_is_not_an_http_url_is_refused_in_one_sentence() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("node.db");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-gpu-node-01.db"),
+        &db,
+    )?;
+    let db = db.to_string_lossy().into_owned();
+    let (code, out, err) = ingero_env(&["explain", "-d", &db, "--otlp-endpoint", "collector:4318"], &[])?;
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "nothing runs: {out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("http://127.0.0.1:4318"), "says what to give: {err}");
+    let config = dir.path().join("ingero.yaml");
+    std::fs::write(&config, "otlp:\n  endpoint: grpc://collector:4317\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let (code, _, err) = ingero_env(&["--config", &config, "explain", "-d", &db], &[])?;
+    assert_eq!(code, 78, "a bad configuration file: {err}");
+    assert!(err.contains("otlp.endpoint"), "{err}");
     Ok(())
 }
