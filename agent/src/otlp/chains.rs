@@ -1,8 +1,9 @@
 //! New causal chains while tracing: a thread (`ingero-chains`, lowest CPU
 //! and I/O priority) that runs the same analysis `/api/v1/chains` runs, on
 //! a read-only connection over the last [`defaults::OTLP_CHAIN_WINDOW`] of
-//! recorded data, every interval and once more when tracing stops, and
-//! queues each chain it has not sent yet as a log record.
+//! recorded data, an interval after the previous pass ended (so passes
+//! never overlap nor run back to back) and once more when tracing stops,
+//! and queues each chain it has not sent yet as a log record.
 //!
 //! Invariants: "not sent yet" is decided on the chain's id without its
 //! window start ([`super::logs::chain_key`]), against the chains of the
@@ -39,7 +40,7 @@ impl Watcher {
         let handle = std::thread::Builder::new()
             .name("ingero-chains".into())
             .spawn(move || {
-                crate::api::reader_thread();
+                super::lower_priority();
                 let mut seen = HashSet::new();
                 loop {
                     let stopping = wait(&thread_stop, interval);

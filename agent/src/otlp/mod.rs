@@ -182,6 +182,20 @@ pub fn send_records(opts: &OtlpOptions, records: Vec<logs::Record>) {
     }
 }
 
+/// Lowers the calling thread to nice 19 and the lowest best-effort I/O
+/// priority, as the archiver does: OTLP work yields to the tracer and to
+/// the training job.
+pub(crate) fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority and ioprio_set on
+    // our own thread id only change its scheduling.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), 19);
+        // IOPRIO_WHO_PROCESS = 1; class best-effort (2) << 13, level 7.
+        libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7);
+    }
+}
+
 /// What was sent and what was not; shared by the export thread, the
 /// closing summary and `/metrics`.
 #[derive(Debug, Default)]

@@ -158,7 +158,7 @@ impl Sender {
         let handle = std::thread::Builder::new()
             .name("ingero-otlp".into())
             .spawn(move || {
-                crate::api::reader_thread();
+                super::lower_priority();
                 let error = Worker::new(thread_opts, live, thread_stats).map(|mut w| {
                     w.run(&rx);
                     w.last_error
