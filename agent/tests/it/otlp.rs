@@ -270,6 +270,37 @@ fn a_live_tracer_pushes_histograms_whose_counts_match_sqlite() -> anyhow::Result
     // Counts only grow from push to push (cumulative temporality).
     let counts: Vec<u64> = launches.iter().filter_map(|p| p.count).collect();
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+
+    // Every chain explain finds in the recording arrived as a log record
+    // (the last pass runs after the last commit); ids without their
+    // window start, which moves with the tracer's sliding window.
+    let db = db.to_string_lossy().into_owned();
+    let (code, json, err) = ingero(&["explain", "-d", &db, "--no-save", "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&json)?;
+    let key = |id: &str| id.rsplit_once('@').map_or(id, |(k, _)| k).to_owned();
+    let found: Vec<String> = answer["chains"]
+        .as_array()
+        .context("chains")?
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(key))
+        .collect();
+    let out = rotel.output();
+    let received: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("-> ingero.chain.id: Str("))
+        .map(|id| key(id.trim_end_matches(')')))
+        .collect();
+    for k in &found {
+        assert!(
+            received.contains(k),
+            "chain {k} was not pushed; received {received:?}"
+        );
+    }
+    assert!(
+        log.contains(&format!("log record(s) delivered to {endpoint}")),
+        "{log}"
+    );
     Ok(())
 }
 
@@ -554,5 +585,90 @@ fn an_endpoint_that_is_not_an_http_url_is_refused_in_one_sentence() -> anyhow::R
     let (code, _, err) = ingero_env(&["--config", &config, "explain", "-d", &db], &[])?;
     assert_eq!(code, 78, "a bad configuration file: {err}");
     assert!(err.contains("otlp.endpoint"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_live_tracer_sends_the_chains_of_a_contended_node_as_log_records() -> anyhow::Result<()> {
+    if !root_or_skip("a_live_tracer_sends_the_chains_of_a_contended_node_as_log_records") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let dir = tempfile::tempdir()?;
+    let rotel = Rotel::start(dir.path())?;
+    let endpoint = rotel.endpoint();
+    let otlp: Vec<String> = ["--otlp-endpoint", &endpoint, "--otlp-interval", "2s"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    // The simulated two-node job with a CPU hog on the second node, each
+    // node's agent pushing to the collector.
+    let cfg = ingero_sim::cluster::ClusterConfig {
+        ingero: crate::common::INGERO.into(),
+        nodes: 2,
+        steps: 30,
+        faults: vec![ingero_sim::cluster::Fault::CpuContention],
+        faulty_node: 1,
+        run_dir: dir.path().join("run"),
+        cudart: ingero_sim::libcudart(),
+        agent_args: vec![otlp.clone(), otlp],
+    };
+    std::fs::create_dir_all(&cfg.run_dir)?;
+    let report = ingero_sim::cluster::run(
+        &cfg,
+        &mut |line| eprintln!("{line}"),
+        &std::sync::atomic::AtomicBool::new(false),
+    )?;
+    let faulty = report
+        .databases
+        .iter()
+        .find(|(n, _)| n == "gpu-node-02")
+        .context("the faulty node's database")?
+        .1
+        .display()
+        .to_string();
+    let (code, json, err) = ingero(&["explain", "-d", &faulty, "--no-save", "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&json)?;
+    let top = answer["chains"]
+        .as_array()
+        .and_then(|c| c.first())
+        .with_context(|| format!("the contended node has a chain: {json}"))?
+        .clone();
+    let id = top["id"].as_str().context("an id")?;
+    let key = id.rsplit_once('@').map_or(id, |(k, _)| k);
+
+    let out = rotel.wait_for(&format!("ingero.chain.id: Str({key}@"), Duration::from_secs(20))?;
+    // Not once per pass (one every 2 s while the job ran): a chain is sent
+    // again only when a pass lost it and a later one found it again.
+    let sent = out.matches(&format!("ingero.chain.id: Str({key}@")).count();
+    let passes = out.matches("ingero_call_duration_seconds").count();
+    assert!(
+        sent <= 3 && passes > sent * 3,
+        "sent {sent} times over {passes} pushes:\n{out}"
+    );
+    let record = out
+        .split("LogRecord #")
+        .find(|r| r.contains(&format!("ingero.chain.id: Str({key}@")))
+        .context("the record")?;
+    assert!(record.contains("EventName: ingero.causal_chain"), "{record}");
+    assert!(record.contains("ingero.node: Str(gpu-node-02)"), "{record}");
+    // Sent when first found, on the data recorded by then: its words and
+    // severity are that pass's, in the OTLP mapping.
+    assert!(record.contains("ingero.chain.root_cause: Str("), "{record}");
+    assert!(
+        [
+            ("HIGH", "SEVERITY_NUMBER_ERROR(17)"),
+            ("MEDIUM", "SEVERITY_NUMBER_WARN(13)"),
+            ("LOW", "SEVERITY_NUMBER_INFO(9)"),
+        ]
+        .iter()
+        .any(|(text, number)| record.contains(&format!("SeverityText: {text}\nSeverityNumber: {number}"))),
+        "{record}"
+    );
+    // And the metrics of both nodes arrived.
+    for node in ["gpu-node-01", "gpu-node-02"] {
+        assert!(out.contains(&format!("host.name: Str({node})")), "{node}:\n{out}");
+    }
     Ok(())
 }
