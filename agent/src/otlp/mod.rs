@@ -210,6 +210,8 @@ pub struct Stats {
     pub logs_sent: AtomicU64,
     /// Log records of failed exports or refused by a full queue.
     pub logs_dropped: AtomicU64,
+    /// Log records queued and not yet exported (nor counted as dropped).
+    pub logs_pending: AtomicU64,
 }
 
 impl Stats {

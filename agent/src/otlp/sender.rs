@@ -6,9 +6,10 @@
 //!
 //! Invariants: producers only `try_send`, so they never wait on the
 //! collector; a full queue drops the record and counts it; every export
-//! has a deadline ([`OtlpOptions::timeout`]); [`Sender::finish`] sends a
-//! last snapshot and what is queued within one more deadline and then
-//! returns whatever happened, so a command never hangs on a collector.
+//! has a deadline ([`OtlpOptions::timeout`]); [`Sender::finish`] waits for
+//! a last snapshot and what is queued at most one deadline (and a second)
+//! and then returns whatever happened, so a command never hangs on a
+//! collector.
 //! The first failure is warned about once; the rest are only counted.
 
 use std::{
@@ -48,7 +49,9 @@ impl LogQueue {
     /// full (the collector is slower than the records come).
     pub fn push(&self, r: Record) {
         match self.tx.try_send(r) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.stats.logs_pending.fetch_add(1, Relaxed);
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.logs_dropped.fetch_add(1, Relaxed);
             }
@@ -192,22 +195,25 @@ impl Sender {
 
     /// Sends the last snapshot and the queued records (every producer's
     /// handle must be dropped first, or they wait for the next interval),
-    /// waits for them at most about twice the export deadline, and reports.
+    /// waits for them at most one export deadline (and a second), and
+    /// reports. Records still unsent then are counted as dropped and the
+    /// thread is left to end with the process.
     #[must_use]
     pub fn finish(mut self) -> Report {
         drop(self.queue.take());
-        let waited = self.done.recv_timeout(self.timeout * 2 + Duration::from_secs(1));
-        let last_error = match waited {
-            Ok(e) => {
-                if let Some(h) = self.handle.take() {
-                    let _ = h.join();
-                }
-                e
+        let waited = self.done.recv_timeout(self.timeout + Duration::from_secs(1));
+        let last_error = if let Ok(e) = waited {
+            if let Some(h) = self.handle.take() {
+                let _ = h.join();
             }
-            Err(_) => Some(format!(
-                "the collector did not answer within {}",
+            e
+        } else {
+            let unsent = self.stats.logs_pending.swap(0, Relaxed);
+            self.stats.logs_dropped.fetch_add(unsent, Relaxed);
+            Some(format!(
+                "the collector did not answer within {}; the last push was abandoned",
                 crate::units::HumanDuration(self.timeout)
-            )),
+            ))
         };
         let s = &self.stats;
         Report {
@@ -431,12 +437,19 @@ impl Worker {
                 }
             })
         };
+        // No longer pending; of a failed batch, only what `finish` has not
+        // already counted as dropped when it stopped waiting.
+        let pending = self
+            .stats
+            .logs_pending
+            .fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)))
+            .unwrap_or(0);
         match result {
             Ok(()) => {
                 self.stats.logs_sent.fetch_add(n, Relaxed);
             }
             Err(e) => {
-                self.stats.logs_dropped.fetch_add(n, Relaxed);
+                self.stats.logs_dropped.fetch_add(n.min(pending), Relaxed);
                 self.failed("log", e);
             }
         }

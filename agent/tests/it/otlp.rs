@@ -456,7 +456,7 @@ struct TlsFront {
     port: u16,
 }
 
-const TLS_FRONT: &str = r#"
+const TLS_FRONT: &str = r"
 import asyncio, ssl, sys
 cert, key, ca, upstream = sys.argv[1:5]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -478,7 +478,7 @@ async def main():
     print(srv.sockets[0].getsockname()[1], flush=True)
     await srv.serve_forever()
 asyncio.run(main())
-"#;
+";
 
 impl TlsFront {
     fn start(pki: &Pki, upstream: u16) -> anyhow::Result<Self> {
@@ -670,5 +670,100 @@ fn a_live_tracer_sends_the_chains_of_a_contended_node_as_log_records() -> anyhow
     for node in ["gpu-node-01", "gpu-node-02"] {
         assert!(out.contains(&format!("host.name: Str({node})")), "{node}:\n{out}");
     }
+    Ok(())
+}
+
+/// Accepts connections on loopback and never answers: a hung collector.
+fn silent_collector() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().take(256) {
+            held.push(s);
+        }
+    });
+    Ok(endpoint)
+}
+
+#[test]
+fn a_collector_that_never_answers_costs_no_event_and_one_deadline_at_most() -> anyhow::Result<()> {
+    // explain: the records are abandoned after the 5 s deadline.
+    let dir = tempfile::tempdir()?;
+    let endpoint = silent_collector()?;
+    let sample = dir.path().join("cluster.db");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../investigations/sample-cluster.db"),
+        &sample,
+    )?;
+    let sample = sample.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let (code, out, err) = ingero(&[
+        "explain",
+        "-d",
+        &sample,
+        "--no-save",
+        "--otlp-endpoint",
+        &endpoint,
+    ])?;
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("CAUSAL CHAINS"), "{out}");
+    assert!(took < Duration::from_secs(9), "explain took {took:?}:\n{err}");
+    assert!(
+        err.contains(" 0 log record(s) delivered") && !err.contains(", 0 dropped"),
+        "{err}"
+    );
+
+    // trace: every event stored, the pushes that timed out counted.
+    if !root_or_skip("a_collector_that_never_answers_costs_no_event_and_one_deadline_at_most") {
+        return Ok(());
+    }
+    let _guard = serial();
+    let db = dir.path().join("slow.db");
+    let mut w = Workload::start(
+        &ingero_sim::dir().join("ingero-sim-workload"),
+        &[
+            "driver",
+            "--threads",
+            "2",
+            "--calls",
+            "200",
+            "--kernel-us",
+            "1000",
+        ],
+        &[],
+    )?;
+    let pid = w.pid.to_string();
+    let tracer = Daemon::trace(
+        &db,
+        &[
+            "--pid",
+            &pid,
+            "-q",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-interval",
+            "1s",
+        ],
+    )?;
+    w.go()?;
+    w.finish()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let log = tracer.stop()?;
+    let launches = scalar(
+        &open(&db)?,
+        &format!(
+            "SELECT count(*) FROM events WHERE source = {} AND op = {}",
+            source::DRIVER,
+            driver_op::LAUNCH_KERNEL
+        ),
+    )?;
+    assert_eq!(launches, 400, "every call is stored:\n{log}");
+    assert!(log.contains("could not be delivered"), "{log}");
+    assert!(
+        log.contains("timed out") || log.contains("no answer within"),
+        "{log}"
+    );
     Ok(())
 }
