@@ -87,29 +87,41 @@ pub fn options(
         }
     };
     let endpoint = check_endpoint(&raw).map_err(bad)?;
+    let valid = |k: &str, v: &str| {
+        reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok()
+            && reqwest::header::HeaderValue::from_str(v).is_ok()
+    };
     let mut headers = o.headers.clone().unwrap_or_default();
+    if let Some((k, _)) = headers.iter().find(|(k, v)| !valid(k, v)) {
+        return Err(ConfigError::Value(format!(
+            "otlp.headers: '{k}' is not a valid HTTP header name and value"
+        ))
+        .into());
+    }
     for h in &args.otlp_headers {
         let (k, v) = h
             .split_once('=')
-            .filter(|(k, _)| !k.trim().is_empty())
-            .ok_or_else(|| CliError::BadInput(format!("--otlp-header '{h}' is not NAME=VALUE")))?;
-        headers.insert(k.trim().to_owned(), v.to_owned());
+            .map(|(k, v)| (k.trim(), v))
+            .filter(|(k, v)| valid(k, v))
+            .ok_or_else(|| {
+                CliError::BadInput(format!(
+                    "--otlp-header '{h}' is not NAME=VALUE with a valid HTTP header name and value"
+                ))
+            })?;
+        headers.insert(k.to_owned(), v.to_owned());
     }
-    for (k, v) in &headers {
-        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
-            || reqwest::header::HeaderValue::from_str(v).is_err()
-        {
-            return Err(CliError::BadInput(format!(
-                "the OTLP header '{k}' is not a valid HTTP header name and value"
-            )));
+    let too_short = |d: Duration| d < Duration::from_secs(1);
+    let interval = match (interval, o.interval) {
+        (Some(d), _) if too_short(d) => {
+            return Err(CliError::BadInput("--otlp-interval must be at least 1s".into()));
         }
-    }
-    let interval = interval
-        .or(o.interval.map(|d| d.0))
-        .unwrap_or(defaults::OTLP_INTERVAL);
-    if interval < Duration::from_secs(1) {
-        return Err(CliError::BadInput("the OTLP interval must be at least 1s".into()));
-    }
+        (Some(d), _) => d,
+        (None, Some(d)) if too_short(d.0) => {
+            return Err(ConfigError::Value("otlp.interval must be at least 1s".into()).into());
+        }
+        (None, Some(d)) => d.0,
+        (None, None) => defaults::OTLP_INTERVAL,
+    };
     let tls = if endpoint.starts_with("https://") {
         let client = ingero_fleet::ClientTls {
             ca_cert: o.ca_cert.as_deref().map(crate::config::expand_home),
@@ -291,6 +303,22 @@ mod tests {
         };
         let e = options(&none, None, &file, "n").expect_err("bad file value");
         assert_eq!(e.exit_code(), 78, "{e}");
+        for yaml in [
+            "otlp:\n  interval: 100ms\n",
+            "otlp:\n  headers:\n    \"bad name\": x\n",
+        ] {
+            let file = FileConfig::parse(yaml).expect("parses");
+            let e = options(&args("http://x:4318"), None, &file, "n").expect_err(yaml);
+            assert_eq!(e.exit_code(), 78, "{yaml}: {e}");
+        }
+        let e = options(
+            &args("http://x:4318"),
+            Some(Duration::from_millis(10)),
+            &FileConfig::default(),
+            "n",
+        )
+        .expect_err("too short");
+        assert_eq!(e.exit_code(), 2, "{e}");
         let e = options(&args("https://x:4318"), None, &FileConfig::default(), "n").expect_err("no CA");
         assert!(e.to_string().contains("ca_cert"), "{e}");
         assert!(
