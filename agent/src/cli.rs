@@ -153,6 +153,24 @@ pub struct TraceArgs {
     /// The agent API served while tracing (only with `--listen` or `agent.listen`).
     #[command(flatten)]
     pub api: ApiArgs,
+    /// OTLP push of the metrics and the new causal chains.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+    /// Time between OTLP pushes of the metrics (and analysis passes for chains) [default: otlp.interval, else 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_interval: Option<HumanDuration>,
+}
+
+/// Where OTLP data goes (`trace`: metrics and chains; `explain`: the
+/// verdict and its chains).
+#[derive(Debug, Clone, Args)]
+pub struct OtlpArgs {
+    /// Push OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318 (/v1/metrics and /v1/logs are appended) [default: otlp.endpoint, else off]
+    #[arg(long, env = "INGERO_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Send this header with every OTLP request, e.g. Authorization='Bearer x' (repeatable; adds to otlp.headers)
+    #[arg(long = "otlp-header", value_name = "K=V")]
+    pub otlp_headers: Vec<String>,
 }
 
 /// The agent API: where it listens and how it protects itself.
@@ -314,6 +332,9 @@ pub struct ExplainArgs {
     /// Report a collective some ranks entered and others did not for this long as hung [default: fleet.hang_after, else 30s]
     #[arg(long, value_name = "DURATION")]
     pub hang_after: Option<HumanDuration>,
+    /// Also send the straggler or hung-collective verdict and the chains as OTLP log records.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// The agents to ask instead of the local database.
     #[command(flatten)]
     pub fleet: FleetArgs,

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod mcp;
 pub mod merge;
 pub mod metrics;
+pub mod otlp;
 pub mod readonly;
 pub mod ready;
 pub mod store;

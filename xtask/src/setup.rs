@@ -20,9 +20,11 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// (a 351 MB wheel, installed once), the official MCP SDK that drives
 /// `ingero mcp` as an independent client, Perfetto's generated trace
 /// protos (with the protobuf runtime) that decode the native `.pftrace`
-/// export, and the engines that read the Parquet archive (DuckDB, pyarrow,
+/// export, the engines that read the Parquet archive (DuckDB, pyarrow,
 /// and Spark in local mode: about 500 MB installed, once; pip keeps the
-/// downloaded wheels in its cache).
+/// downloaded wheels in its cache), and rotel, an OpenTelemetry collector
+/// whose wheel ships the `rotel-agent` binary (the OTLP tests find it in
+/// the package's directory and read what it received from its debug log).
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("nvidia-cuda-runtime-cu12", "12.9.79"),
     ("nvidia-nccl-cu12", "2.32.3"),
@@ -32,6 +34,7 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("duckdb", "2.0.1"),
     ("pyarrow", "26.0.1"),
     ("pyspark", "4.3.0"),
+    ("rotel", "0.0.1a15"),
 ];
 
 /// Everything: what building needs ([`toolchain`]) and what the tests,

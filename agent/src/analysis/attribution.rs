@@ -38,7 +38,13 @@ use super::dataset::{Call, NodeData};
 /// are not among them: other daemons use them too (a recorded sample shows
 /// one with pid 75 preempting a rank), so recordings made before the
 /// workers were named count those as outside the job.
-pub const AGENT_TASK_NAMES: &[&str] = &["ingero", "ingero-writer", "ingero-rt"];
+pub const AGENT_TASK_NAMES: &[&str] = &[
+    "ingero",
+    "ingero-writer",
+    "ingero-rt",
+    "ingero-otlp",
+    "ingero-chains",
+];
 
 /// Where a preempting task comes from, as far as the recording tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -346,6 +346,7 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResp
     };
     let mut text = state.metrics.render(&state.node, &counts);
     crate::metrics::exposition::render(&mut text, &registry);
+    crate::otlp::render_prometheus(&mut text, &state.node);
     if let Some(caught_up) = caught_up {
         text.push_str(&super::metrics::render_caught_up(&state.node, caught_up));
     }

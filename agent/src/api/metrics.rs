@@ -24,7 +24,8 @@ use crate::{
 
 /// Upper bounds (seconds) of the query latency histogram.
 const BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
-const SOURCES: [&str; 4] = ["cuda", "driver", "host", "io"];
+/// The `source` label of `EventCounts::by_source`, index by index.
+pub const SOURCES: [&str; 4] = ["cuda", "driver", "host", "io"];
 
 /// The label for a request path: known endpoints by name, anything else
 /// as "other" (unbounded label values would grow without limit).

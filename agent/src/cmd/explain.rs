@@ -151,10 +151,13 @@ fn render(
 /// (text or JSON) and records them in `causal_chains` unless `--no-save` or
 /// the file is read-only. Exit 0; 2 when the database is missing or not an
 /// ingero database or the window is invalid; 1 when the analysis fails.
-/// With `--nodes`/`--fleet` it hands over to the fleet form.
+/// With `--nodes`/`--fleet` it hands over to the fleet form. With
+/// `--otlp-endpoint` the verdict and the chains also go to that collector
+/// as log records (after the output, within the export deadline).
 pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
+    let otlp = crate::otlp::options(&args.otlp, None, file, &crate::config::resolve_node(None, file)?)?;
     if let Some(fleet) = super::fleet::connect(&args.fleet, file, args.db.as_deref())? {
-        return super::fleet_explain::run(args, &fleet);
+        return super::fleet_explain::run(args, &fleet, otlp.as_ref());
     }
     let path = super::database(args.db.as_deref(), file)?;
     let (conn, writable) = open(&path)?;
@@ -237,6 +240,12 @@ pub fn run(args: &ExplainArgs, file: &FileConfig) -> Result<ExitCode, CliError> 
                 &verdict.text,
                 &sample_notes(&reports, &analysis::dataset::op_names(&conn).unwrap_or_default()),
             )
+        );
+    }
+    if let Some(o) = &otlp {
+        crate::otlp::send_records(
+            o,
+            crate::otlp::logs::from_comparison(&comparison, clock::unix_ns()),
         );
     }
     Ok(if verdict.hung {

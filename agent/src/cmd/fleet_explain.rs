@@ -31,7 +31,12 @@ use crate::{
 /// figures, prints them by node with the straggler verdict (text or JSON).
 /// Exit 0 all nodes answered, 3 some, 4 none (2 when the nodes refused the
 /// request, or `--from`/`--to` was given).
-pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
+/// With `otlp`, the verdict and the chains are also sent as log records.
+pub fn run(
+    args: &ExplainArgs,
+    fleet: &FleetRun,
+    otlp: Option<&crate::otlp::OtlpOptions>,
+) -> Result<ExitCode, CliError> {
     let since = check_window(&args.window)?;
     let answers = fleet.block_on(fleet.setup.fleet.explain(since));
     let nccl =
@@ -91,6 +96,12 @@ pub fn run(args: &ExplainArgs, fleet: &FleetRun) -> Result<ExitCode, CliError> {
         print!(
             "{}",
             render(&answers, &comparison, &offsets, args.all, &verdict.text)
+        );
+    }
+    if let Some(o) = otlp {
+        crate::otlp::send_records(
+            o,
+            crate::otlp::logs::from_comparison(&comparison, crate::clock::unix_ns()),
         );
     }
     Ok(code)

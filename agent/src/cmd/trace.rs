@@ -124,6 +124,30 @@ fn report_archive(a: &ArchiverReport) {
     }
 }
 
+/// Starts the OTLP export thread on the tracer's live counters and, for
+/// chains, the analysis thread on its database.
+fn start_otlp(
+    o: &crate::otlp::OtlpOptions,
+    tracer: &Tracer,
+    opts: &TraceOptions,
+) -> Result<(crate::otlp::Sender, Option<crate::otlp::chains::Watcher>), CliError> {
+    let live: Arc<dyn LiveView> = tracer.live();
+    let sender = crate::otlp::Sender::start(o, Some(live)).map_err(CliError::Failed)?;
+    let watcher = sender
+        .queue()
+        .map(|q| crate::otlp::chains::Watcher::start(opts.db.clone(), o.interval, q))
+        .transpose()
+        .map_err(CliError::Failed)?;
+    if opts.live {
+        crate::say!(
+            "ingero: pushing OTLP metrics and new causal chains to {} every {}",
+            o.endpoint,
+            crate::units::HumanDuration(o.interval)
+        );
+    }
+    Ok((sender, watcher))
+}
+
 /// The tracer's counters as the API shows them.
 impl LiveView for LiveStats {
     fn info(&self) -> ingero_api::LiveInfo {
@@ -175,9 +199,12 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     }
     let api: Option<(ListenOptions, ApiSettings)> =
         super::api_options(&args.api, file, &opts.node, &opts.db, Some(defaults::LIVE_WINDOW))?;
+    let otlp = crate::otlp::options(&args.otlp, args.otlp_interval.map(|d| d.0), file, &opts.node)?;
     let runtime = crate::runtime()?;
     let outcome = runtime.block_on(async {
         let mut tracer = Tracer::start(opts.clone())?;
+        // After the tracer: the registry is published and the database exists.
+        let pusher = otlp.as_ref().map(|o| start_otlp(o, &tracer, &opts)).transpose()?;
         // After the tracer: the database exists and is ours alone.
         let archiver = archive.as_ref().map(Archiver::start).transpose()?;
         if let Some(a) = &archiver {
@@ -204,6 +231,16 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
         if let Some(running) = running {
             running.stop().await;
         }
+        // The writer has committed everything: the last chain pass and
+        // metrics snapshot see the whole recording.
+        let pushed = pusher.map(|(sender, watcher)| {
+            tokio::task::block_in_place(|| {
+                if let Some(w) = watcher {
+                    w.finish();
+                }
+                sender.finish()
+            })
+        });
         // The writer has committed everything: the archive takes the tail.
         let archived = archiver.map(|a| {
             if opts.live {
@@ -211,9 +248,9 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
             }
             tokio::task::block_in_place(|| a.finish())
         });
-        Ok::<_, CliError>((outcome?, archived))
+        Ok::<_, CliError>((outcome?, archived, pushed))
     })?;
-    let (outcome, archived) = outcome;
+    let (outcome, archived, pushed) = outcome;
     crate::say!(
         "ingero: {}: {} events stored in {} (node {}, session {}) over {:.1}s, {} dropped",
         outcome.stop_reason,
@@ -247,6 +284,9 @@ pub fn run(args: &TraceArgs, file: &FileConfig) -> Result<ExitCode, CliError> {
     }
     if let Some(a) = &archived {
         report_archive(a);
+    }
+    for line in pushed.iter().flat_map(crate::otlp::sender::Report::lines) {
+        crate::say!("{line}");
     }
     if outcome.pruned > 0 {
         crate::say!(

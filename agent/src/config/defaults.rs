@@ -68,5 +68,21 @@ pub const CLOCK_SAMPLES: usize = 5;
 /// `trace --archive`).
 pub const ARCHIVE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// OTLP: time between pushes of the metrics, and between the analysis
+/// passes that look for new causal chains while tracing (`otlp.interval`,
+/// `trace --otlp-interval`); OTLP itself is off unless an endpoint is
+/// given (`otlp.endpoint`, `--otlp-endpoint`).
+pub const OTLP_INTERVAL: Duration = Duration::from_secs(10);
+/// OTLP: longest one export may take, and longest the last exports may
+/// take when a command ends (not configurable: a collector slower than
+/// this loses the export, which is counted as dropped).
+pub const OTLP_TIMEOUT: Duration = Duration::from_secs(5);
+/// OTLP: log records waiting for the export thread at most; past it new
+/// ones are dropped and counted (not configurable).
+pub const OTLP_QUEUE: usize = 256;
+/// OTLP: the recent data each analysis pass of `trace --otlp-endpoint`
+/// reads for causal chains.
+pub const OTLP_CHAIN_WINDOW: Duration = LIVE_WINDOW;
+
 /// MCP: deadline of one SQL statement asked by the assistant.
 pub const MCP_SQL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -30,6 +30,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("INGERO_MAX_DB", "agent.max_db_size"),
     ("INGERO_LISTEN", "agent.listen"),
     ("INGERO_NODES", "fleet.nodes"),
+    ("INGERO_OTLP_ENDPOINT", "otlp.endpoint"),
 ];
 
 fn show<T: std::fmt::Display>(v: Option<T>) -> Option<String> {
@@ -50,6 +51,11 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
     let home = invoking_home().map_or_else(|| "~".to_owned(), |h| h.display().to_string());
     let (a, t, q, f) = (&file.agent, &file.trace, &file.query, &file.fleet);
     let archive = &file.archive;
+    let otlp = &file.otlp;
+    // Header names only: their values are often credentials.
+    let headers = otlp.headers.as_ref().and_then(|h| {
+        (!h.is_empty()).then(|| h.keys().map(|k| format!("{k}=***")).collect::<Vec<_>>().join(","))
+    });
     let cuda: Vec<String> = t.cuda_lib.iter().map(|p| p.display().to_string()).collect();
     let cudart: Vec<String> = t.cudart_lib.iter().map(|p| p.display().to_string()).collect();
     let nccl: Vec<String> = t.nccl_lib.iter().map(|p| p.display().to_string()).collect();
@@ -200,6 +206,24 @@ pub fn entries(file: &FileConfig, file_path: Option<&Path>) -> Vec<Entry> {
             show(archive.interval),
             fmt_duration(defaults::ARCHIVE_INTERVAL),
         ),
+        ("otlp.endpoint", otlp.endpoint.clone(), "- (no OTLP push)".into()),
+        (
+            "otlp.interval",
+            show(otlp.interval),
+            fmt_duration(defaults::OTLP_INTERVAL),
+        ),
+        ("otlp.headers", headers, "- (none)".into()),
+        (
+            "otlp.ca_cert",
+            path(otlp.ca_cert.as_ref()),
+            "- (needed for an https endpoint)".into(),
+        ),
+        (
+            "otlp.client_cert",
+            path(otlp.client_cert.as_ref()),
+            "- (no client certificate)".into(),
+        ),
+        ("otlp.client_key", path(otlp.client_key.as_ref()), "-".into()),
     ];
     let file_label = file_path.map_or_else(|| "file".to_owned(), |p| format!("file {}", p.display()));
     rows.into_iter()
@@ -273,6 +297,28 @@ mod tests {
             include_str!("../../../configs/ingero.yaml").contains("# dir: "),
             "the example shows where the directory goes"
         );
+    }
+
+    #[test]
+    fn the_otlp_defaults_agree_everywhere() {
+        let shown = entries(&FileConfig::default(), None);
+        let interval = shown.iter().find(|e| e.key == "otlp.interval").expect("listed");
+        assert_eq!(interval.value, fmt_duration(defaults::OTLP_INTERVAL));
+        let example =
+            FileConfig::parse(include_str!("../../../configs/ingero.yaml")).expect("example parses");
+        assert_eq!(
+            example.otlp.interval.map(|d| d.0),
+            Some(defaults::OTLP_INTERVAL),
+            "configs/ingero.yaml shows the default interval"
+        );
+        assert!(example.otlp.endpoint.is_none(), "the example leaves OTLP off");
+        let file =
+            FileConfig::parse("otlp:\n  headers:\n    authorization: Bearer secret\n").expect("parses");
+        let headers = entries(&file, None)
+            .into_iter()
+            .find(|e| e.key == "otlp.headers")
+            .expect("listed");
+        assert_eq!(headers.value, "authorization=***", "values are not shown");
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub enum ConfigError {
     /// user's input, not the file's syntax.
     #[error("{0}")]
     Usage(String),
+    /// A value of the configuration file that is well-formed YAML but
+    /// unusable (an OTLP endpoint that is not an http(s) URL).
+    #[error("invalid configuration: {0}")]
+    Value(String),
     /// A bearer token file cannot be read or holds fewer than 16 characters.
     #[error("cannot read the token file {path}: {message}")]
     TokenFile {
@@ -80,6 +84,27 @@ pub struct FileConfig {
     pub fleet: FleetSection,
     /// `archive:`: the Parquet archive written while tracing.
     pub archive: ArchiveSection,
+    /// `otlp:`: OTLP push of metrics and chains.
+    pub otlp: OtlpSection,
+}
+
+/// The `otlp:` section: where `ingero trace` pushes its metrics and new
+/// causal chains, and `ingero explain` its verdict (off without an endpoint).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpSection {
+    /// OTLP/HTTP base URL of the collector (`http://host:4318`); none: off.
+    pub endpoint: Option<String>,
+    /// Time between pushes of the metrics (default: 10 seconds).
+    pub interval: Option<HumanDuration>,
+    /// Headers sent with every request (an authorization token, a tenant).
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// The CA that signed the collector's certificate (https endpoints).
+    pub ca_cert: Option<PathBuf>,
+    /// Our certificate for a collector that requires mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// The key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// The `archive:` section: `ingero trace` writes the recording as Parquet

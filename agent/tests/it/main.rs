@@ -20,6 +20,7 @@ mod hostile_store;
 mod mcp;
 mod nccl;
 mod other_tracers;
+mod otlp;
 mod perfetto;
 mod prometheus;
 mod properties;
