@@ -58,12 +58,17 @@ pub enum Command {
 
 impl Command {
     /// Whether the command only reads and prints (no database it writes,
-    /// no server): it may end at once when its output is closed.
+    /// no server, nothing pushed to a collector after printing): it may end
+    /// at once when its output is closed.
     #[must_use]
-    pub fn only_prints(&self) -> bool {
+    pub fn only_prints(&self, file: &crate::config::FileConfig) -> bool {
+        let pushes = |o: &OtlpArgs| {
+            o.otlp_endpoint.as_deref().is_some_and(|e| !e.is_empty())
+                || file.otlp.endpoint.as_deref().is_some_and(|e| !e.is_empty())
+        };
         match self {
             Self::Query(_) | Self::Check(_) | Self::Config(_) => true,
-            Self::Explain(args) => args.no_save,
+            Self::Explain(args) => args.no_save && !pushes(&args.otlp),
             Self::Trace(_)
             | Self::Merge(_)
             | Self::Export(_)

@@ -57,7 +57,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     tls::install_provider();
     let file = FileConfig::load(cli.config.as_deref())?;
     let config_path = cli.config.clone();
-    if cli.command.only_prints() {
+    if cli.command.only_prints(&file) {
         end_quietly_on_a_closed_pipe();
     }
     match cli.command {
