@@ -132,6 +132,13 @@ fn verdict(v: &Value, faulty: Option<&str>) -> Verdict {
     }
 }
 
+/// The one-minute load average when a run ends: a run scored under load
+/// from outside the job (other builds on the two cores) says so.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().unwrap_or("?").to_owned()
+}
+
 fn ingero_json(args: &[&str]) -> anyhow::Result<Value> {
     let out = Command::new(INGERO).args(args).stdin(Stdio::null()).output()?;
     let code = out.status.code().unwrap_or(-1);
@@ -310,8 +317,8 @@ fn main() {
         cells.len()
     );
     println!(
-        "{:<22} {:<12} {:<6} {:<28} {:<28} healthy HIGH/MEDIUM (max per node)",
-        "scenario", "faulty", "view", "named", "cause"
+        "{:<22} {:<12} {:<6} {:<28} {:<28} {:<5} healthy HIGH/MEDIUM (max per node)",
+        "scenario", "faulty", "view", "named", "cause", "load"
     );
     let started = Instant::now();
     let mut confusion: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -327,6 +334,7 @@ fn main() {
                 continue;
             }
         };
+        let load = load_average();
         for (view, v) in [("fleet", &fleet), ("merged", &offline)] {
             views += 1;
             let node_right = v.node == expected_node;
@@ -350,7 +358,7 @@ fn main() {
                 .entry((expected_class(fault).to_owned(), predicted))
                 .or_default() += 1;
             println!(
-                "{name:<22} {:<12} {view:<6} {:<28} {:<28} {}/{} ({}){}",
+                "{name:<22} {:<12} {view:<6} {:<28} {:<28} {load:<5} {}/{} ({}){}",
                 expected_node.as_deref().unwrap_or("-"),
                 v.node.as_deref().unwrap_or("no straggler"),
                 v.class,
