@@ -13,8 +13,8 @@
 //! thread ends: nothing read from the kernel is lost on a clean stop.
 //!
 //! The size cap (`--max-db`) bounds what is on disk: the database file
-//! and its WAL. The WAL gets an eighth of the cap (checkpointed past it,
-//! truncated back to it), a transaction is sized to fit that budget, and
+//! and its WAL. The WAL gets an eighth of the cap, at most 64 MiB
+//! (checkpointed past it, truncated back to it), a transaction is sized to fit that budget, and
 //! from 80% of the cap the oldest events are deleted down to 60%, their
 //! pages returned (`incremental_vacuum` run to its end) and the file
 //! shrunk by a checkpoint; on exit a final checkpoint empties the WAL. A
@@ -75,6 +75,11 @@ const PRUNE_TARGET: f64 = 0.6;
 const WAL_SHARE: u64 = 8;
 /// Smallest WAL budget, whatever the cap (one transaction must fit).
 const MIN_WAL_BUDGET: u64 = 256 << 10;
+/// Largest WAL budget, whatever the cap. SQLite checkpoints in the
+/// committing thread: with an eighth of a 10 GiB cap (1.28 GiB) each
+/// checkpoint held the writer for seconds, long enough for the ring buffer
+/// to overflow at 100k events/s (found by the 10-minute footprint bench).
+const MAX_WAL_BUDGET: u64 = 64 << 20;
 /// Oldest events deleted at once when the disk is full.
 const DISK_FULL_PRUNE: f64 = 0.25;
 
@@ -177,6 +182,14 @@ struct Writer {
     files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// The WAL's budget in bytes for a size cap: an eighth of it, within
+/// [`MIN_WAL_BUDGET`, `MAX_WAL_BUDGET`]; 4 MiB without a cap.
+fn wal_budget(max_db_size: Option<u64>) -> u64 {
+    max_db_size.map_or(4 << 20, |cap| {
+        (cap / WAL_SHARE).clamp(MIN_WAL_BUDGET, MAX_WAL_BUDGET)
+    })
+}
+
 impl Writer {
     fn new(conn: Connection, config: WriterConfig, stats: Arc<WriterStats>) -> Self {
         let files = conn.path().filter(|p| !p.is_empty()).map(|p| {
@@ -186,7 +199,7 @@ impl Writer {
             (db, std::path::PathBuf::from(wal))
         });
         let batch_rows = config.max_db_size.map_or(MAX_BATCH_ROWS, |cap| {
-            usize::try_from(cap / WAL_SHARE / BYTES_PER_EVENT)
+            usize::try_from(wal_budget(Some(cap)) / BYTES_PER_EVENT)
                 .unwrap_or(MAX_BATCH_ROWS)
                 .clamp(MIN_BATCH_ROWS, MAX_BATCH_ROWS)
         });
@@ -225,9 +238,7 @@ impl Writer {
 
     /// The WAL's budget in bytes (see [`Self::limit_wal`]).
     fn wal_budget(&self) -> u64 {
-        self.config
-            .max_db_size
-            .map_or(4 << 20, |cap| (cap / WAL_SHARE).max(MIN_WAL_BUDGET))
+        wal_budget(self.config.max_db_size)
     }
 
     /// Bytes free for us on the database's file system, if known.

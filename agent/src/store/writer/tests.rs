@@ -190,3 +190,22 @@ fn size_cap_prunes_oldest_first() -> anyhow::Result<()> {
     assert_eq!(agg, 80_000, "aggregates keep the pruned events' counts");
     Ok(())
 }
+
+#[test]
+fn the_wal_budget_is_an_eighth_of_the_cap_within_its_bounds() {
+    // A large cap must not give a WAL whose checkpoint stalls the writer
+    // for seconds (1.28 GiB for the default 10 GiB), nor a small one a WAL
+    // that a single transaction cannot fit in.
+    assert_eq!(wal_budget(Some(10 << 30)), 64 << 20);
+    assert_eq!(wal_budget(Some(64 << 20)), 8 << 20);
+    assert_eq!(wal_budget(Some(1 << 20)), 256 << 10);
+    assert_eq!(wal_budget(None), 4 << 20);
+    for cap in [1u64 << 20, 8 << 20, 100 << 20, 1 << 30, 10 << 30, 1 << 40] {
+        let budget = wal_budget(Some(cap));
+        assert!(
+            (MIN_WAL_BUDGET..=MAX_WAL_BUDGET).contains(&budget),
+            "{cap}: {budget}"
+        );
+        assert!(budget <= cap / WAL_SHARE || budget == MIN_WAL_BUDGET);
+    }
+}
