@@ -404,7 +404,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     merge.extend(["-o".into(), cluster.clone()]);
     walkthrough(&ingero, &merge.iter().map(String::as_str).collect::<Vec<_>>())?;
     walkthrough_codes(&ingero, &["explain", "-d", &cluster], &[0, 5])?;
-    let trace = dir.join("cluster.json").display().to_string();
+    let trace = dir.join("cluster.pftrace").display().to_string();
     walkthrough(
         &ingero,
         &["export", "--format", "perfetto", "-d", &cluster, "-o", &trace],

@@ -56,9 +56,13 @@ pub fn render_common(f: &CommonFinding) -> String {
     )
 }
 
-/// The chains to print, as text: with `all`, every chain in order; else the
-/// node-specific chains first, then each common finding once, under a line
-/// that says so. `block` renders one chain (callers add their own lines).
+/// The chains to print, as text: with `all`, every chain in order; else
+/// the node-specific chains first, then each common finding once, under a
+/// line that says so. When nodes were compared, the LOW chains of nodes
+/// other than the straggler are counted in one line instead of printed:
+/// their slow calls cost little of the step time, and the on-call reader
+/// should not have to read past them to reach what holds the job back.
+/// `block` renders one chain (callers add their own lines).
 #[must_use]
 pub fn render_compared(
     comparison: &super::Comparison,
@@ -66,16 +70,41 @@ pub fn render_compared(
     block: &dyn Fn(&Chain) -> String,
 ) -> String {
     let mut out = String::new();
-    if all || comparison.common.is_empty() {
+    if all {
         for c in &comparison.chains {
             out.push('\n');
             out.push_str(&block(c));
         }
         return out;
     }
-    for c in comparison.specific() {
+    let compared = comparison.figures.iter().filter(|f| f.window_ns > 0).count() >= 2;
+    let straggler = comparison.straggler_node();
+    let (shown, quiet): (Vec<&Chain>, Vec<&Chain>) = comparison
+        .specific()
+        .into_iter()
+        .partition(|c| !compared || c.severity > Severity::Low || straggler == Some(c.node.as_str()));
+    for c in shown {
         out.push('\n');
         out.push_str(&block(c));
+    }
+    if !quiet.is_empty() {
+        let nodes: std::collections::BTreeSet<String> =
+            quiet.iter().map(|c| sanitize(&c.node, 200)).collect();
+        let nodes: Vec<String> = nodes.into_iter().collect();
+        out.push_str(&format!(
+            "\n{} LOW chain{} on {} not shown: slow calls that cost little of the step time{} (--all lists them).\n",
+            quiet.len(),
+            if quiet.len() == 1 { "" } else { "s" },
+            nodes.join(", "),
+            if straggler.is_some() {
+                ", on nodes that wait for the straggler anyway"
+            } else {
+                ""
+            },
+        ));
+    }
+    if comparison.common.is_empty() {
+        return out;
     }
     let n = comparison.common.len();
     let chains: usize = comparison.common.iter().map(|f| f.members.len()).sum();

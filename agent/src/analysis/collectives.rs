@@ -21,8 +21,9 @@
 //! theirs (the robust score of [`super::straggler`]), and its median margin
 //! stands above the noise (the clock bounds, the peers' own margins, and an
 //! absolute floor). [`hangs`] finds, per communicator, the newest
-//! collective some ranks entered long ago and others never did.
-//! [`bus_bandwidth`] applies NCCL's bus-bandwidth factors.
+//! collective some ranks entered long ago and others never did. No bus
+//! bandwidth is derived: the host-side time of an asynchronous NCCL call
+//! is only its enqueueing, not the transfer.
 //!
 //! Invariants (property-tested): the results do not depend on the order of
 //! the calls; identical ranks have no straggler; moving one node's clock
@@ -281,7 +282,7 @@ fn collective(
     })
 }
 
-/// The collectives NCCL's bus-bandwidth factors are defined for.
+/// The collectives named in words (`all-reduces`) in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -327,33 +328,6 @@ impl Kind {
             Self::Reduce => "reduce",
         }
     }
-}
-
-/// Bus bandwidth of one collective, bytes per second, as nccl-tests
-/// defines it: the algorithm bandwidth `S / t` times 2(n-1)/n for an
-/// all-reduce, (n-1)/n for an all-gather, reduce-scatter or all-to-all,
-/// and 1 for a broadcast or reduce. `bytes` is the call's count times its
-/// datatype size; NCCL counts all-gather, reduce-scatter and all-to-all per
-/// rank, so their total `S` is `bytes * n`. `None` for other ops, no ranks,
-/// or a duration that is not positive.
-///
-/// The duration must be the collective's own: the host-side time of an
-/// asynchronous NCCL call is only its enqueueing.
-#[must_use]
-pub fn bus_bandwidth(op: &str, bytes: u64, n: usize, duration_ns: i64) -> Option<f64> {
-    let kind = Kind::of(op)?;
-    if n == 0 || duration_ns <= 0 {
-        return None;
-    }
-    let ranks = n as f64;
-    let (size, factor) = match kind {
-        Kind::AllReduce => (bytes as f64, 2.0 * (ranks - 1.0) / ranks),
-        Kind::AllGather | Kind::ReduceScatter | Kind::AllToAll => {
-            (bytes as f64 * ranks, (ranks - 1.0) / ranks)
-        }
-        Kind::Broadcast | Kind::Reduce => (bytes as f64, 1.0),
-    };
-    Some(size / (duration_ns as f64 / 1e9) * factor)
 }
 
 /// `850 ns`, `12.4 µs`, `12.4 ms`, `1.2 s`, `41 s`, `12 min`.

@@ -221,10 +221,8 @@ pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>, nccl: Option<&findings
     sort_chains(&mut chains, straggler.as_deref());
     let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
     comparison.common = common_mode::find(&chains, &names);
-    if with_data >= 2
-        && let Some(pace) = straggler.as_deref()
-    {
-        pace_severity(&mut chains, pace, &comparison.common);
+    if with_data >= 2 && (straggler.is_some() || straggler::balanced(&comparison.figures)) {
+        pace_severity(&mut chains, straggler.as_deref(), &comparison.common);
         sort_chains(&mut chains, straggler.as_deref());
     }
     comparison.chains = chains;
@@ -267,14 +265,16 @@ pub fn database_nccl(
 
 /// Severity follows impact across nodes: once a straggler is named, only
 /// it can have a HIGH chain, since the other nodes' slow calls are absorbed
-/// in the time they wait for it anyway (without a straggler nothing is
-/// capped: no node is known to set the pace).
-/// Each other node keeps its strongest chain at MEDIUM at most and its
+/// in the time they wait for it anyway. In a balanced job
+/// ([`straggler::balanced`]: every node waits, none stands out) no node
+/// has one: what is slow on one node only did not make it set the pace.
+/// Without either (one node, or nodes that never wait) nothing is capped.
+/// Each capped node keeps its strongest chain at MEDIUM at most and its
 /// others at LOW (they are mostly one condition seen through several
 /// calls); `--all` and `--json` still show every chain. A condition seen on
 /// every node (a common finding) keeps its severity: it holds back the
 /// node that sets the pace too.
-fn pace_severity(chains: &mut [Chain], straggler: &str, common: &[CommonFinding]) {
+fn pace_severity(chains: &mut [Chain], straggler: Option<&str>, common: &[CommonFinding]) {
     let mut order: Vec<usize> = (0..chains.len()).collect();
     order.sort_by(|&a, &b| {
         chains[b]
@@ -286,7 +286,7 @@ fn pace_severity(chains: &mut [Chain], straggler: &str, common: &[CommonFinding]
     let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
     for i in order {
         let c = &mut chains[i];
-        if c.node == straggler || common.iter().any(|f| f.covers(&c.id)) {
+        if straggler == Some(c.node.as_str()) || common.iter().any(|f| f.covers(&c.id)) {
             continue;
         }
         let first = kept.insert(c.node.clone());
@@ -309,3 +309,6 @@ fn sort_chains(chains: &mut [Chain], straggler: Option<&str>) {
             .then(a.id.cmp(&b.id))
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -233,6 +233,20 @@ impl Stress {
         }
     }
 
+    /// Which causes are named first, whatever their scores (lower first).
+    /// A starved input pipeline leads: the block reads and CPU use that may
+    /// stand out with it are its workers'. A launch-latency tail comes
+    /// last: it is what preemption, I/O or memory stalls do to the
+    /// launching thread, a symptom, and is the cause only when nothing
+    /// else stands out.
+    fn precedence(self) -> u8 {
+        match self {
+            Self::Input => 0,
+            Self::Cpu | Self::Io | Self::Write | Self::Memory => 1,
+            Self::LaunchTail => 2,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Self::Cpu => "its threads preempted",
@@ -391,15 +405,24 @@ fn stress_of(nodes: &[&NodeFigures], i: usize) -> Vec<Cause> {
                 })
         })
         .collect();
-    // A starved input pipeline comes first: the block reads and CPU use
-    // that may also stand out are its workers' (the more specific cause).
     causes.sort_by(|a, b| {
-        (b.stress == Stress::Input)
-            .cmp(&(a.stress == Stress::Input))
+        a.stress
+            .precedence()
+            .cmp(&b.stress.precedence())
             .then(b.score.total_cmp(&a.score))
             .then((a.stress as u8).cmp(&(b.stress as u8)))
     });
     causes
+}
+
+/// Whether `nodes` wait alike: at least two have a window, each spends at
+/// least [`MIN_PEER_WAIT`] of it in synchronize calls, and no straggler
+/// stands out. In such a job no node sets the pace: a slowdown seen on one
+/// node only is absorbed in the time it waits for the others anyway.
+#[must_use]
+pub fn balanced(nodes: &[NodeFigures]) -> bool {
+    let with_data: Vec<&NodeFigures> = nodes.iter().filter(|n| n.window_ns > 0).collect();
+    with_data.len() >= 2 && with_data.iter().all(|n| n.wait_share() >= MIN_PEER_WAIT) && find(nodes).is_none()
 }
 
 /// The straggler among `nodes`, if one stands out.

@@ -1,5 +1,5 @@
 //! Tests of collective matching on synthetic jobs: arrivals and clocks,
-//! lateness and the straggler verdict, bus bandwidth and the words of the
+//! lateness and the straggler verdict, and the words of the
 //! headlines. Hangs are in `tests/hangs.rs`, properties in `tests/props.rs`.
 
 mod hangs;
@@ -381,43 +381,7 @@ fn mixed_ops_are_called_collectives() {
     );
 }
 
-// --- bus bandwidth and words -------------------------------------------
-
-#[test]
-fn bus_bandwidth_uses_nccl_factors() {
-    let gib = 1u64 << 30;
-    let t = 10 * MS;
-    let algbw = gib as f64 / 0.01;
-    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-3 * b);
-    assert!(close(
-        bus_bandwidth("ncclAllReduce", gib, 8, t),
-        algbw * 2.0 * 7.0 / 8.0
-    ));
-    // All-gather and reduce-scatter count per rank: 8 x 128 MiB is 1 GiB.
-    assert!(close(
-        bus_bandwidth("ncclAllGather", gib / 8, 8, t),
-        algbw * 7.0 / 8.0
-    ));
-    assert!(close(
-        bus_bandwidth("ncclReduceScatter", gib / 8, 8, t),
-        algbw * 7.0 / 8.0
-    ));
-    assert!(close(
-        bus_bandwidth("ncclAlltoAll", gib / 8, 8, t),
-        algbw * 7.0 / 8.0
-    ));
-    assert!(close(bus_bandwidth("ncclBroadcast", gib, 8, t), algbw));
-    assert!(close(bus_bandwidth("ncclBcast", gib, 8, t), algbw));
-    assert!(close(bus_bandwidth("ncclReduce", gib, 8, t), algbw));
-    assert_eq!(bus_bandwidth("ncclSend", gib, 2, t), None);
-    assert_eq!(bus_bandwidth("ncclAllReduce", gib, 8, 0), None);
-    assert_eq!(bus_bandwidth("ncclAllReduce", gib, 0, t), None);
-    assert_eq!(
-        bus_bandwidth("ncclAllReduce", gib, 1, t),
-        Some(0.0),
-        "one rank moves nothing"
-    );
-}
+// --- words ---------------------------------------------------------------
 
 #[test]
 fn figures_read_as_people_write_them() {

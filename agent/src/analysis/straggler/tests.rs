@@ -116,6 +116,50 @@ fn a_starved_input_pipeline_is_named_first_over_its_workers_reads() {
     assert!(v.causes.is_empty(), "{:?}", v.causes);
 }
 
+#[test]
+fn preemption_is_named_before_the_launch_tail_it_causes() {
+    // The preempted node's launches also have a long tail, scoring higher
+    // than its preemption: the tail is the symptom, CPU the cause.
+    let mut hogged = node("n2", 0.02, 0.12, 0.0);
+    hogged.launch = Some(("cuLaunchKernel".into(), 20_000, 2_000_000, 1_000));
+    let nodes = [
+        node("n0", 0.6, 0.01, 0.0),
+        node("n1", 0.62, 0.012, 0.0),
+        hogged,
+        node("n3", 0.58, 0.011, 0.0),
+    ];
+    let v = find(&nodes).expect("a straggler");
+    let kinds: Vec<Stress> = v.causes.iter().map(|c| c.stress).collect();
+    assert_eq!(kinds, [Stress::Cpu, Stress::LaunchTail], "{:?}", v.causes);
+    let tail = &v.causes[1];
+    assert!(
+        tail.score > v.causes[0].score,
+        "the tail scores higher: {:?}",
+        v.causes
+    );
+    // Alone, the tail is the cause named.
+    let mut tail_only = node("n2", 0.02, 0.01, 0.0);
+    tail_only.launch = Some(("cuLaunchKernel".into(), 20_000, 2_000_000, 1_000));
+    let v = find(&[node("n0", 0.6, 0.01, 0.0), tail_only]).expect("a straggler");
+    assert_eq!(v.causes.first().map(|c| c.stress), Some(Stress::LaunchTail));
+}
+
+#[test]
+fn a_job_is_balanced_when_every_node_waits_and_none_stands_out() {
+    let even = [
+        node("a", 0.50, 0.01, 0.0),
+        node("b", 0.46, 0.30, 0.0),
+        node("c", 0.55, 0.02, 0.0),
+    ];
+    assert!(balanced(&even));
+    // A straggler: not balanced.
+    assert!(!balanced(&[node("a", 0.9, 0.0, 0.0), node("b", 0.1, 0.5, 0.0)]));
+    // Nobody waits: nothing says whether a node sets the pace.
+    assert!(!balanced(&[node("a", 0.01, 0.0, 0.0), node("b", 0.02, 0.0, 0.0)]));
+    // One node alone is never balanced against anything.
+    assert!(!balanced(&[node("a", 0.5, 0.0, 0.0)]));
+}
+
 fn fleet() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
     prop::collection::vec((0.0f64..1.0, 0.0f64..1.0, 0.0f64..100.0), 2..9)
 }
