@@ -218,11 +218,20 @@ fn summary(group: &[&Chain], example: &Chain, cause: &str, nodes: usize) -> Stri
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::timewin::Window;
 
-    fn chain(node: &str, rule: &str, severity: Severity, root_cause: &str, p99_us: f64, score: f64) -> Chain {
+    /// A chain of `rule` on `node` (`tail-cudaMemcpy`: op `cudaMemcpy`),
+    /// its tail 40x its p50; also the fixture of the comparison tests.
+    pub(in crate::analysis) fn chain(
+        node: &str,
+        rule: &str,
+        severity: Severity,
+        root_cause: &str,
+        p99_us: f64,
+        score: f64,
+    ) -> Chain {
         Chain {
             id: format!("{node}:{rule}@1795262400"),
             node: node.into(),

@@ -33,25 +33,16 @@ fn node(name: &str, wait: f64) -> NodeOps {
     }
 }
 
+/// A chain of `rule` on `node`, with a root cause of its own.
 fn chain(node: &str, rule: &str, severity: Severity, score: f64) -> Chain {
-    Chain {
-        id: format!("{node}:{rule}@1795262400"),
-        node: node.into(),
+    common_mode::tests::chain(
+        node,
+        rule,
         severity,
+        &format!("a cause of {rule}"),
+        5_000.0,
         score,
-        summary: format!("{rule} on {node}"),
-        root_cause: format!("a cause of {rule}"),
-        explanation: String::new(),
-        recommendations: Vec::new(),
-        cuda_op: "cudaMemcpy".into(),
-        p99_us: 5_000.0,
-        p50_us: 50.0,
-        tail_ratio: 100.0,
-        timeline: Vec::new(),
-        detected_at: 0,
-        window: Window { from: 0, to: 1 },
-        peak_at: 0,
-    }
+    )
 }
 
 fn severities(c: &Comparison) -> Vec<(String, Severity)> {
