@@ -12,8 +12,16 @@ use crate::{AgentClient, FleetError};
 
 /// Rows per request (the agent's cap is [`ingero_api::MAX_ROWS`]).
 pub const PAGE: usize = 20_000;
-/// Tables a trace is made from, besides `events`.
-pub const SIDE_TABLES: [&str; 3] = ["process_names", "system_snapshots", "causal_chains"];
+/// Tables a trace is made from, besides `events`: names, snapshots and
+/// chains, and the NCCL tables (collectives are joined across ranks by
+/// `(comm_id, seq)`, which every node computes alike).
+pub const SIDE_TABLES: [&str; 5] = [
+    "process_names",
+    "system_snapshots",
+    "causal_chains",
+    "nccl_comms",
+    "nccl_collectives",
+];
 
 /// One page of rows of one table.
 #[derive(Debug)]
@@ -29,9 +37,10 @@ pub struct Page {
 /// SQL for the page after `last_rowid`.
 fn page_sql(table: &str, last_rowid: i64, since_ns: Option<u128>) -> String {
     let window = match (table, since_ns) {
-        // The newest integer timestamp: a text one (written by another
-        // tool) would make max() text, and the window everything.
-        ("events", Some(ns)) => format!(
+        // The newest integer timestamp of the events: a text one (written
+        // by another tool) would make max() text, and the window
+        // everything. Collectives are cut at the same instant.
+        ("events" | "nccl_collectives", Some(ns)) => format!(
             " AND timestamp >= (SELECT timestamp FROM events WHERE typeof(timestamp) = 'integer' ORDER BY timestamp DESC LIMIT 1) - {ns}"
         ),
         _ => String::new(),
@@ -100,7 +109,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pages_follow_the_rowid_and_the_window_applies_to_events_only() {
+    fn pages_follow_the_rowid_and_the_window_applies_to_timed_rows_only() {
         assert_eq!(
             page_sql("events", 40, Some(5_000_000_000)),
             format!(
@@ -108,5 +117,11 @@ mod tests {
             )
         );
         assert!(!page_sql("process_names", 0, Some(1)).contains("timestamp"));
+        assert!(!page_sql("nccl_comms", 0, Some(1)).contains("timestamp"));
+        assert!(
+            page_sql("nccl_collectives", 0, Some(1))
+                .contains(" AND timestamp >= (SELECT timestamp FROM events ")
+        );
+        assert!(!page_sql("nccl_collectives", 0, None).contains("timestamp"));
     }
 }

@@ -8,8 +8,9 @@
 //! scratch database beside the output, which the ordinary exporter then streams
 //! out; the scratch file is removed afterwards, whatever happens. With
 //! `--format parquet` the scratch database is written as an archive
-//! instead (events, process names and chains, with each node's own
-//! timestamps; sessions and NCCL tables are not fetched).
+//! instead (events, process names, snapshots, chains and the NCCL tables,
+//! with each node's own timestamps; sessions are not fetched: their ids
+//! are per node).
 
 use std::{
     path::{Path, PathBuf},

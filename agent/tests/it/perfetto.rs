@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use ingero::export::{TraceFormat, write};
 use serde_json::Value;
 
-use crate::common::{ingero, open, scalar};
+use crate::common::{Pki, ingero, open, scalar};
 
 /// Decodes and checks `trace` with `tests/perfetto_check.py`; fails on any
 /// structural error it reports.
@@ -512,5 +512,81 @@ fn each_node_keeps_its_clock_and_the_snapshot_carries_its_offset() -> anyhow::Re
         .count() as i64;
     assert!(in_window < all);
     assert_eq!(calls, in_window);
+    Ok(())
+}
+
+#[test]
+fn a_fleet_trace_joins_the_collectives_of_every_agent() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = cluster_with_collectives(dir.path())?;
+    // Each agent has its own node's rows only, as on a real fleet.
+    let pki = Pki::new(dir.path().join("pki"))?;
+    let mut agents = Vec::new();
+    let mut addrs = Vec::new();
+    for node in ["gpu-node-01", "gpu-node-02", "gpu-node-03"] {
+        let db = dir.path().join(format!("{node}.db"));
+        std::fs::copy(&cluster, &db)?;
+        let conn = open(&db)?;
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) c
+                 WHERE m.type = 'table' AND c.name = 'node'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for t in tables {
+            conn.execute(&format!("DELETE FROM \"{t}\" WHERE node != ?1"), [node])?;
+        }
+        drop(conn);
+        let mut agent = pki.serve_as(node, &db, &[], &[])?;
+        addrs.push(agent.api_addr()?);
+        agents.push(agent);
+    }
+    let fleet = dir.path().join("fleet.pftrace");
+    let mut args: Vec<String> = ["export", "--format", "perfetto", "-o"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.push(fleet.display().to_string());
+    args.extend(["--nodes".to_owned(), addrs.join(",")]);
+    args.extend(pki.client_flags());
+    let (code, _, err) = ingero(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    assert_eq!(code, 0, "{err}");
+    let local = dir.path().join("local.pftrace");
+    let (code, _, err) = ingero(&[
+        "export",
+        "--format",
+        "perfetto",
+        "-d",
+        &cluster.display().to_string(),
+        "-o",
+        &local.display().to_string(),
+    ])?;
+    assert_eq!(code, 0, "{err}");
+
+    let (f, l) = (check(&fleet)?, check(&local)?);
+    let collectives = |v: &Value| count(&v["slices"], |s| !s["args"]["comm"].is_null());
+    assert_eq!(collectives(&f), collectives(&l), "collective calls per node");
+    assert_eq!(
+        collectives(&f).values().sum::<i64>(),
+        3 * COLLECTIVES + 2,
+        "every successful call on a communicator"
+    );
+    // One flow per all-reduce, through the three nodes' tracks.
+    let flows = f["flows"].as_object().context("flows")?;
+    let across: Vec<&Vec<Value>> = flows
+        .values()
+        .filter_map(Value::as_array)
+        .filter(|steps| {
+            let nodes: std::collections::BTreeSet<String> =
+                steps.iter().map(|x| node_of(&x["node"])).collect();
+            nodes.len() == 3
+        })
+        .collect();
+    assert_eq!(across.len() as i64, COLLECTIVES, "{flows:?}");
+    assert_eq!(
+        flows.len(),
+        l["flows"].as_object().map_or(0, serde_json::Map::len)
+    );
     Ok(())
 }
