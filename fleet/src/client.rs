@@ -130,7 +130,19 @@ fn tls_hint(cause: &str) -> &'static str {
     }
 }
 
-fn classify(e: &reqwest::Error, timeout: Duration, anonymous_tls: bool) -> FleetError {
+/// How this client presents itself to an agent: what a connection the
+/// agent closes right after the handshake most likely means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presented {
+    /// Plain HTTP.
+    Plain,
+    /// TLS without a client certificate.
+    Anonymous,
+    /// TLS with a client certificate.
+    Certificate,
+}
+
+fn classify(e: &reqwest::Error, timeout: Duration, presented: Presented) -> FleetError {
     let cause = root_cause(e);
     let lower = cause.to_ascii_lowercase();
     // TLS 1.3: the client's side of the handshake completes before the
@@ -138,9 +150,16 @@ fn classify(e: &reqwest::Error, timeout: Duration, anonymous_tls: bool) -> Fleet
     // with the close, all that shows is a closed connection.
     let closed =
         lower.contains("not ready") || lower.contains("connection closed") || lower.contains("reset by peer");
-    if anonymous_tls && closed {
+    if presented == Presented::Anonymous && closed {
         return FleetError::Tls(format!(
             "the agent closed the connection right after the TLS handshake; it probably requires a client certificate: pass --client-cert and --client-key ({cause})"
+        ));
+    }
+    // With a certificate, only a close before the request could be sent
+    // says so: a close after it is the agent's (or the network's) doing.
+    if presented == Presented::Certificate && lower.contains("not ready") {
+        return FleetError::Tls(format!(
+            "the agent closed the connection right after the TLS handshake; it probably refused our client certificate: is it from the agent's CA? ({cause})"
         ));
     }
     if e.is_timeout() {
@@ -198,9 +217,9 @@ pub struct AgentClient {
     max_answer_bytes: u64,
     /// `host:port` as given.
     pub address: String,
-    /// TLS without a client certificate: an agent that requires one
-    /// closes the connection after the handshake.
-    anonymous_tls: bool,
+    /// Whether TLS is used, and with a client certificate: an agent that
+    /// refuses what it got closes the connection after the handshake.
+    presented: Presented,
 }
 
 /// Largest answer read from one agent unless [`AgentClient::with_answer_limit`]
@@ -250,7 +269,11 @@ impl AgentClient {
             timeout,
             max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
             address: address.to_owned(),
-            anonymous_tls: scheme == "https" && tls.client_cert.is_none(),
+            presented: match (scheme, &tls.client_cert) {
+                ("http", _) => Presented::Plain,
+                (_, None) => Presented::Anonymous,
+                (_, Some(_)) => Presented::Certificate,
+            },
         })
     }
 
@@ -277,7 +300,7 @@ impl AgentClient {
         let mut response = r
             .send()
             .await
-            .map_err(|e| classify(&e, self.timeout, self.anonymous_tls))?;
+            .map_err(|e| classify(&e, self.timeout, self.presented))?;
         let status = response.status();
         if response
             .content_length()

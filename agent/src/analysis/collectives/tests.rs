@@ -232,6 +232,38 @@ fn the_rank_that_is_last_far_too_often_is_the_straggler() {
     assert_eq!(report.comms[0].certain, 100);
 }
 
+/// `n` all-reduces among 4 ranks: rank 2 is last, by `margin`, at the
+/// `lasts` collectives `s` with `(7 s) mod n < lasts` (spread through the
+/// run); at the others one of ranks 0, 1 and 3 in turn is last, by 0.5 ms.
+fn often_last_job(n: u64, lasts: u64, margin: i64) -> Vec<CollectiveCall> {
+    job(4, n, |r, s| {
+        let late = if (7 * s) % n < lasts {
+            2
+        } else {
+            [0, 1, 3][(s % 3) as usize]
+        };
+        let by = if late == 2 { margin } else { 500 * US };
+        r as i64 * 10 * US + if r == late { by } else { 0 }
+    })
+}
+
+#[test]
+fn a_rank_last_half_again_as_often_as_chance_that_costs_most_is_the_straggler() {
+    // As seen on the simulated job: last at 29 of 60 among 4 (48%, under
+    // twice the 25% of chance, z 4.2), holding the others back far longer.
+    let report = lateness(&arrivals(&often_last_job(60, 29, 3 * MS), &no_clocks()));
+    let v = report.straggler.expect("rank 2 is the straggler");
+    assert_eq!((v.rank.world_rank, v.last, v.collectives), (Some(2), 29, 60));
+    assert!(v.share_last < 2.0 * v.expected_share && v.z > 4.0, "{v:?}");
+    // Last barely more often than chance, however significant over 1000
+    // collectives (34%, z 6.6) and however costly: not named.
+    let report = lateness(&arrivals(&often_last_job(1000, 340, 4 * MS), &no_clocks()));
+    let r2 = report.ranks.iter().find(|r| r.rank.pid == 4002).expect("rank 2");
+    assert_eq!(r2.last, 340);
+    assert!(r2.z > 6.0, "{r2:?}");
+    assert_eq!(report.straggler, None);
+}
+
 #[test]
 fn a_random_last_rank_is_no_straggler() {
     for seed in 0..20 {
