@@ -221,7 +221,9 @@ pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>, nccl: Option<&findings
     sort_chains(&mut chains, straggler.as_deref());
     let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
     comparison.common = common_mode::find(&chains, &names);
-    if with_data >= 2 && (straggler.is_some() || straggler::balanced(&comparison.figures)) {
+    // A straggler sets the pace; without one, a job whose nodes all wait
+    // is balanced (see `pace_severity`).
+    if with_data >= 2 && (straggler.is_some() || straggler::every_node_waits(&comparison.figures)) {
         pace_severity(&mut chains, straggler.as_deref(), &comparison.common);
         sort_chains(&mut chains, straggler.as_deref());
     }
@@ -265,8 +267,8 @@ pub fn database_nccl(
 
 /// Severity follows impact across nodes: once a straggler is named, only
 /// it can have a HIGH chain, since the other nodes' slow calls are absorbed
-/// in the time they wait for it anyway. In a balanced job
-/// ([`straggler::balanced`]: every node waits, none stands out) no node
+/// in the time they wait for it anyway. In a balanced job (no straggler,
+/// and [`straggler::every_node_waits`]) no node
 /// has one: what is slow on one node only did not make it set the pace.
 /// Without either (one node, or nodes that never wait) nothing is capped.
 /// Each capped node keeps its strongest chain at MEDIUM at most and its

@@ -151,13 +151,17 @@ fn a_job_is_balanced_when_every_node_waits_and_none_stands_out() {
         node("b", 0.46, 0.30, 0.0),
         node("c", 0.55, 0.02, 0.0),
     ];
-    assert!(balanced(&even));
-    // A straggler: not balanced.
-    assert!(!balanced(&[node("a", 0.9, 0.0, 0.0), node("b", 0.1, 0.5, 0.0)]));
+    assert!(every_node_waits(&even) && find(&even).is_none());
+    // A straggler waits too, but stands out: not balanced.
+    let paced = [node("a", 0.9, 0.0, 0.0), node("b", 0.1, 0.5, 0.0)];
+    assert!(every_node_waits(&paced) && find(&paced).is_some());
     // Nobody waits: nothing says whether a node sets the pace.
-    assert!(!balanced(&[node("a", 0.01, 0.0, 0.0), node("b", 0.02, 0.0, 0.0)]));
+    assert!(!every_node_waits(&[
+        node("a", 0.01, 0.0, 0.0),
+        node("b", 0.02, 0.0, 0.0)
+    ]));
     // One node alone is never balanced against anything.
-    assert!(!balanced(&[node("a", 0.5, 0.0, 0.0)]));
+    assert!(!every_node_waits(&[node("a", 0.5, 0.0, 0.0)]));
 }
 
 fn fleet() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
