@@ -77,7 +77,7 @@ pub fn render_compared(
         }
         return out;
     }
-    let compared = comparison.figures.iter().filter(|f| f.window_ns > 0).count() >= 2;
+    let compared = comparison.compares_nodes();
     let straggler = comparison.straggler_node();
     let (shown, quiet): (Vec<&Chain>, Vec<&Chain>) = comparison
         .specific()

@@ -152,6 +152,13 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// Whether two or more nodes had data to compare (a window): only then
+    /// do cross-node verdicts, severity caps and quiet LOW chains apply.
+    #[must_use]
+    pub fn compares_nodes(&self) -> bool {
+        self.figures.iter().filter(|f| f.window_ns > 0).count() >= 2
+    }
+
     /// The straggler's node, whichever evidence named it (collectives first).
     #[must_use]
     pub fn straggler_node(&self) -> Option<&str> {
@@ -217,13 +224,14 @@ pub fn compare(nodes: &[NodeOps], mut chains: Vec<Chain>, nccl: Option<&findings
         common: Vec::new(),
     };
     let straggler = comparison.straggler_node().map(str::to_owned);
-    let with_data = comparison.figures.iter().filter(|f| f.window_ns > 0).count();
     sort_chains(&mut chains, straggler.as_deref());
     let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
     comparison.common = common_mode::find(&chains, &names);
     // A straggler sets the pace; without one, a job whose nodes all wait
     // is balanced (see `pace_severity`).
-    if with_data >= 2 && (straggler.is_some() || straggler::every_node_waits(&comparison.figures)) {
+    if comparison.compares_nodes()
+        && (straggler.is_some() || straggler::every_node_waits(&comparison.figures))
+    {
         pace_severity(&mut chains, straggler.as_deref(), &comparison.common);
         sort_chains(&mut chains, straggler.as_deref());
     }

@@ -14,13 +14,13 @@
 //!
 //! The size cap (`--max-db`) bounds what is on disk: the database file
 //! and its WAL. The WAL gets an eighth of the cap, at most 64 MiB
-//! (checkpointed past it, truncated back to it), a transaction is sized to fit that budget, and
-//! from 80% of the cap the oldest events are deleted down to 60%, their
-//! pages returned (`incremental_vacuum` run to its end) and the file
-//! shrunk by a checkpoint; on exit a final checkpoint empties the WAL. A
-//! nearly full file system lowers the cap to what fits there. Should the
-//! disk fill anyway, a quarter of the oldest events go; if even that does
-//! not make room, the batch's events are dropped and counted
+//! (checkpointed past it, truncated back to it), a transaction is sized to
+//! fit that budget, and from 80% of the cap the oldest events are deleted
+//! down to 60%, their pages returned (`incremental_vacuum` run to its end)
+//! and the file shrunk by a checkpoint; on exit a final checkpoint empties
+//! the WAL. A nearly full file system lowers the cap to what fits there.
+//! Should the disk fill anyway, a quarter of the oldest events go; if even
+//! that does not make room, the batch's events are dropped and counted
 //! ([`WriterStats::disk_full_dropped`]) and the writer goes on.
 //!
 //! Readers never delay a commit: checkpoints are passive (they never wait

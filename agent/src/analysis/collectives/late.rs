@@ -11,8 +11,9 @@
 //! A straggler needs all of: at least [`MIN_LAST`] lasts; a z-score of at
 //! least [`MIN_Z`]; a share of lasts of at least [`MIN_SHARE_RATIO`] times
 //! its fair share (or halfway from it to always, whichever is lower, so two
-//! ranks can have one); held-back time that is an outlier against its peers' (robust score
-//! at least [`OUTLIER_SCORE`], spread floored at [`HELD_BACK_MIN_SCALE_NS`])
+//! ranks can have one); held-back time that is an outlier against its
+//! peers' (robust score at least [`OUTLIER_SCORE`], spread floored at
+//! [`HELD_BACK_MIN_SCALE_NS`])
 //! and at least [`MIN_HELD_BACK_SHARE`] of the communicator's span;
 //! and a median margin at least [`MARGIN_NOISE_RATIO`] times the noise, the
 //! larger of [`MIN_MARGIN_NS`] (host-side entry jitter) and the median
