@@ -16,7 +16,8 @@ flows. Rules checked:
 - BEGIN/END balance on every track, and ends come after begins;
 - timestamps (delta-encoded on the node clock) never go back on a sequence;
 - counters only on counter tracks, slices never on them;
-- a flow is ended at most once, by its last slice.
+- a flow is ended at most once, by its last slice on the reference clock
+  (each sequence's node clock mapped through its clock snapshot).
 """
 
 import json
@@ -162,10 +163,12 @@ def main():
                     err(i, "a slice on a counter track")
                 facts.update(begin=ts, flows=list(e.flow_ids), ends_flows=list(e.terminating_flow_ids))
                 open_slices.setdefault(e.track_uuid, []).append(facts)
+                # On the reference clock: through the sequence's snapshot.
+                at = ts - s["clock"] + (s["realtime"] if s["realtime"] is not None else s["clock"])
                 for f in e.flow_ids:
-                    flows.setdefault(f, []).append({"ts": ts, "last": False, "slice": facts})
+                    flows.setdefault(f, []).append({"ts": ts, "at": at, "last": False, "slice": facts})
                 for f in e.terminating_flow_ids:
-                    flows.setdefault(f, []).append({"ts": ts, "last": True, "slice": facts})
+                    flows.setdefault(f, []).append({"ts": ts, "at": at, "last": True, "slice": facts})
             elif e.type == TrackEvent.TYPE_SLICE_END:
                 stack = open_slices.get(e.track_uuid)
                 if not stack:
@@ -197,7 +200,7 @@ def main():
         ends = [x for x in steps if x["last"]]
         if len(ends) > 1:
             errors.append(f"flow {fid} ends {len(ends)} times")
-        if ends and max(x["ts"] for x in steps) > ends[0]["ts"]:
+        if ends and max(x["at"] for x in steps) > ends[0]["at"]:
             errors.append(f"flow {fid} continues after its end")
     primaries = [s["primary"] for s in seqs.values() if s["primary"] is not None]
     if primaries != [1]:
@@ -215,7 +218,7 @@ def main():
         "slices": [{k: v for k, v in sl.items() if k != "track"} for sl in slices],
         "instants": instants,
         "counters": counters,
-        "flows": {str(k): [{"node": x["slice"]["node"], "ts": x["ts"], "last": x["last"],
+        "flows": {str(k): [{"node": x["slice"]["node"], "ts": x["ts"], "at": x["at"], "last": x["last"],
                             "comm": x["slice"]["args"].get("comm"), "seq": x["slice"]["args"].get("seq")}
                            for x in v] for k, v in flows.items()},
     }

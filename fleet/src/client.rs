@@ -142,6 +142,16 @@ enum Presented {
     Certificate,
 }
 
+/// How long to wait before asking a busy agent again: its `retry-after`
+/// in seconds, at most [`BUSY_WAIT_CAP`]; half a second when it says none.
+fn busy_wait(headers: &reqwest::header::HeaderMap) -> Duration {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map_or(Duration::from_millis(500), Duration::from_secs)
+        .min(BUSY_WAIT_CAP)
+}
+
 fn classify(e: &reqwest::Error, timeout: Duration, presented: Presented) -> FleetError {
     let cause = root_cause(e);
     let lower = cause.to_ascii_lowercase();
@@ -226,6 +236,15 @@ pub struct AgentClient {
 /// says otherwise (the CLI passes its configured `fleet.max_answer_size`).
 pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 256 << 20;
 
+/// How many times a request refused with 429 (every query slot of the
+/// agent busy) is sent again before the node is reported busy: a paged
+/// export sends hundreds of requests, and one busy moment must not cost
+/// the node.
+pub const BUSY_RETRIES: u32 = 4;
+/// Longest wait before sending a refused request again, whatever the
+/// agent's `retry-after` says (the fan-out's deadline bounds the total).
+pub const BUSY_WAIT_CAP: Duration = Duration::from_secs(2);
+
 impl AgentClient {
     /// A client for `address` (`host:port`) with a per-request `timeout`.
     pub fn new(address: &str, tls: &ClientTls, timeout: Duration) -> Result<Self, FleetError> {
@@ -297,10 +316,23 @@ impl AgentClient {
     /// Sends a request and reads a typed answer; an error status becomes
     /// [`FleetError::Http`] with the agent's own message.
     async fn send<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, FleetError> {
-        let mut response = r
-            .send()
-            .await
-            .map_err(|e| classify(&e, self.timeout, self.presented))?;
+        let mut r = r;
+        let mut retries = BUSY_RETRIES;
+        let mut response = loop {
+            let again = r.try_clone();
+            let response = r
+                .send()
+                .await
+                .map_err(|e| classify(&e, self.timeout, self.presented))?;
+            match again {
+                Some(next) if retries > 0 && response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    retries -= 1;
+                    tokio::time::sleep(busy_wait(response.headers())).await;
+                    r = next;
+                }
+                _ => break response,
+            }
+        };
         let status = response.status();
         if response
             .content_length()
@@ -395,5 +427,27 @@ impl AgentClient {
             t3,
         };
         Ok((answer.node, sample))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    fn after(value: &str) -> Duration {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(value).expect("header"));
+        busy_wait(&h)
+    }
+
+    #[test]
+    fn a_busy_agent_is_asked_again_after_what_it_says_within_the_cap() {
+        assert_eq!(after("1"), Duration::from_secs(1));
+        assert_eq!(after(" 2 "), Duration::from_secs(2));
+        assert_eq!(after("3600"), BUSY_WAIT_CAP, "a huge retry-after is capped");
+        // An HTTP date or garbage: the default half second.
+        assert_eq!(after("Wed, 21 Oct 2026 07:28:00 GMT"), Duration::from_millis(500));
+        assert_eq!(busy_wait(&HeaderMap::new()), Duration::from_millis(500));
     }
 }

@@ -89,7 +89,6 @@ pub async fn query(
     // the async workers and `/healthz`); the pieces go out as they are
     // written ([`stream`]).
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
         super::reader_thread();
         let started = std::time::Instant::now();
         let writer = RefCell::new(writer);
@@ -102,6 +101,11 @@ pub async fn query(
             flags,
             &writer,
         );
+        // The database is done with: the slot frees before the last piece
+        // goes out, so a client that sends its next query as soon as it has
+        // this answer (a paged fetch) finds it free, however long this
+        // lowered-priority thread waits for the CPU after sending.
+        drop(permit);
         thread_state
             .metrics
             .record_query(&result.as_ref().map(|(_, ms)| *ms), started.elapsed());

@@ -278,7 +278,7 @@ fn export_snapshot(
     for list in &mut chains {
         list.sort_by_key(|c| c.peak_at);
     }
-    fill_side(conn, conv, window)?;
+    fill_side(conn, conv, window, offsets)?;
     write_all(conn, out, window, &nodes, &index, chains, by_rowid, &cx)
 }
 

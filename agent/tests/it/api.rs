@@ -420,6 +420,35 @@ fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyh
     // The slot is free again.
     let ok = rt.block_on(client(&addr, &pki.client())?.sql("SELECT 42"))?;
     assert_eq!(ok.rows, vec![vec![json!(42)]]);
+
+    // The fleet client waits out a busy agent: refused while a long query
+    // holds the slot, it asks again after the agent's retry-after.
+    let fleet = client(&addr, &pki.client())?;
+    let (answer, took) = rt.block_on(async {
+        let (h, u) = (http.clone(), url.clone());
+        let long = tokio::spawn(async move {
+            h.post(&u)
+                .json(&json!({ "sql": endless, "timeout_ms": 1500 }))
+                .send()
+                .await
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !long.is_finished() {
+            let r = http.post(&url).json(&json!({ "sql": "SELECT 1" })).send().await?;
+            if r.status().as_u16() == 429 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::ensure!(!long.is_finished(), "the long query never held the slot");
+        let started = Instant::now();
+        let answer = fleet.sql("SELECT 43").await;
+        let took = started.elapsed();
+        long.await??;
+        anyhow::Ok((answer, took))
+    })?;
+    eprintln!("a busy agent answered the fleet client after {took:?}");
+    assert_eq!(answer?.rows, vec![vec![json!(43)]]);
     Ok(())
 }
 

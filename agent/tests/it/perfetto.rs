@@ -515,6 +515,57 @@ fn each_node_keeps_its_clock_and_the_snapshot_carries_its_offset() -> anyhow::Re
     Ok(())
 }
 
+/// A fleet trace finds the last rank to arrive on the reference clock: a
+/// node whose clock runs 10 ms behind is last at every collective once its
+/// offset is applied, though its own timestamps make it last at a third of
+/// them.
+#[test]
+fn the_last_to_arrive_is_found_on_the_reference_clock() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = cluster_with_collectives(dir.path())?;
+    let conn = open(&db)?;
+    let behind: String = conn.query_row(
+        "SELECT node FROM nccl_comms WHERE rank = 0",
+        [],
+        |r| r.get(0),
+    )?;
+    let offsets = HashMap::from([(behind.clone(), -10_000_000i64)]);
+    let trace = dir.path().join("skewed.pftrace");
+    write(
+        TraceFormat::Protobuf,
+        &conn,
+        std::fs::File::create(&trace)?,
+        None,
+        &offsets,
+    )?;
+    let v = check(&trace)?;
+    let flows = v["flows"].as_object().context("flows")?;
+    assert_eq!(flows.len() as i64, COLLECTIVES);
+    let mut own_clock_not_last = 0;
+    for (id, steps) in flows {
+        let steps = steps.as_array().context("steps")?;
+        let last: Vec<&Value> = steps.iter().filter(|s| s["last"] == true).collect();
+        assert_eq!(last.len(), 1, "flow {id}");
+        assert_eq!(node_of(&last[0]["node"]), behind, "flow {id}: {steps:?}");
+        assert_eq!(
+            last[0]["at"].as_i64(),
+            steps.iter().filter_map(|s| s["at"].as_i64()).max(),
+            "flow {id}: the mark is on the latest call on the reference clock"
+        );
+        if steps
+            .iter()
+            .any(|s| s["ts"].as_i64() > last[0]["ts"].as_i64())
+        {
+            own_clock_not_last += 1;
+        }
+    }
+    // On its own clock rank 0 is last only where the fixture rotates it
+    // last (seq % 3 == 2).
+    let rotated_last = (1..=COLLECTIVES).filter(|seq| seq % 3 == 2).count() as i64;
+    assert_eq!(own_clock_not_last, COLLECTIVES - rotated_last);
+    Ok(())
+}
+
 #[test]
 fn a_fleet_trace_joins_the_collectives_of_every_agent() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

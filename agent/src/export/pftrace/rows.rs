@@ -26,6 +26,8 @@ use crate::{
 
 /// The temporary table of the side items (dropped after the export).
 pub(super) const SIDE: &str = "temp.ingero_pftrace_side";
+/// Each node's clock offset, for [`fill_side`] to order arrivals by.
+const OFFSETS: &str = "temp.ingero_pftrace_offsets";
 
 /// Item kinds, in the order items starting together are written.
 pub(super) const EVENT: u8 = 0;
@@ -263,11 +265,14 @@ pub(super) fn scan_nodes(
 }
 
 /// Fills the side table: long events, CPU samples, NCCL calls (with their
-/// flow ids). Columns: kind, node, t, dur, c0..c10.
+/// flow ids, and the last to arrive found on the reference clock: each
+/// node's start less its `offsets` entry). Columns: kind, node, t, dur,
+/// c0..c10.
 pub(super) fn fill_side(
     conn: &Connection,
     conv: Conventions,
     window: Option<Window>,
+    offsets: &HashMap<String, i64>,
 ) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "DROP TABLE IF EXISTS {SIDE};
@@ -306,17 +311,26 @@ pub(super) fn fill_side(
         ))?;
     }
     if table_exists(conn, "nccl_collectives")? {
+        conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {OFFSETS};
+             CREATE TABLE {OFFSETS}(node TEXT PRIMARY KEY, ns INTEGER NOT NULL)"
+        ))?;
+        let mut add = conn.prepare(&format!("INSERT INTO {OFFSETS} VALUES (?1, ?2)"))?;
+        for (node, ns) in offsets {
+            add.execute(rusqlite::params![node, ns])?;
+        }
         // The flow id numbers the collectives; c10 packs how many ranks
         // took part (x2) and whether this call was the last to arrive.
         conn.execute_batch(&format!(
             "INSERT INTO {SIDE}
              SELECT {COLLECTIVE}, node, timestamp - max(duration, 0), max(duration, 0), pid, tid, op, comm_id, seq,
                     bytes, count, datatype, peer, flow, ranks * 2 + (arrival = 1)
-             FROM (SELECT *, dense_rank() OVER (ORDER BY comm_id, seq) AS flow,
+             FROM (SELECT c.*, dense_rank() OVER (ORDER BY comm_id, seq) AS flow,
                           count(*) OVER (PARTITION BY comm_id, seq) AS ranks,
                           row_number() OVER (PARTITION BY comm_id, seq
-                                             ORDER BY timestamp - duration DESC, node DESC, tid DESC) AS arrival
-                   FROM nccl_collectives
+                                             ORDER BY timestamp - duration - coalesce(o.ns, 0) DESC,
+                                                      c.node DESC, tid DESC) AS arrival
+                   FROM nccl_collectives c LEFT JOIN {OFFSETS} o ON o.node = c.node
                    WHERE comm_id IS NOT NULL AND ret_code = 0 AND {within})"
         ))?;
     }
