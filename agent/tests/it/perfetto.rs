@@ -524,11 +524,7 @@ fn the_last_to_arrive_is_found_on_the_reference_clock() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = cluster_with_collectives(dir.path())?;
     let conn = open(&db)?;
-    let behind: String = conn.query_row(
-        "SELECT node FROM nccl_comms WHERE rank = 0",
-        [],
-        |r| r.get(0),
-    )?;
+    let behind: String = conn.query_row("SELECT node FROM nccl_comms WHERE rank = 0", [], |r| r.get(0))?;
     let offsets = HashMap::from([(behind.clone(), -10_000_000i64)]);
     let trace = dir.path().join("skewed.pftrace");
     write(
@@ -552,10 +548,7 @@ fn the_last_to_arrive_is_found_on_the_reference_clock() -> anyhow::Result<()> {
             steps.iter().filter_map(|s| s["at"].as_i64()).max(),
             "flow {id}: the mark is on the latest call on the reference clock"
         );
-        if steps
-            .iter()
-            .any(|s| s["ts"].as_i64() > last[0]["ts"].as_i64())
-        {
+        if steps.iter().any(|s| s["ts"].as_i64() > last[0]["ts"].as_i64()) {
             own_clock_not_last += 1;
         }
     }
