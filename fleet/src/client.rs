@@ -315,8 +315,7 @@ impl AgentClient {
 
     /// Sends a request and reads a typed answer; an error status becomes
     /// [`FleetError::Http`] with the agent's own message.
-    async fn send<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, FleetError> {
-        let mut r = r;
+    async fn send<T: DeserializeOwned>(&self, mut r: reqwest::RequestBuilder) -> Result<T, FleetError> {
         let mut retries = BUSY_RETRIES;
         let mut response = loop {
             let again = r.try_clone();
