@@ -55,6 +55,30 @@ fn collective_straggler(v: &serde_json::Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// One line per rank of the lateness report: lasts against chance, margin,
+/// time held back.
+fn lateness_table(v: &serde_json::Value) -> String {
+    let ranks = v["collectives"]["lateness"]["ranks"].as_array();
+    ranks
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "\n  {} on {}: last {}/{} (expected {:.1}, z {:.1}), margin p50 {} us (clock bound {} us), held back {} ms",
+                r["node"].as_str().unwrap_or("?"),
+                r["comm_id"].as_str().unwrap_or("?").get(..8).unwrap_or("?"),
+                r["last"],
+                r["collectives"],
+                r["expected_last"].as_f64().unwrap_or(0.0),
+                r["z"].as_f64().unwrap_or(0.0),
+                r["margin_p50_ns"].as_i64().unwrap_or(0) / 1000,
+                r["bound_p50_ns"].as_i64().unwrap_or(0) / 1000,
+                r["held_back_ns"].as_i64().unwrap_or(0) / 1_000_000,
+            )
+        })
+        .collect()
+}
+
 fn run_scenario(faults: Vec<Fault>, faulty: usize) -> anyhow::Result<(tempfile::TempDir, ClusterReport)> {
     let dir = tempfile::tempdir()?;
     let report = run(
@@ -80,6 +104,9 @@ fn the_late_rank_is_named_from_the_collectives_wherever_the_fault_is() -> anyhow
         let (dir, report) = run_scenario(vec![fault], faulty)?;
         let v = merged_explain(dir.path(), &report)?;
         let matched = v["collectives"]["matched"].as_u64().unwrap_or(0);
+        // On stderr before the asserts: a CI log that cuts the panic
+        // message short still shows what each rank measured.
+        eprintln!("{}: {}", fault.name(), lateness_table(&v));
         assert!(
             matched >= 60,
             "{}: {matched} collectives matched across ranks",
@@ -104,6 +131,7 @@ fn without_a_fault_no_rank_is_named() -> anyhow::Result<()> {
     let _guard = serial();
     let (dir, report) = run_scenario(Vec::new(), 0)?;
     let v = merged_explain(dir.path(), &report)?;
+    eprintln!("none: {}", lateness_table(&v));
     assert!(v["collectives"]["matched"].as_u64().unwrap_or(0) >= 60);
     assert_eq!(collective_straggler(&v), None, "{}", v["collectives"]["lateness"]);
     assert_eq!(v["hung"], false);

@@ -30,15 +30,22 @@ pub enum Fault {
     DataloaderStarvation,
 }
 
-/// CPU time the `slow-rank` fault adds to every step of the rank: about 40%
-/// of a healthy step (~25 ms here). Not a share of the step's own host work
-/// (~1.3 ms, overlapped with the GPU), which would not show.
-pub const SLOW_INPUT_US: u64 = 10_000;
+/// CPU time the `slow-rank` fault adds to every step of the rank: about 80%
+/// of a healthy step's compute (~25 ms here). Not a share of the step's own
+/// host work (~1.3 ms, overlapped with the GPU), which would not show. The
+/// faulty rank has a CPU to itself while the healthy ranks share the others
+/// (see `procs::placement`), which on 2 cores gives back about 5 ms of it: at
+/// 10 ms the rank arrived only ~1 ms after the next latest, within the reach
+/// of scheduling noise, and one CI run in many saw no straggler.
+pub const SLOW_INPUT_US: u64 = 20_000;
 /// Data loader workers of the `dataloader-starvation` fault.
 pub const LOADER_WORKERS: u64 = 2;
 /// CPU time a worker spends decoding one batch: the two workers, sharing the
-/// rank's CPU, deliver a batch every ~30 ms, slower than a ~25 ms step.
-pub const LOADER_DECODE_US: u64 = 30_000;
+/// rank's CPU, deliver a batch every ~45 ms, well behind a healthy step
+/// (~25 ms alone, ~35 ms with 4 ranks and 4 agents on 2 cores). At 30 ms a
+/// batch came about as fast as the loaded healthy steps, and one matrix run
+/// in several found no straggler because there hardly was one.
+pub const LOADER_DECODE_US: u64 = 45_000;
 /// Step before which the `hang` rank stops, unless told otherwise (at most
 /// half the run's steps).
 pub const DEFAULT_HANG_STEP: u64 = 20;
