@@ -7,6 +7,7 @@
 //! the job is hung.
 
 use std::{
+    fmt::Write as _,
     net::TcpListener,
     path::Path,
     sync::atomic::AtomicBool,
@@ -58,25 +59,27 @@ fn collective_straggler(v: &serde_json::Value) -> Option<String> {
 /// One line per rank of the lateness report: lasts against chance, margin,
 /// time held back.
 fn lateness_table(v: &serde_json::Value) -> String {
-    let ranks = v["collectives"]["lateness"]["ranks"].as_array();
-    ranks
+    let mut out = String::new();
+    for r in v["collectives"]["lateness"]["ranks"]
+        .as_array()
         .into_iter()
         .flatten()
-        .map(|r| {
-            format!(
-                "\n  {} on {}: last {}/{} (expected {:.1}, z {:.1}), margin p50 {} us (clock bound {} us), held back {} ms",
-                r["node"].as_str().unwrap_or("?"),
-                r["comm_id"].as_str().unwrap_or("?").get(..8).unwrap_or("?"),
-                r["last"],
-                r["collectives"],
-                r["expected_last"].as_f64().unwrap_or(0.0),
-                r["z"].as_f64().unwrap_or(0.0),
-                r["margin_p50_ns"].as_i64().unwrap_or(0) / 1000,
-                r["bound_p50_ns"].as_i64().unwrap_or(0) / 1000,
-                r["held_back_ns"].as_i64().unwrap_or(0) / 1_000_000,
-            )
-        })
-        .collect()
+    {
+        let _ = write!(
+            out,
+            "\n  {} on {}: last {}/{} (expected {:.1}, z {:.1}), margin p50 {} us (clock bound {} us), held back {} ms",
+            r["node"].as_str().unwrap_or("?"),
+            r["comm_id"].as_str().unwrap_or("?").get(..8).unwrap_or("?"),
+            r["last"],
+            r["collectives"],
+            r["expected_last"].as_f64().unwrap_or(0.0),
+            r["z"].as_f64().unwrap_or(0.0),
+            r["margin_p50_ns"].as_i64().unwrap_or(0) / 1000,
+            r["bound_p50_ns"].as_i64().unwrap_or(0) / 1000,
+            r["held_back_ns"].as_i64().unwrap_or(0) / 1_000_000,
+        );
+    }
+    out
 }
 
 fn run_scenario(faults: Vec<Fault>, faulty: usize) -> anyhow::Result<(tempfile::TempDir, ClusterReport)> {
