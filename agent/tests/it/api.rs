@@ -342,6 +342,42 @@ fn writes_through_the_query_endpoint_fail_and_leave_the_database_unchanged() -> 
     Ok(())
 }
 
+/// Starts `sql` with its own `timeout_ms` and returns once it holds the
+/// agent's only query slot: a probe was refused with 429 while it still ran.
+/// A probe can win the race for the slot, and the long query then got the
+/// 429 itself; it is sent again. Returns the running query and the refusal.
+async fn hold_the_only_slot(
+    http: &reqwest::Client,
+    url: &str,
+    sql: &str,
+    timeout_ms: u64,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    reqwest::Response,
+)> {
+    let start_long = || {
+        let (http, url) = (http.clone(), url.to_owned());
+        let body = json!({ "sql": sql, "timeout_ms": timeout_ms });
+        tokio::spawn(async move { http.post(&url).json(&body).send().await })
+    };
+    let mut long = start_long();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let probe = http.post(url).json(&json!({ "sql": "SELECT 1" })).send().await?;
+        if probe.status().as_u16() == 429 && !long.is_finished() {
+            return Ok((long, probe));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "in 5 s the long query never held the slot while a probe was refused"
+        );
+        if long.is_finished() {
+            long = start_long();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[test]
 fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -378,30 +414,7 @@ fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyh
 
     // With the one query slot taken, a second query is told to retry; other endpoints still answer.
     let (second, health) = rt.block_on(async {
-        let start_long = || {
-            let (http, url) = (http.clone(), url.clone());
-            tokio::spawn(async move {
-                http.post(&url)
-                    .json(&json!({ "sql": endless, "timeout_ms": 3000 }))
-                    .send()
-                    .await
-            })
-        };
-        let mut long = start_long();
-        // Once the long query holds the slot, the next one is told to retry.
-        // (A probe can win the race for the slot; the long query then got
-        // the 429 itself, and is sent again.)
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let second = loop {
-            let r = http.post(&url).json(&json!({ "sql": "SELECT 1" })).send().await?;
-            if r.status().as_u16() == 429 || Instant::now() > deadline {
-                break r;
-            }
-            if long.is_finished() {
-                long = start_long();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let (long, second) = hold_the_only_slot(&http, &url, endless, 3000).await?;
         let retry = second.headers().get("retry-after").cloned();
         let status = second.status().as_u16();
         let health = http
@@ -425,22 +438,7 @@ fn a_long_query_is_interrupted_at_its_deadline_and_the_cap_answers_429() -> anyh
     // holds the slot, it asks again after the agent's retry-after.
     let fleet = client(&addr, &pki.client())?;
     let (answer, took) = rt.block_on(async {
-        let (h, u) = (http.clone(), url.clone());
-        let long = tokio::spawn(async move {
-            h.post(&u)
-                .json(&json!({ "sql": endless, "timeout_ms": 1500 }))
-                .send()
-                .await
-        });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && !long.is_finished() {
-            let r = http.post(&url).json(&json!({ "sql": "SELECT 1" })).send().await?;
-            if r.status().as_u16() == 429 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        anyhow::ensure!(!long.is_finished(), "the long query never held the slot");
+        let (long, _) = hold_the_only_slot(&http, &url, endless, 1500).await?;
         let started = Instant::now();
         let answer = fleet.sql("SELECT 43").await;
         let took = started.elapsed();

@@ -189,19 +189,34 @@ fn wait_until(
     bail!("not within {timeout:?}")
 }
 
-/// Starts a query that never ends on its own, from 127.0.0.2; the
-/// connection is returned so the test can abandon it.
+/// Sends a query that runs for a minute, from 127.0.0.2, and returns its open
+/// connection (so the test can abandon it) once it has gone unanswered for
+/// 300 ms, so the next request (a probe, another endless query) cannot be
+/// served first and take its slot. A query that was refused all the same (an
+/// answer is waiting on the socket) is sent again.
 fn endless_query(addr: SocketAddr) -> anyhow::Result<TcpStream> {
-    let mut s = connect_from([127, 0, 0, 2], addr)?;
     let body = serde_json::json!({ "sql": ENDLESS_SQL, "timeout_ms": 60_000 }).to_string();
-    s.write_all(
-        format!(
-            "POST /api/v1/query HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )?;
-    Ok(s)
+    for _ in 0..10 {
+        let mut s = connect_from([127, 0, 0, 2], addr)?;
+        s.write_all(
+            format!(
+                "POST /api/v1/query HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        s.set_nonblocking(true)?;
+        let answered = !matches!(
+            s.peek(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        s.set_nonblocking(false)?;
+        if !answered {
+            return Ok(s);
+        }
+    }
+    bail!("10 endless queries in a row were answered at once instead of running")
 }
 
 /// Item 2: `/overview` shares the `--max-queries` budget with queries (429
