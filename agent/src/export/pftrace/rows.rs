@@ -26,7 +26,8 @@ use crate::{
 
 /// The temporary table of the side items (dropped after the export).
 pub(super) const SIDE: &str = "temp.ingero_pftrace_side";
-/// Each node's clock offset, for [`fill_side`] to order arrivals by.
+/// Each node's clock offset, for [`fill_side`] to order arrivals by
+/// (dropped once the side table is filled).
 const OFFSETS: &str = "temp.ingero_pftrace_offsets";
 
 /// Item kinds, in the order items starting together are written.
@@ -331,7 +332,8 @@ pub(super) fn fill_side(
                                              ORDER BY timestamp - duration - coalesce(o.ns, 0) DESC,
                                                       c.node DESC, tid DESC) AS arrival
                    FROM nccl_collectives c LEFT JOIN {OFFSETS} o ON o.node = c.node
-                   WHERE comm_id IS NOT NULL AND ret_code = 0 AND {within})"
+                   WHERE comm_id IS NOT NULL AND ret_code = 0 AND {within});
+             DROP TABLE {OFFSETS}"
         ))?;
     }
     conn.execute_batch(&format!(
